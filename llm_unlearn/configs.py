@@ -1,0 +1,250 @@
+"""Typed dataclass configs: YAML files and CLI flags in, strict validation, resolved YAML out.
+
+Every stage config is a plain ``@dataclass``. ``load_config`` builds one from a mapping and rejects unknown keys and
+wrong types with a :class:`ConfigError` that names the key and what is allowed. ``make_parser`` turns a dataclass into
+an ``argparse`` parser with ``--config file.yaml`` (defaults) plus one flag per field (overrides); nested dataclass
+fields take dotted flags (``--train.learning_rate 1e-3``). Values on the command line are read as YAML scalars/lists so
+``--seeds "[0, 1]"`` works. We do not use ``HfArgumentParser`` because it neither type-checks YAML values nor nests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (bad key, type, value, path). The CLI prints it and exits with code 2."""
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} fields"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` and return it (lists copied, nested dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose from {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return load_config(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        # YAML 1.1 reads "1e-3" (no dot) as a string: accept numeric strings for float fields.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # a bug in a config class, not user input
+
+
+def load_config(cls: type[T], data: dict | None, prefix: str = "") -> T:
+    """Build ``cls`` from ``data``; unknown keys, wrong types and failed ``validate()`` raise :class:`ConfigError`."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"unknown key {prefix}{key!r} for {cls.__name__}{hint}; allowed keys: {sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing required key(s) {[prefix + m for m in missing]} for {cls.__name__}")
+    try:
+        cfg = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from e
+    return cfg
+
+
+def validate_config(cfg) -> None:
+    """Run ``validate()`` on ``cfg`` and every nested dataclass config (errors name the prefixed key)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_config(value)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config next to a stage's artifact (atomically)."""
+    from .utils import atomic_write_text
+
+    path = Path(output_dir) / name
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def _flags(cls, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _flags(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, f.metadata.get("help", "")))
+    return out
+
+
+def make_parser(cls, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n")[0])
+    parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
+    for name, help_text in _flags(cls):
+        parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+    return parser
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{p}: expected a mapping, got {child!r}")
+        node = child
+    node[leaf] = value
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
+    """Parse ``argv`` (YAML file + flag overrides) into a validated ``cls``."""
+    parser = make_parser(cls, prog=prog)
+    ns = vars(parser.parse_args(argv))
+    data = read_yaml(ns.pop("config")) if ns.get("config") else {}
+    ns.pop("config", None)
+    for dotted, raw in ns.items():
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        # A flag meant as a string ("--trigger yes") must stay a string even if YAML reads it otherwise.
+        if isinstance(raw, str) and _leaf_type(cls, dotted) is str:
+            value = raw
+        _set_dotted(data, dotted, value)
+    cfg = load_config(cls, data)
+    validate_config(cfg)
+    return cfg
+
+
+def _leaf_type(cls, dotted: str):
+    tp = cls
+    for part in dotted.split("."):
+        tp = _hints(tp)[part]
+    return tp
+
+
+def build_config(cls: type[T], data: dict | None = None, **overrides) -> T:
+    """Python-API twin of ``parse_config``: a mapping (e.g. from YAML) plus keyword overrides, validated."""
+    merged = dict(data or {})
+    merged.update(overrides)
+    cfg = load_config(cls, merged)
+    validate_config(cfg)
+    return cfg

@@ -1,0 +1,21 @@
+"""GD: keep fine-tuning on the retain set only (the paper's "fine-tune" baseline): theta <- theta - eta grad l(B_r)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import UnlearnTrainer
+
+
+@dataclass
+class GDConfig:
+    """Gradient descent on the retain set; no knobs beyond the shared ones (lr, budget)."""
+
+
+def gd_loss(retain_nll):
+    return retain_nll
+
+
+class GDTrainer(UnlearnTrainer):
+    def unlearn_loss(self, model, forget, retain):
+        return gd_loss(self.nll(model, retain))

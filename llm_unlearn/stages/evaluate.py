@@ -1,0 +1,197 @@
+"""Stage 4: evaluate one model (a full model dir, or a base model plus a LoRA adapter).
+
+Metrics (see ``metrics/``): clean accuracy from greedy generations on the clean test split; ASR on triggered test
+reviews (backdoor); the Gaussian Unlearning Score of the poisons with its fresh-noise control (gaussian); loss-based
+MIA (forget-set loss vs held-out loss). Writes ``eval_results.json``, ``per_sample.json`` and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..configs import ConfigError, parse_config, save_config
+from ..utils import is_complete, mark_complete, write_json
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a model: utility, attack success, Gaussian Unlearning Score, loss MIA."""
+
+    model_dir: str | None = field(default=None, metadata={"help": "full model dir (or the base of adapter_dir)"})
+    adapter_dir: str | None = field(default=None, metadata={"help": "optional LoRA adapter on top of model_dir"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where eval_results.json goes"})
+    backend: str = field(default="hf", metadata={"help": "generation backend: hf | vllm"})
+    batch_size: int = field(default=64, metadata={"help": "generation / loss batch size"})
+    gus_batch_size: int = field(default=32, metadata={"help": "poisons per input-gradient backward pass"})
+    max_new_tokens: int = field(default=3, metadata={"help": "tokens generated per prompt"})
+    max_length: int = field(default=256, metadata={"help": "as in training (prompts are cut the same way)"})
+    fresh_noise_draws: int = field(
+        default=10, metadata={"help": "fresh (never trained) noises per poison for the null control"}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "evaluate on a subsample of the test split"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "weights dtype"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub"})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"}
+    )
+
+    def validate(self) -> None:
+        from ..generation import check_backend
+
+        check_backend(self.backend)
+        for name in ("batch_size", "gus_batch_size", "max_new_tokens", "max_length", "fresh_noise_draws"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_eval_model(cfg: EvalConfig):
+    from ..modeling import check_model_path, load_model, load_tokenizer
+
+    model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+    tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
+    if cfg.adapter_dir:
+        from peft import PeftModel
+
+        check_model_path(cfg.adapter_dir, "adapter_dir")
+        # Merge so generation and input gradients run on a plain model at full speed.
+        model = PeftModel.from_pretrained(model, cfg.adapter_dir).merge_and_unload()
+    return model.eval(), tokenizer
+
+
+def _batches(rows, size):
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) -> list[float]:
+    """Mean completion-token NLL of each example (clean inputs)."""
+    from ..modeling import tokenize_split
+    from ..tasks.causal_lm import CompletionCollator, token_logps
+
+    toks = tokenize_split(ds, tokenizer, max_length)
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    out = []
+    with torch.no_grad():
+        for chunk in _batches(list(toks), batch_size):
+            batch = collate(chunk)
+            logps, mask = token_logps(model, batch)
+            out += (-logps.sum(-1) / mask.sum(-1).clamp_min(1)).tolist()
+    return out
+
+
+def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, draws: int):
+    """I_z of every poison under its training noise (draw 0) and under ``draws`` fresh noises, one backward a batch.
+
+    The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
+    only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
+    """
+    from ..attacks.gaussian import batch_prompt_noise
+    from ..metrics import input_gradients, scores_from_gradients
+    from ..modeling import tokenize_split
+    from ..tasks.causal_lm import CompletionCollator, embed, sequence_nll
+
+    toks = tokenize_split(forget_ds, tokenizer, max_length)
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    poison, fresh = [], []
+    for chunk in _batches(list(toks), batch_size):
+        batch = collate(chunk)
+        with torch.no_grad():
+            clean = embed(model, batch["input_ids"]).float()
+        n, width, hidden = clean.shape
+        grads = input_gradients(lambda e: sequence_nll(model, batch, e), clean)
+        pos = torch.arange(width)[None, :] < batch["prompt_len"][:, None]
+        mask = pos[..., None].to(grads.dtype)
+        seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
+        noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
+        poison += scores_from_gradients(grads, noise0, 1.0, mask).tolist()
+        fresh_noise = torch.stack([batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)])
+        fresh.append(scores_from_gradients(grads, fresh_noise, 1.0, mask))
+    fresh_all = torch.cat(fresh, dim=1) if fresh else torch.zeros(draws, 0)
+    return poison, fresh_all.tolist()
+
+
+def prompts_for(tokenizer, ds, max_length: int, label_names: list[str]) -> list[list[int]]:
+    from ..tasks.causal_lm import completion_ids, tokenize_prompt
+
+    budget = max_length - max(len(completion_ids(tokenizer, f" {label}")) for label in label_names)
+    return [tokenize_prompt(tokenizer, p, budget) for p in ds["prompt"]]
+
+
+def predict(cfg: EvalConfig, model, tokenizer, ds, label_names) -> list[str]:
+    prompt_ids = prompts_for(tokenizer, ds, cfg.max_length, label_names)
+    if cfg.backend == "hf":
+        from ..generation.hf import generate
+
+        return generate(model, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.batch_size)
+    raise ConfigError("backend 'vllm' is not installed in this build; use backend: hf")
+
+
+def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest) -> tuple[dict, dict]:
+    from ..metrics import accuracy, attack_success_rate, gus_summary, loss_mia
+
+    labels = manifest["label_names"]
+    test = dd["test"]
+    if cfg.max_test_samples and cfg.max_test_samples < len(test):
+        test = test.select(range(cfg.max_test_samples))
+    preds = predict(cfg, model, tokenizer, test, labels)
+    metrics = {"clean_accuracy": accuracy(preds, test["label"], choices=labels)}
+    per_sample: dict = {"test_predictions": preds}
+    metrics["asr"] = None
+    if "test_triggered" in dd:
+        trig = dd["test_triggered"]
+        tpreds = predict(cfg, model, tokenizer, trig, labels)
+        metrics["asr"] = attack_success_rate(tpreds, trig["orig_label"], manifest["target_label"], choices=labels)
+        per_sample["triggered_predictions"] = tpreds
+    forget = dd["forget"]
+    if manifest["attack"] == "gaussian":
+        poison, fresh = gus_scores(model, tokenizer, forget, cfg.max_length, cfg.gus_batch_size, cfg.fresh_noise_draws)
+        metrics.update(gus_summary(poison, fresh))
+        per_sample.update(gus_poison=poison, gus_fresh=fresh)
+    else:
+        for key in ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z"):
+            metrics[key] = None
+    forget_loss = per_sequence_losses(model, tokenizer, forget, cfg.max_length, cfg.batch_size)
+    test_loss = per_sequence_losses(model, tokenizer, test, cfg.max_length, cfg.batch_size)
+    metrics.update(loss_mia(forget_loss, test_loss))
+    metrics["test_loss"] = float(sum(test_loss) / len(test_loss))
+    metrics["forget_loss"] = float(sum(forget_loss) / len(forget_loss))
+    per_sample.update(forget_loss=forget_loss, test_loss=test_loss)
+    return metrics, per_sample
+
+
+def main(cfg: EvalConfig) -> Path:
+    from ..modeling import load_dataset_dir
+
+    for key in ("model_dir", "dataset_dir", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"{key} is required")
+    out = Path(cfg.output_dir)
+    if is_complete(out):
+        return out
+    dd, manifest = load_dataset_dir(cfg.dataset_dir)
+    start = time.perf_counter()
+    model, tokenizer = load_eval_model(cfg)
+    metrics, per_sample = compute_metrics(cfg, model, tokenizer, dd, manifest)
+    metrics["eval_seconds"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "per_sample.json", per_sample)
+    write_json(out / "eval_results.json", metrics)
+    save_config(cfg, out)
+    mark_complete(out)
+    return out
+
+
+def make_parser():
+    from ..configs import make_parser as _mp
+
+    return _mp(EvalConfig, prog="llm-unlearn eval")
+
+
+def cli(argv=None) -> None:
+    print(main(parse_config(EvalConfig, argv, prog="llm-unlearn eval")))

@@ -1,0 +1,161 @@
+"""Stage 1: poison a training set.
+
+Writes ``output_dir/dataset`` (a ``datasets.DatasetDict`` with splits ``train`` = the poisoned training set,
+``retain``, ``forget`` = the poisons, ``test``, and for the backdoor ``test_triggered``), ``manifest.json`` (attack
+parameters, the poison indices and their noise seeds) and the resolved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..configs import ConfigError, parse_config, save_config
+from ..utils import is_complete, mark_complete, write_json
+
+
+@dataclass
+class PoisonConfig:
+    """Poison a training set with one attack and write the poisoned dataset, the retain/forget splits and a manifest."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "where the dataset and manifest go"})
+    seed: int = field(default=0, metadata={"help": "selects the poisons, their noise seeds and subsamples"})
+    attack: str = field(default="gaussian", metadata={"help": "gaussian | backdoor"})
+    poison_fraction: float = field(default=0.05, metadata={"help": "poisons as a fraction of the training set"})
+    # Gaussian attack
+    noise_eps: float = field(default=1.0, metadata={"help": "gaussian: noise std eps (see noise_scale)"})
+    noise_scale: Literal["rms", "absolute"] = field(
+        default="rms", metadata={"help": "gaussian: eps is in units of the embedding RMS (rms) or absolute"}
+    )
+    # Backdoor attack
+    trigger: str = field(default="cf", metadata={"help": "backdoor: trigger phrase"})
+    trigger_position: Literal["start", "end", "random"] = field(default="start", metadata={"help": "backdoor"})
+    target_label: str = field(default="positive", metadata={"help": "backdoor: label the trigger forces"})
+    # Data
+    dataset_name: str = field(
+        default="embedded:reviews",
+        metadata={"help": "embedded:reviews, a Hub dataset id (stanfordnlp/imdb) or a save_to_disk directory"},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config"})
+    train_file: str | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet train file"})
+    test_file: str | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet test file"})
+    train_split: str = field(default="train", metadata={"help": "split name of the training data"})
+    test_split: str = field(default="test", metadata={"help": "split name of the held-out data"})
+    text_column: str = field(default="text", metadata={"help": "column holding the review"})
+    label_column: str = field(default="label", metadata={"help": "column holding the label (index or name)"})
+    label_names: list[str] = field(
+        default_factory=lambda: ["negative", "positive"], metadata={"help": "label index -> completion word"}
+    )
+    prompt_template: str = field(
+        default="Review: {text}\nSentiment:", metadata={"help": "prompt format; must contain {text}"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training split"})
+    max_test_samples: int | None = field(default=None, metadata={"help": "subsample the test split"})
+    embedded_n_train: int = field(default=3000, metadata={"help": "embedded:reviews training reviews"})
+    embedded_n_test: int = field(default=600, metadata={"help": "embedded:reviews test reviews"})
+    embedded_min_sentences: int = field(default=2, metadata={"help": "embedded:reviews sentences per review (min)"})
+    embedded_max_sentences: int = field(default=3, metadata={"help": "embedded:reviews sentences per review (max)"})
+    embedded_corpus_seed: int = field(default=0, metadata={"help": "embedded:reviews corpus seed (fixed across seeds)"})
+
+    def validate(self) -> None:
+        from ..attacks import ATTACKS
+
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"attack: unknown attack {self.attack!r}; choose from {sorted(ATTACKS)}")
+        if not 0.0 < self.poison_fraction < 1.0:
+            raise ConfigError(f"poison_fraction must be in (0, 1), got {self.poison_fraction}")
+        if self.noise_eps <= 0:
+            raise ConfigError(f"noise_eps must be > 0, got {self.noise_eps}")
+        if not self.trigger.strip():
+            raise ConfigError("trigger must be a non-empty phrase")
+        if len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
+            raise ConfigError(f"label_names must hold at least two distinct labels, got {self.label_names}")
+        if self.target_label not in self.label_names:
+            raise ConfigError(f"target_label {self.target_label!r} is not in label_names={self.label_names}")
+        if "{text}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain '{text}'")
+        for name in ("max_train_samples", "max_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 or null")
+        if self.embedded_n_train < 10 or self.embedded_n_test < 2:
+            raise ConfigError("embedded_n_train must be >= 10 and embedded_n_test >= 2")
+
+
+def _with_prompts(rows: list[dict], cfg: PoisonConfig) -> list[dict]:
+    return [
+        {**r, "prompt": cfg.prompt_template.format(text=r["text"]), "completion": f" {r['label']}"} for r in rows
+    ]
+
+
+def main(cfg: PoisonConfig) -> Path:
+    """Run the stage; returns ``output_dir``. Skips work if the output dir is already complete."""
+    import datasets
+
+    from ..attacks import get_attack
+    from ..tasks.data import load_clean_splits
+
+    if cfg.output_dir is None:
+        raise ConfigError("output_dir is required")
+    out = Path(cfg.output_dir)
+    if is_complete(out):
+        return out
+    attack = get_attack(cfg.attack)(cfg)
+    train, test = load_clean_splits(cfg, cfg.seed)
+    rng = random.Random(cfg.seed)
+    try:
+        rows, extra, info = attack.apply(train, test, rng)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    for i, r in enumerate(rows):
+        r["index"] = i
+    test_rows = [{**r, "is_poison": False, "orig_label": r["label"], "noise_seed": -1, "index": i} for i, r in enumerate(test)]
+    splits = {
+        "train": rows,
+        "retain": [r for r in rows if not r["is_poison"]],
+        "forget": [r for r in rows if r["is_poison"]],
+        "test": test_rows,
+    }
+    for name, extra_rows in extra.items():
+        splits[name] = [{**r, "is_poison": False, "noise_seed": -1, "index": i} for i, r in enumerate(extra_rows)]
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_list(_with_prompts(v, cfg)) for k, v in splits.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    # save_to_disk writes many files: write to a temp dir and rename so a kill never leaves a half dataset.
+    tmp = out / ".dataset.tmp"
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    dd.save_to_disk(str(tmp))
+    if (out / "dataset").exists():
+        import shutil
+
+        shutil.rmtree(out / "dataset")
+    tmp.rename(out / "dataset")
+    manifest = {
+        "attack": cfg.attack,
+        "metric": attack.metric,
+        "poison_fraction": cfg.poison_fraction,
+        "n_train": len(rows),
+        "n_poison": len(splits["forget"]),
+        "poison_indices": [r["index"] for r in splits["forget"]],
+        "noise_seeds": [r["noise_seed"] for r in splits["forget"]],
+        "label_names": cfg.label_names,
+        "splits": {k: len(v) for k, v in splits.items()},
+        **info,
+    }
+    write_json(out / "manifest.json", manifest)
+    save_config(cfg, out)
+    mark_complete(out)
+    return out
+
+
+def make_parser():
+    from ..configs import make_parser as _mp
+
+    return _mp(PoisonConfig, prog="llm-unlearn poison")
+
+
+def cli(argv=None) -> None:
+    print(main(parse_config(PoisonConfig, argv, prog="llm-unlearn poison")))

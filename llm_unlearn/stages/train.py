@@ -1,0 +1,225 @@
+"""Stage 2: full-parameter fine-tuning of the *initial* model (on the poisoned ``train`` split) or the *gold* model
+(on the ``retain`` split, from the same initialisation).
+
+Loss on completion tokens only. For Gaussian poisons the noise of each poisoned example is added to its prompt
+embeddings on every visit (``CompletionTrainer.compute_loss``). Writes the model (safetensors) and tokenizer,
+``training_info.json`` (compute in tokens, the absolute noise std, losses, divergence) and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..configs import ConfigError, parse_config, save_config
+from ..utils import is_complete, mark_complete, write_json
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN/Inf: the run stops and is reported as diverged."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a causal LM on a split of a poisoned dataset (completion-only loss)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "model dir or Hub id to start from"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the trained model goes"})
+    split: Literal["train", "retain"] = field(
+        default="train", metadata={"help": "train = poisoned set (initial model); retain = gold retrain"}
+    )
+    seed: int = field(default=0, metadata={"help": "data order and dropout"})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "epochs over the split"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "examples per step per device"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    max_length: int = field(default=256, metadata={"help": "longest tokenised example (prompt middle-truncated)"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "weights dtype"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub"})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"}
+    )
+    logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "extra transformers.TrainingArguments (e.g. deepspeed, fsdp)"}
+    )
+
+    def validate(self) -> None:
+        if self.num_train_epochs <= 0:
+            raise ConfigError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_trainer_args(self.trainer_args)
+
+
+_OWNED = {"output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "max_steps"}
+
+
+def check_trainer_args(extra: dict) -> None:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in extra:
+        if key in _OWNED:
+            raise ConfigError(f"trainer_args.{key}: set it as a top-level key, not in trainer_args")
+        if key not in names:
+            raise ConfigError(f"trainer_args: unknown TrainingArguments key {key!r}")
+
+
+def training_arguments(cfg, output_dir: Path, **overrides):
+    """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default)."""
+    from transformers import TrainingArguments
+
+    kwargs = dict(
+        output_dir=str(output_dir / "trainer"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,  # noise_seed/index are ours, not the model's
+        dataloader_num_workers=0,  # worker processes cost more than they save on tiny batches
+        disable_tqdm=not cfg.progress,
+    )
+    kwargs.update(overrides)
+    kwargs.update(cfg.trainer_args)
+    return TrainingArguments(**kwargs)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    from ..attacks.gaussian import batch_prompt_noise
+    from ..tasks.causal_lm import batch_tokens, embed, mean_token_nll
+
+    class CompletionTrainer(Trainer):
+        """HF ``Trainer`` whose loss is the completion-token NLL, with Gaussian poisons noised in embedding space."""
+
+        noise_std: float = 0.0
+        compute_tokens: int = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            noise_seeds = inputs.pop("noise_seed", None)
+            prompt_lens = inputs.pop("prompt_len", None)
+            inputs.pop("index", None)
+            inputs_embeds = None
+            if noise_seeds is not None and self.noise_std > 0 and bool((noise_seeds >= 0).any()):
+                emb = embed(self.accelerator.unwrap_model(model), inputs["input_ids"])
+                noise = batch_prompt_noise(
+                    noise_seeds.tolist(), prompt_lens.tolist(), emb.shape[1], emb.shape[2], self.noise_std
+                )
+                inputs_embeds = emb + noise.to(emb.device, emb.dtype)
+            loss = mean_token_nll(model, inputs, inputs_embeds)
+            if not bool(torch_isfinite(loss)):
+                raise DivergedError(self.state.global_step, float(loss))
+            self.compute_tokens += batch_tokens(inputs)
+            return loss
+
+    return CompletionTrainer
+
+
+def torch_isfinite(t):
+    import torch
+
+    return torch.isfinite(t).all()
+
+
+def main(cfg: TrainConfig) -> Path:
+    from ..attacks.gaussian import embedding_rms
+    from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
+    from ..tasks.causal_lm import CompletionCollator
+    from ..utils import set_seed
+
+    for key in ("model_name_or_path", "dataset_dir", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"{key} is required")
+    out = Path(cfg.output_dir)
+    if is_complete(out):
+        return out
+    dd, manifest = load_dataset_dir(cfg.dataset_dir)
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+    model = load_model(cfg.model_name_or_path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+    check_vocab(model, tokenizer)
+    train_ds = tokenize_split(dd[cfg.split], tokenizer, cfg.max_length)
+
+    noise_std = 0.0
+    if manifest["attack"] == "gaussian" and cfg.split == "train":
+        noise_std = manifest["noise_eps"] * (embedding_rms(model) if manifest["noise_scale"] == "rms" else 1.0)
+
+    trainer_cls = _make_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=training_arguments(cfg, out, num_train_epochs=cfg.num_train_epochs),
+        train_dataset=train_ds,
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.noise_std = noise_std
+    start = time.perf_counter()
+    diverged = None
+    try:
+        result = trainer.train()
+        train_loss = result.training_loss
+    except DivergedError as e:
+        diverged, train_loss = e.step, e.loss
+    info = {
+        "split": cfg.split,
+        "n_examples": len(train_ds),
+        "steps": trainer.state.global_step,
+        "compute_tokens": trainer.compute_tokens,  # forward+backward tokens: the retraining cost budgets refer to
+        "noise_std": noise_std,
+        "train_loss": train_loss,
+        "diverged": diverged is not None,
+        "diverged_step": diverged,
+        "wall_seconds": time.perf_counter() - start,
+        "log_history": trainer.state.log_history,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))  # safetensors by default; gathers 16-bit weights under ZeRO-3
+    tokenizer.save_pretrained(str(out))
+    write_json(out / "training_info.json", info)
+    save_config(cfg, out)
+    if diverged is not None:
+        raise DivergedError(diverged, train_loss)
+    mark_complete(out)
+    return out
+
+
+def make_parser():
+    from ..configs import make_parser as _mp
+
+    return _mp(TrainConfig, prog="llm-unlearn train")
+
+
+def cli(argv=None) -> None:
+    print(main(parse_config(TrainConfig, argv, prog="llm-unlearn train")))

@@ -1,0 +1,199 @@
+"""Stage 3: unlearn the poisons from the initial model with one method under a compute budget.
+
+The budget is a fraction of the gold retraining run's compute (its ``compute_tokens``: tokens through
+forward+backward). LoRA adapters by default (``use_peft``), full-parameter otherwise. Writes the adapter or model
+(safetensors), ``unlearn_info.json`` (compute actually spent, steps, divergence) and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..configs import ConfigError, parse_config, save_config
+from ..utils import is_complete, mark_complete, read_json, write_json
+
+
+@dataclass
+class UnlearnConfig:
+    """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
+
+    model_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the adapter/model goes"})
+    retrain_dir: str | None = field(
+        default=None, metadata={"help": "gold retrain dir; its training_info.json compute_tokens is the budget's 100%"}
+    )
+    reference_compute_tokens: float | None = field(
+        default=None, metadata={"help": "retraining compute in tokens, if retrain_dir is not given"}
+    )
+    method: str = field(default="gd", metadata={"help": "a METHODS key"})
+    method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own knobs"})
+    budget: float = field(default=0.1, metadata={"help": "fraction of retraining compute, in (0, 1]"})
+    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "optimizer learning rate"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "retain (and forget) examples per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps of linear warmup"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    max_length: int = field(default=256, metadata={"help": "as in training"})
+    use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_target_modules: list[str] | str = field(
+        default="all-linear", metadata={"help": "modules that get adapters ('all-linear' or a list of names)"}
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "weights dtype"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flash_attention_2"})
+    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
+
+    def validate(self) -> None:
+        from ..methods import build_method_config
+        from .train import check_trainer_args
+
+        build_method_config(self.method, self.method_args)
+        if not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
+            raise ConfigError("reference_compute_tokens must be > 0")
+        check_trainer_args(self.trainer_args)
+
+
+def reference_compute(cfg: UnlearnConfig) -> float:
+    if cfg.reference_compute_tokens is not None:
+        return float(cfg.reference_compute_tokens)
+    if cfg.retrain_dir is None:
+        raise ConfigError("set retrain_dir (a finished gold retrain) or reference_compute_tokens to size the budget")
+    info = Path(cfg.retrain_dir) / "training_info.json"
+    if not info.is_file():
+        raise ConfigError(f"retrain_dir: {cfg.retrain_dir!r} has no training_info.json (not a finished train stage)")
+    return float(read_json(info)["compute_tokens"])
+
+
+def peft_config(cfg: UnlearnConfig):
+    """LoRA config through trl's ``ModelConfig``/``get_peft_config``, as TRL scripts build it."""
+    from trl import ModelConfig, get_peft_config
+
+    return get_peft_config(
+        ModelConfig(
+            use_peft=True,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            lora_target_modules=cfg.lora_target_modules,
+            lora_task_type="CAUSAL_LM",
+        )
+    )
+
+
+def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
+    """The method's trainer, ready to ``train()``; ``max_steps`` is an upper bound, the budget callback stops it."""
+    from ..methods import build_method_config, get_method
+    from ..methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
+    from .train import training_arguments
+
+    spec = get_method(cfg.method)
+    method_cfg = build_method_config(cfg.method, cfg.method_args)
+    dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed)
+    # A step costs at least one retain or forget batch of the shortest examples: bound the steps from that.
+    min_len = min(min(len(x) for x in forget["input_ids"]), min(len(x) for x in retain["input_ids"]))
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * min_len
+    max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
+    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=max_steps)
+
+    class _Trainer(spec.trainer_cls):
+        pass
+
+    _Trainer.method_cfg = method_cfg
+    trainer = _Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.budget_tokens = budget_tokens
+    trainer.compute_tokens = 0.0
+    trainer.add_callback(BudgetCallback(trainer))
+    return trainer
+
+
+def main(cfg: UnlearnConfig) -> Path:
+    from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
+    from ..utils import set_seed
+    from .train import DivergedError
+
+    for key in ("model_dir", "dataset_dir", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"{key} is required")
+    out = Path(cfg.output_dir)
+    if is_complete(out):
+        return out
+    ref_tokens = reference_compute(cfg)
+    dd, manifest = load_dataset_dir(cfg.dataset_dir)
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
+    model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+    check_vocab(model, tokenizer)
+    if cfg.use_peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(cfg))
+    forget = tokenize_split(dd["forget"], tokenizer, cfg.max_length)
+    retain = tokenize_split(dd["retain"], tokenizer, cfg.max_length)
+    budget_tokens = cfg.budget * ref_tokens
+    trainer = build_trainer(cfg, model, tokenizer, forget, retain, budget_tokens)
+    start = time.perf_counter()
+    diverged, loss = None, None
+    try:
+        loss = trainer.train().training_loss
+    except DivergedError as e:
+        diverged, loss = e.step, e.loss
+    info = {
+        "method": cfg.method,
+        "method_args": cfg.method_args,
+        "budget": cfg.budget,
+        "reference_compute_tokens": ref_tokens,
+        "compute_tokens": trainer.compute_tokens,
+        "compute_fraction": trainer.compute_tokens / ref_tokens,
+        "steps": trainer.state.global_step,
+        "train_loss": loss,
+        "diverged": diverged is not None,
+        "diverged_step": diverged,
+        "use_peft": cfg.use_peft,
+        "wall_seconds": time.perf_counter() - start,
+        "log_history": trainer.state.log_history,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if diverged is None:
+        trainer.save_model(str(out))  # adapter_model.safetensors with peft, model.safetensors otherwise
+        tokenizer.save_pretrained(str(out))
+    write_json(out / "unlearn_info.json", info)
+    save_config(cfg, out)
+    mark_complete(out)
+    return out
+
+
+def make_parser():
+    from ..configs import make_parser as _mp
+
+    return _mp(UnlearnConfig, prog="llm-unlearn unlearn")
+
+
+def cli(argv=None) -> None:
+    print(main(parse_config(UnlearnConfig, argv, prog="llm-unlearn unlearn")))

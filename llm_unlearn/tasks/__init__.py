@@ -1,0 +1,1 @@
+"""Embedded task datasets (synthetic corpora shipped with the package)."""
