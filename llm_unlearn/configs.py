@@ -183,14 +183,16 @@ def save_config(cfg, output_dir: str | os.PathLike, name: str = "config.yaml") -
     return path
 
 
-def _flags(cls, prefix: str = "") -> list[tuple[str, str]]:
+def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     out = []
     for f in dataclasses.fields(cls):
+        if prefix + f.name in exclude:
+            continue
         tp = _hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
-            out += _flags(tp, f"{prefix}{f.name}.")
+            out += _flags(tp, f"{prefix}{f.name}.", exclude)
         else:
-            out.append((prefix + f.name, f.metadata.get("help", "")))
+            out.append((prefix + f.name, f.metadata.get("help", "").replace("%", "%%")))
     return out
 
 
@@ -198,7 +200,8 @@ def make_parser(cls, prog: str | None = None, description: str | None = None) ->
     """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field."""
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
-    for name, help_text in _flags(cls):
+    # A top-level config may hide nested keys another component sets (``run`` sets every stage's paths and seeds).
+    for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):
         parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
     return parser
 
@@ -217,7 +220,14 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
     """Parse ``argv`` (YAML file + flag overrides) into a validated ``cls``."""
     parser = make_parser(cls, prog=prog)
-    ns = vars(parser.parse_args(argv))
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [a for a in unknown if a.startswith("--")] or unknown
+        allowed = [o[2:] for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
+        near = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], allowed, n=1)
+        hint = f" (did you mean --{near[0]}?)" if near else ""
+        raise ConfigError(f"unknown argument {flags[0]!r}{hint}; `--help` lists the allowed keys")
+    ns = vars(known)
     data = read_yaml(ns.pop("config")) if ns.get("config") else {}
     ns.pop("config", None)
     for dotted, raw in ns.items():

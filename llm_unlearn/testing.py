@@ -53,8 +53,9 @@ def build_tiny_tokenizer(vocab_size: int = 1024, corpus_reviews: int = 4000, see
 
     from .tasks.reviews import LABELS, generate_reviews
 
-    texts = [r["text"] for r in generate_reviews(corpus_reviews, seed=10_000 + seed)]
-    texts += ["Review:", "Sentiment:"] + [f" {label}" for label in LABELS]
+    # Train on whole formatted examples so the prompt cue and the label words become single tokens.
+    texts = [f"Review: {r['text']}\nSentiment: {r['label']}" for r in generate_reviews(corpus_reviews, seed=10_000 + seed)]
+    texts += [f" {label}" for label in LABELS]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

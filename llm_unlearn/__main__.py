@@ -1,0 +1,7 @@
+"""``python -m llm_unlearn <command>`` (what ``accelerate launch -m llm_unlearn train ...`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""``llm-unlearn <command> [--config file.yaml] [--field value ...]``: one entry per stage, nothing imported heavy
+until a command runs (so ``--help`` is instant). User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "run": ("run", "the whole protocol for one attack: poison, train, retrain, unlearn grid, eval, report"),
+    "poison": ("poison", "poison a training set (gaussian | backdoor)"),
+    "train": ("train", "fine-tune the initial (poisoned) or gold (retain) model"),
+    "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
+    "eval": ("evaluate", "evaluate a model: utility, ASR, Gaussian Unlearning Score, loss MIA"),
+    "report": ("report", "results.json, report.md and plots for a run directory"),
+    "tiny": ("tiny", "build the embedded tokenizer + tiny Llama offline"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: llm-unlearn <command> [--config FILE.yaml] [--key value ...]", "", "commands:"]
+    lines += [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "`llm-unlearn <command> --help` lists a command's keys."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"llm-unlearn: error: unknown command {name!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .configs import ConfigError
+
+    module = importlib.import_module(f"llm_unlearn.stages.{COMMANDS[name][0]}")
+    try:
+        module.cli(rest)
+    except ConfigError as e:
+        print(f"llm-unlearn {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

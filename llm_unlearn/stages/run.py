@@ -1,0 +1,321 @@
+"""The orchestrator: one experiment = one attack, a model, seeds, methods x budgets (x method grids).
+
+For every seed: poison -> train the initial model (poisoned set) and the gold model (retain set, same
+initialisation) -> for every method x budget: unlearn -> evaluate initial, gold and every unlearned model -> report.
+The grid is a small DAG of stage jobs run by ``workers`` processes; a job whose output dir is complete is skipped,
+which is how a killed run resumes. Layout under ``output_dir``::
+
+    experiment.yaml  results.json  report.md  *.png
+    seed_<s>/base/ poison/ initial/ retrain/ unlearn/<method>_b<budget>/ eval/<model>/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..configs import ConfigError, load_config, parse_config, to_dict
+from ..testing import TinyModelConfig
+from ..utils import atomic_write_text, is_complete
+from .evaluate import EvalConfig
+from .poison import PoisonConfig
+from .train import TrainConfig
+from .unlearn import UnlearnConfig
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_TINY = "embedded:tiny-llama"
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
+    model_name_or_path: str = field(
+        default=EMBEDDED_TINY, metadata={"help": f"{EMBEDDED_TINY} (built offline per seed), a model dir or Hub id"}
+    )
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "shape of the embedded model"})
+    poison: PoisonConfig = field(default_factory=PoisonConfig, metadata={"help": "poison stage settings"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "initial and gold training settings"})
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "shared unlearning settings"})
+    methods: list[str] = field(
+        default_factory=lambda: ["gd", "ngd", "ga", "neggrad_plus"], metadata={"help": "METHODS keys to run"}
+    )
+    method_args: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": "per-method knobs, e.g. {neggrad_plus: {beta: 0.95}}"}
+    )
+    budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation settings"})
+    workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
+    overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
+
+    def validate(self) -> None:
+        from ..methods import build_method_config
+
+        if not self.seeds:
+            raise ConfigError("seeds must hold at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        if not self.methods:
+            raise ConfigError("methods must name at least one METHODS key")
+        for m in self.methods:
+            build_method_config(m, self.method_args.get(m))
+        for m in self.method_args:
+            if m not in self.methods:
+                raise ConfigError(f"method_args.{m}: {m!r} is not in methods={self.methods}")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {self.budgets}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        for section, names in RUN_OWNED:
+            sub = getattr(self, section)
+            for name in names:
+                if getattr(sub, name) != _default(type(sub), name):
+                    raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
+        if self.model_name_or_path == EMBEDDED_TINY and self.poison.dataset_name != "embedded:reviews":
+            logger.warning("the embedded tiny model's tokenizer was trained on the embedded reviews only")
+
+
+# Stage keys that `run` fills in for every job: setting them in an experiment config is an error.
+RUN_OWNED = (
+    ("poison", ("output_dir", "seed")),
+    ("train", ("model_name_or_path", "dataset_dir", "output_dir", "split", "seed")),
+    ("unlearn", ("model_dir", "dataset_dir", "output_dir", "retrain_dir", "method", "method_args", "budget", "seed")),
+    ("eval", ("model_dir", "adapter_dir", "dataset_dir", "output_dir")),
+)
+ExperimentConfig.CLI_EXCLUDE = frozenset(f"{sec}.{n}" for sec, names in RUN_OWNED for n in names)
+
+
+def _default(cls, name):
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def model_id(method: str, budget: float) -> str:
+    return f"{method}_b{budget:g}"
+
+
+@dataclass
+class Job:
+    name: str
+    stage: str  # module name under llm_unlearn.stages
+    config: Any
+    deps: list[str]
+
+
+def plan(cfg: ExperimentConfig) -> list[Job]:
+    """The DAG of stage jobs for the whole grid."""
+    root = Path(cfg.output_dir)
+    jobs: list[Job] = []
+    for seed in cfg.seeds:
+        d = root / f"seed_{seed}"
+        base_deps = []
+        base = cfg.model_name_or_path
+        if base == EMBEDDED_TINY:
+            base = str(d / "base")
+            jobs.append(Job(f"s{seed}/base", "tiny", {"output_dir": base, "seed": seed, "tiny": cfg.tiny}, []))
+            base_deps = [f"s{seed}/base"]
+        poison = dataclasses.replace(cfg.poison, output_dir=str(d / "poison"), seed=seed)
+        jobs.append(Job(f"s{seed}/poison", "poison", poison, []))
+        for name, split in (("initial", "train"), ("retrain", "retain")):
+            tc = dataclasses.replace(
+                cfg.train, model_name_or_path=base, dataset_dir=poison.output_dir, output_dir=str(d / name),
+                split=split, seed=seed,
+            )
+            jobs.append(Job(f"s{seed}/{name}", "train", tc, [f"s{seed}/poison", *base_deps]))
+            ec = dataclasses.replace(
+                cfg.eval, model_dir=tc.output_dir, dataset_dir=poison.output_dir, output_dir=str(d / "eval" / name)
+            )
+            jobs.append(Job(f"s{seed}/eval/{name}", "evaluate", ec, [f"s{seed}/{name}"]))
+        for method in cfg.methods:
+            for budget in cfg.budgets:
+                mid = model_id(method, budget)
+                uc = dataclasses.replace(
+                    cfg.unlearn, model_dir=str(d / "initial"), dataset_dir=poison.output_dir,
+                    output_dir=str(d / "unlearn" / mid), retrain_dir=str(d / "retrain"), method=method,
+                    method_args=dict(cfg.method_args.get(method, {})), budget=budget, seed=seed,
+                )
+                jobs.append(Job(f"s{seed}/unlearn/{mid}", "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
+                ec = dataclasses.replace(
+                    cfg.eval, model_dir=str(d / "initial"), adapter_dir=uc.output_dir if uc.use_peft else None,
+                    dataset_dir=poison.output_dir, output_dir=str(d / "eval" / mid),
+                )
+                if not uc.use_peft:
+                    ec = dataclasses.replace(ec, model_dir=uc.output_dir)
+                jobs.append(Job(f"s{seed}/eval/{mid}", "evaluate", ec, [f"s{seed}/unlearn/{mid}"]))
+    return jobs
+
+
+def _output_dir(job: Job) -> str:
+    return job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir
+
+
+def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | None]:
+    """Run one stage job (in this process or a worker); returns (name, seconds, diverged-or-skipped note)."""
+    import importlib
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    if job.stage == "tiny":
+        from ..testing import save_tiny
+        from ..utils import mark_complete
+
+        out = job.config["output_dir"]
+        if not is_complete(out):
+            save_tiny(out, job.config["tiny"], seed=job.config["seed"])
+            mark_complete(out)
+        return job.name, time.perf_counter() - start, None
+    module = importlib.import_module(f"llm_unlearn.stages.{job.stage}")
+    if job.stage == "evaluate" and _diverged_unlearn(job.config):
+        return job.name, 0.0, "diverged"
+    module.main(job.config)
+    return job.name, time.perf_counter() - start, None
+
+
+def _diverged_unlearn(ec: EvalConfig) -> bool:
+    from ..utils import read_json
+
+    src = ec.adapter_dir or ec.model_dir
+    info = Path(src) / "unlearn_info.json"
+    return info.is_file() and read_json(info).get("diverged", False)
+
+
+def check_output_dir(cfg: ExperimentConfig) -> Path:
+    """Refuse a non-writable dir or one that holds a different experiment (unless ``overwrite``)."""
+    root = Path(cfg.output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir {cfg.output_dir!r} cannot be created: {e.strerror}") from e
+    if not os.access(root, os.W_OK):
+        raise ConfigError(f"output_dir {cfg.output_dir!r} is not writable")
+    spec = _identity(cfg)
+    existing = root / "experiment.yaml"
+    if existing.is_file():
+        old = yaml.safe_load(existing.read_text()) or {}
+        if _identity_dict(old) != _identity_dict(spec) and not cfg.overwrite:
+            raise ConfigError(
+                f"output_dir {cfg.output_dir!r} holds a different experiment (see its experiment.yaml); "
+                "choose another output_dir or pass --overwrite true"
+            )
+    elif any(root.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"output_dir {cfg.output_dir!r} is not empty and holds no experiment.yaml; use --overwrite true")
+    atomic_write_text(existing, yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+def _identity(cfg: ExperimentConfig) -> dict:
+    return to_dict(cfg)
+
+
+def _identity_dict(d: dict) -> dict:
+    # What defines results: everything but where they go and how many processes compute them.
+    return {k: v for k, v in d.items() if k not in ("output_dir", "workers", "overwrite")}
+
+
+def run_experiment(cfg: ExperimentConfig | dict | str, **overrides) -> Path:
+    """Run the whole grid and the report; returns the report path. ``cfg`` may be a config, a mapping or a YAML path.
+
+    Example::
+
+        from llm_unlearn import run_experiment
+        report = run_experiment("recipes/tiny/llm_gaussian.yaml", output_dir="runs/gaussian", seeds=[0])
+    """
+    from ..configs import build_config, read_yaml, validate_config
+    from .report import ReportConfig
+    from .report import main as report_main
+
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = build_config(ExperimentConfig, read_yaml(cfg), **overrides)
+    elif isinstance(cfg, dict):
+        cfg = build_config(ExperimentConfig, cfg, **overrides)
+    else:
+        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+        validate_config(cfg)
+    if cfg.output_dir is None:
+        raise ConfigError("output_dir is required")
+    check_output_dir(cfg)
+    jobs = plan(cfg)
+    execute(jobs, cfg.workers)
+    return report_main(ReportConfig(run_dir=cfg.output_dir))
+
+
+def execute(jobs: list[Job], workers: int) -> None:
+    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time."""
+    from tqdm.auto import tqdm
+
+    pending = {j.name: j for j in jobs}
+    done: set[str] = set()
+    bar = tqdm(total=len(jobs), desc="grid", unit="job")
+    for j in jobs:  # resume: complete outputs are skipped up front
+        if is_complete(_output_dir(j)):
+            done.add(j.name)
+            pending.pop(j.name)
+            bar.update()
+    if workers == 1:
+        while pending:
+            job = next(j for j in pending.values() if all(d in done for d in j.deps))
+            name, secs, note = run_job(job)
+            logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
+            done.add(name)
+            pending.pop(name)
+            bar.update()
+        bar.close()
+        return
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    running = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        while pending or running:
+            for job in [j for j in pending.values() if all(d in done for d in j.deps)]:
+                if len(running) >= workers:
+                    break
+                running[pool.submit(run_job, job, threads)] = job.name
+                pending.pop(job.name)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = running.pop(fut)
+                try:
+                    _, secs, note = fut.result()
+                except BaseException:
+                    for f in running:
+                        f.cancel()
+                    raise
+                logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
+                done.add(name)
+                bar.update()
+    bar.close()
+
+
+def make_parser():
+    from ..configs import make_parser as _mp
+
+    return _mp(ExperimentConfig, prog="llm-unlearn run")
+
+
+def cli(argv=None) -> None:
+    cfg = parse_config(ExperimentConfig, argv, prog="llm-unlearn run")
+    report = run_experiment(cfg)
+    print(f"report: {report}")
+    print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+
+
+def load_experiment(run_dir: str | os.PathLike) -> ExperimentConfig:
+    p = Path(run_dir) / "experiment.yaml"
+    if not p.is_file():
+        raise ConfigError(f"run_dir {str(run_dir)!r} holds no experiment.yaml (not a `llm-unlearn run` directory)")
+    return load_config(ExperimentConfig, yaml.safe_load(p.read_text()))
