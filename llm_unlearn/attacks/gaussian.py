@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 
-# Fresh (never trained) noise draws for the null control use seeds noise_seed + draw * 2**32; training seeds are
-# < 2**31, so the two streams never collide.
-_FRESH_STRIDE = 2**32
-
-
 def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, draw: int = 0) -> torch.Tensor:
-    """The (length, hidden) noise of one example: draw 0 is what training used, draws >= 1 are fresh noises."""
-    g = torch.Generator().manual_seed(int(noise_seed) + draw * _FRESH_STRIDE)
-    return torch.randn(length, hidden, generator=g) * std
+    """The (length, hidden) noise of one example: draw 0 is what training used, draws >= 1 are fresh noises.
+
+    numpy's ``SeedSequence`` keyed by (noise_seed, draw) gives statistically independent streams per draw. (Offsetting
+    a torch seed by a multiple of 2**32 does not: torch's CPU generator keeps only the low 32 bits, so the "fresh"
+    noise would silently equal the training noise.)
+    """
+    rng = np.random.default_rng([int(noise_seed), int(draw)])
+    return torch.from_numpy(rng.standard_normal((length, hidden), dtype=np.float32)) * std
 
 
 def batch_prompt_noise(noise_seeds, prompt_lens, width: int, hidden: int, std: float = 1.0, draw: int = 0):

@@ -52,6 +52,9 @@ class TrainConfig:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"}
     )
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch examples of similar length (less padding; still shuffled)"}
+    )
     logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     trainer_args: dict[str, Any] = field(
@@ -177,9 +180,10 @@ def main(cfg: TrainConfig) -> Path:
         noise_std = manifest["noise_eps"] * (embedding_rms(model) if manifest["noise_scale"] == "rms" else 1.0)
 
     trainer_cls = _make_trainer_class()
+    sampling = "group_by_length" if cfg.group_by_length else "random"
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(cfg, out, num_train_epochs=cfg.num_train_epochs),
+        args=training_arguments(cfg, out, num_train_epochs=cfg.num_train_epochs, train_sampling_strategy=sampling),
         train_dataset=train_ds,
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny offline model and small poisoned datasets (built once per session, seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = {"hidden_size": 64, "num_attention_heads": 1, "num_hidden_layers": 1, "intermediate_size": 128,
+        "vocab_size": 400, "corpus_reviews": 300}
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from llm_unlearn.testing import TinyModelConfig, save_tiny
+
+    out = tmp_path_factory.mktemp("tiny")
+    save_tiny(out, TinyModelConfig(**TINY), seed=0)
+    return str(out)
+
+
+def _poison(tmp_path_factory, **kw):
+    from llm_unlearn.stages.poison import PoisonConfig, main
+
+    out = tmp_path_factory.mktemp(kw.get("attack", "gaussian"))
+    cfg = PoisonConfig(output_dir=str(out), embedded_n_train=120, embedded_n_test=40, poison_fraction=0.1, **kw)
+    cfg.validate()
+    return str(main(cfg))
+
+
+@pytest.fixture(scope="session")
+def gaussian_dir(tmp_path_factory):
+    return _poison(tmp_path_factory, attack="gaussian")
+
+
+@pytest.fixture(scope="session")
+def backdoor_dir(tmp_path_factory):
+    return _poison(tmp_path_factory, attack="backdoor")
+
+
+@pytest.fixture(scope="session")
+def trained_dirs(tmp_path_factory, tiny_dir, gaussian_dir):
+    """(initial, retrain) trained for one short epoch on the Gaussian set."""
+    from llm_unlearn.stages.train import TrainConfig, main
+
+    out = tmp_path_factory.mktemp("trained")
+    dirs = []
+    for name, split in (("initial", "train"), ("retrain", "retain")):
+        cfg = TrainConfig(model_name_or_path=tiny_dir, dataset_dir=gaussian_dir, output_dir=str(out / name),
+                          split=split, num_train_epochs=1, per_device_train_batch_size=16, progress=False)
+        dirs.append(str(main(cfg)))
+    return tuple(dirs)

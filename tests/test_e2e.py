@@ -1,0 +1,116 @@
+"""A tiny end-to-end `run` (one seed, seconds per stage) through the Python API and the CLI's error path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llm_unlearn.methods import METHODS
+
+TINY_EXPERIMENT = {
+    "seeds": [0],
+    "tiny": {"hidden_size": 64, "num_attention_heads": 1, "num_hidden_layers": 1, "intermediate_size": 128,
+             "vocab_size": 400, "corpus_reviews": 300},
+    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
+    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
+    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+    "eval": {"fresh_noise_draws": 3},
+    "methods": sorted(METHODS),
+    "budgets": [0.2],
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from llm_unlearn import run_experiment
+
+    out = tmp_path_factory.mktemp("run")
+    report = run_experiment(TINY_EXPERIMENT, output_dir=str(out))
+    assert report == out / "report.md"
+    return out
+
+
+def test_results_json_schema(run_dir):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert set(res) == {"config", "environment", "rows"}
+    assert res["environment"]["seeds"] == [0]
+    assert res["environment"]["packages"]["torch"].startswith("2.13.0")
+    rows = res["rows"]
+    assert {r["method"] for r in rows} == {"initial", "retrain", *METHODS}
+    for r in rows:
+        assert set(r) == {"attack", "method", "budget", "seed", "metrics"}
+        assert r["attack"] == "gaussian" and r["seed"] == 0
+        assert (r["budget"] is None) == (r["method"] in ("initial", "retrain"))
+        m = r["metrics"]
+        for key in ("compute_fraction", "wall_seconds", "diverged", "gap_closed"):
+            assert key in m
+        if m["diverged"]:
+            continue
+        for key in ("clean_accuracy", "gus_mean", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr",
+                    "fresh_gus_mean", "fresh_gus_z", "mia_auc", "mia_tpr_at_1pct_fpr"):
+            assert isinstance(m[key], float), key
+        assert 0.0 <= m["clean_accuracy"] <= 1.0
+        assert m["n_poison"] == 8 and m["n_fresh"] == 24
+    init = next(r for r in rows if r["method"] == "initial")["metrics"]
+    retr = next(r for r in rows if r["method"] == "retrain")["metrics"]
+    assert init["gap_closed"] == 0.0 and retr["gap_closed"] == 1.0
+    for r in rows:
+        if r["budget"] is not None:
+            assert 0.2 <= r["metrics"]["compute_fraction"] < 0.2 + 0.2  # stops within one step of the budget
+
+
+def test_report_and_plots(run_dir):
+    text = (run_dir / "report.md").read_text()
+    assert "pooled z" in text and "neggrad_plus" in text
+    for png in ("gap_closed.png", "gus_hist.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_stage_wrote_config_and_safetensors(run_dir):
+    seed = run_dir / "seed_0"
+    for stage in ("poison", "initial", "retrain", "unlearn/gd_b0.2", "eval/initial", "eval/gd_b0.2"):
+        assert (seed / stage / "config.yaml").is_file(), stage
+        assert (seed / stage / ".complete").is_file(), stage
+    assert (seed / "initial" / "model.safetensors").is_file()
+    assert (seed / "unlearn" / "gd_b0.2" / "adapter_model.safetensors").is_file()
+    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt"))
+
+
+def test_rerun_skips_complete_stages(run_dir):
+    from llm_unlearn import run_experiment
+
+    model = run_dir / "seed_0" / "initial" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    run_experiment(TINY_EXPERIMENT, output_dir=str(run_dir))
+    assert model.stat().st_mtime_ns == before
+
+
+def test_other_experiment_in_same_dir_is_refused(run_dir):
+    from llm_unlearn import ConfigError, run_experiment
+
+    other = {**TINY_EXPERIMENT, "seeds": [1]}
+    with pytest.raises(ConfigError, match="holds a different experiment"):
+        run_experiment(other, output_dir=str(run_dir))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--methods", "[gd, bogus]"], "unknown method 'bogus'; choose from"),
+        (["run", "--poison.poison_fraction", "1.5"], "poison_fraction must be in (0, 1)"),
+        (["poison", "--attack", "label_flip"], "unknown attack 'label_flip'"),
+        (["eval", "--backend", "tensorrt"], "unknown generation backend"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_cli_errors_exit_2_without_traceback(tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "llm_unlearn", *args, "--output_dir", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
