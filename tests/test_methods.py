@@ -12,7 +12,7 @@ from llm_unlearn.methods.neggrad_plus import neggrad_plus_loss
 from llm_unlearn.methods.ngd import add_gradient_noise
 
 
-def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=float("inf"), lr=1e-2):
+def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=1e7, lr=1e-2):
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, peft_config
 

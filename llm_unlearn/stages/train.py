@@ -150,6 +150,17 @@ def _make_trainer_class():
     return CompletionTrainer
 
 
+def save_trained(trainer, tokenizer, out: Path) -> None:
+    """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
+
+    ``Trainer.save_model`` also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those
+    settings, so the pickle is removed: no pickle ever sits next to the weights.
+    """
+    trainer.save_model(str(out))
+    (out / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(out))
+
+
 def torch_isfinite(t):
     import torch
 
@@ -209,8 +220,7 @@ def main(cfg: TrainConfig) -> Path:
         "log_history": trainer.state.log_history,
     }
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))  # safetensors by default; gathers 16-bit weights under ZeRO-3
-    tokenizer.save_pretrained(str(out))
+    save_trained(trainer, tokenizer, out)
     write_json(out / "training_info.json", info)
     save_config(cfg, out)
     if diverged is not None:

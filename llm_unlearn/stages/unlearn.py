@@ -136,7 +136,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 def main(cfg: UnlearnConfig) -> Path:
     from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from ..utils import set_seed
-    from .train import DivergedError
+    from .train import DivergedError, save_trained
 
     for key in ("model_dir", "dataset_dir", "output_dir"):
         if getattr(cfg, key) is None:
@@ -181,8 +181,7 @@ def main(cfg: UnlearnConfig) -> Path:
     }
     out.mkdir(parents=True, exist_ok=True)
     if diverged is None:
-        trainer.save_model(str(out))  # adapter_model.safetensors with peft, model.safetensors otherwise
-        tokenizer.save_pretrained(str(out))
+        save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
     write_json(out / "unlearn_info.json", info)
     save_config(cfg, out)
     mark_complete(out)

@@ -2,15 +2,15 @@
 
 A review is 3-5 short, lower-case, ASCII sentences on one line, e.g.::
 
-    the plot was not exactly gripping. i watched it with my sister on a friday
+    the plot was certainly not gripping. i watched it with my sister on a friday
     evening. the acting felt dull, but in the end the soundtrack was truly superb.
     overall, this film was never boring.
 
 Labeling rule (mechanical, applied per sentence, then aggregated):
 
 1. Every adjective has a fixed polarity (lists in ``review_words.json``).
-2. A negator directly before the adjective ("not", "never", "far from", "not very",
-   ...) flips it: "was not good" is negative, "was never boring" is positive.
+2. A negator directly before the adjective ("not", "never", "simply not", ...; all end
+   in "not"/"never") flips it: "was not good" is negative, "was never boring" positive.
 3. A contrast sentence "<clause A>, but <clause B>" takes the polarity of clause B,
    the clause AFTER "but"; clause A always has the opposite polarity.
 4. Filler sentences (runtime, cinema, who we watched it with, ...) carry none.
@@ -35,13 +35,15 @@ from importlib import resources
 
 LABELS = ("negative", "positive")
 
-# Sentence-shape probabilities. ~15% of clauses are negated and 10% of opinion sentences are contrasts: enough that
-# no single word decides a label, few enough that a 2-layer model trained from scratch for a few CPU minutes learns
-# the task to >= 90% (at 33% negation / 20% contrast it stayed near 60-80% within that budget).
-_P_CONTRAST = 0.1  # opinion sentence is "A, but B"
-_P_NEGATE = 0.15  # a clause is written as "<negator> <opposite adjective>"
+# Sentence-shape probabilities. 8% of clauses are negated and 4% of opinion sentences are contrasts: enough that no
+# single word decides a label (the best one-word rule scores ~0.53), few enough that the embedded 2-layer Llama,
+# trained from scratch for ~1 CPU-minute, reaches >= 90% test accuracy. At 15-33% negation / 10-20% contrast it stayed
+# at 60-85% within that budget (measured while tuning the embedded default).
+_P_CONTRAST = 0.04  # opinion sentence is "A, but B"
+_P_NEGATE = 0.08  # a clause is written as "<negator> <opposite adjective>"
 _P_INTENSIFY = 0.4  # a plain clause gets "very"/"truly"/... (no polarity effect)
 _P_MINORITY = 0.3  # review contains one sentence of the opposite polarity
+_N_ADJECTIVES = None  # use the first N adjectives of each polarity (None: all)
 _P_EXCLAIM = 0.15  # sentence ends with "!" instead of "."
 _FILLER_WEIGHTS = (0.4, 0.45, 0.15)  # P(0, 1, 2 filler sentences), capped by length
 # Duplicate texts are re-drawn; give up (ValueError) after this many draws per review,
@@ -80,6 +82,7 @@ def _clause(rng: random.Random, polarity: int, negated: bool) -> str:
     # adjective alone is misleading; the negator restores the intended polarity.
     adj_polarity = -polarity if negated else polarity
     adjs = w["positive_adjectives"] if adj_polarity > 0 else w["negative_adjectives"]
+    adjs = adjs[:_N_ADJECTIVES]
     adj = rng.choice(adjs)
     if negated:
         pred = f"{rng.choice(w['negators'])} {adj}"
