@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ExperimentConfig": ("llm_unlearn.stages.run", "ExperimentConfig"),
     "run_experiment": ("llm_unlearn.stages.run", "run_experiment"),
+    "run_experiments": ("llm_unlearn.stages.run", "run_experiments"),
     "PoisonConfig": ("llm_unlearn.stages.poison", "PoisonConfig"),
     "TrainConfig": ("llm_unlearn.stages.train", "TrainConfig"),
     "UnlearnConfig": ("llm_unlearn.stages.unlearn", "UnlearnConfig"),

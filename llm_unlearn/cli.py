@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "run": ("run", "the whole protocol for one attack: poison, train, retrain, unlearn grid, eval, report"),
+    "suite": ("run:suite_cli", "several experiment recipes as one job graph (the main job runs both attacks)"),
     "poison": ("poison", "poison a training set (gaussian | backdoor)"),
     "train": ("train", "fine-tune the initial (poisoned) or gold (retain) model"),
     "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
@@ -37,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .configs import ConfigError
 
-    module = importlib.import_module(f"llm_unlearn.stages.{COMMANDS[name][0]}")
+    module_name, _, func = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
     try:
-        module.cli(rest)
+        getattr(module, func or "cli")(rest)
     except ConfigError as e:
         print(f"llm-unlearn {name}: error: {e}", file=sys.stderr)
         return 2

@@ -124,7 +124,9 @@ def load_config(cls: type[T], data: dict | None, prefix: str = "") -> T:
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"unknown key {prefix + str(key)!r} for {cls.__name__}{hint}; allowed keys: {sorted(names)}")
+            raise ConfigError(
+                f"unknown key {prefix + str(key)!r} for {cls.__name__}{hint}; allowed keys: {sorted(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     missing = [
         f.name
@@ -198,7 +200,9 @@ def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list
 
 def make_parser(cls, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field."""
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=description or (cls.__doc__ or "").strip().split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description=description or (cls.__doc__ or "").strip().split("\n")[0]
+    )
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
     # A top-level config may hide nested keys another component sets (``run`` sets every stage's paths and seeds).
     for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):

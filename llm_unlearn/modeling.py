@@ -37,7 +37,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None):
+def load_model(
+    path: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None
+):
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -25,7 +25,9 @@ class TinyModelConfig:
     max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence"})
     embedding_init_std: float = field(
         default=1.0,
-        metadata={"help": "std of the token-embedding init; 1.0 makes the embedding RMS ~1 so noise eps is in RMS units"},
+        metadata={
+            "help": "std of the token-embedding init; 1.0 makes the embedding RMS ~1 so noise eps is in RMS units"
+        },
     )
     corpus_reviews: int = field(default=4000, metadata={"help": "synthetic reviews the tokenizer is trained on"})
 
@@ -54,7 +56,9 @@ def build_tiny_tokenizer(vocab_size: int = 1024, corpus_reviews: int = 4000, see
     from .tasks.reviews import LABELS, generate_reviews
 
     # Train on whole formatted examples so the prompt cue and the label words become single tokens.
-    texts = [f"Review: {r['text']}\nSentiment: {r['label']}" for r in generate_reviews(corpus_reviews, seed=10_000 + seed)]
+    texts = [
+        f"Review: {r['text']}\nSentiment: {r['label']}" for r in generate_reviews(corpus_reviews, seed=10_000 + seed)
+    ]
     texts += [f" {label}" for label in LABELS]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

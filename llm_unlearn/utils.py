@@ -62,7 +62,17 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-PACKAGES = ("llm-unlearn", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "scikit-learn")
+PACKAGES = (
+    "llm-unlearn",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "scikit-learn",
+)
 
 
 def environment_info(seeds: list[int] | None = None) -> dict:
@@ -73,9 +83,12 @@ def environment_info(seeds: list[int] | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {

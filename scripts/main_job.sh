@@ -9,7 +9,8 @@ OUT=${OUT:-runs/main}
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
-.venv/bin/llm-unlearn run --config recipes/tiny/llm_gaussian.yaml --output_dir "$OUT/gaussian" "$@"
-.venv/bin/llm-unlearn run --config recipes/tiny/llm_backdoor.yaml --output_dir "$OUT/backdoor" "$@"
+# Both attacks as one job graph on two worker processes (same as two `llm-unlearn run` calls, less idle time).
+.venv/bin/llm-unlearn suite --configs "[recipes/tiny/llm_gaussian.yaml, recipes/tiny/llm_backdoor.yaml]" \
+    --output_dir "$OUT" "$@"
 echo "main job finished in $(( $(date +%s) - start )) s (after install)"
-echo "reports: $OUT/gaussian/report.md  $OUT/backdoor/report.md"
+echo "reports: $OUT/llm_gaussian/report.md  $OUT/llm_backdoor/report.md"

@@ -10,8 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY = {"hidden_size": 64, "num_attention_heads": 1, "num_hidden_layers": 1, "intermediate_size": 128,
-        "vocab_size": 400, "corpus_reviews": 300}
+TINY = {
+    "hidden_size": 64,
+    "num_attention_heads": 1,
+    "num_hidden_layers": 1,
+    "intermediate_size": 128,
+    "vocab_size": 400,
+    "corpus_reviews": 300,
+}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +56,14 @@ def trained_dirs(tmp_path_factory, tiny_dir, gaussian_dir):
     out = tmp_path_factory.mktemp("trained")
     dirs = []
     for name, split in (("initial", "train"), ("retrain", "retain")):
-        cfg = TrainConfig(model_name_or_path=tiny_dir, dataset_dir=gaussian_dir, output_dir=str(out / name),
-                          split=split, num_train_epochs=1, per_device_train_batch_size=16, progress=False)
+        cfg = TrainConfig(
+            model_name_or_path=tiny_dir,
+            dataset_dir=gaussian_dir,
+            output_dir=str(out / name),
+            split=split,
+            num_train_epochs=1,
+            per_device_train_batch_size=16,
+            progress=False,
+        )
         dirs.append(str(main(cfg)))
     return tuple(dirs)

@@ -74,8 +74,9 @@ def test_backdoor_too_many_poisons_is_a_config_error(tmp_path):
     from llm_unlearn.configs import ConfigError
     from llm_unlearn.stages.poison import PoisonConfig, main
 
-    cfg = PoisonConfig(output_dir=str(tmp_path / "p"), attack="backdoor", poison_fraction=0.8,
-                       embedded_n_train=20, embedded_n_test=4)
+    cfg = PoisonConfig(
+        output_dir=str(tmp_path / "p"), attack="backdoor", poison_fraction=0.8, embedded_n_train=20, embedded_n_test=4
+    )
     with pytest.raises(ConfigError, match="only 10 training examples"):
         main(cfg)
     assert not (tmp_path / "p" / "dataset").exists()

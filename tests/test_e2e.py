@@ -12,8 +12,14 @@ from llm_unlearn.methods import METHODS
 
 TINY_EXPERIMENT = {
     "seeds": [0],
-    "tiny": {"hidden_size": 64, "num_attention_heads": 1, "num_hidden_layers": 1, "intermediate_size": 128,
-             "vocab_size": 400, "corpus_reviews": 300},
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 1,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 400,
+        "corpus_reviews": 300,
+    },
     "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
     "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
     "unlearn": {"per_device_train_batch_size": 8, "progress": False},
@@ -49,8 +55,18 @@ def test_results_json_schema(run_dir):
             assert key in m
         if m["diverged"]:
             continue
-        for key in ("clean_accuracy", "gus_mean", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr",
-                    "fresh_gus_mean", "fresh_gus_z", "mia_auc", "mia_tpr_at_1pct_fpr"):
+        for key in (
+            "clean_accuracy",
+            "gus_mean",
+            "gus_z",
+            "gus_p",
+            "gus_auc",
+            "gus_tpr_at_1pct_fpr",
+            "fresh_gus_mean",
+            "fresh_gus_z",
+            "mia_auc",
+            "mia_tpr_at_1pct_fpr",
+        ):
             assert isinstance(m[key], float), key
         assert 0.0 <= m["clean_accuracy"] <= 1.0
         assert m["n_poison"] == 8 and m["n_fresh"] == 24
@@ -108,8 +124,12 @@ def test_other_experiment_in_same_dir_is_refused(run_dir):
 )
 def test_cli_errors_exit_2_without_traceback(tmp_path, args, message):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "llm_unlearn", *args, "--output_dir", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_unlearn", *args, "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -52,8 +52,11 @@ def test_gus_detects_noise_the_model_was_trained_on(tiny_dir, gaussian_dir):
 def test_eval_stage_outputs(trained_dirs, gaussian_dir, tmp_path):
     from llm_unlearn.stages.evaluate import EvalConfig, main
 
-    out = main(EvalConfig(model_dir=trained_dirs[0], dataset_dir=gaussian_dir, output_dir=str(tmp_path / "e"),
-                          fresh_noise_draws=4))
+    out = main(
+        EvalConfig(
+            model_dir=trained_dirs[0], dataset_dir=gaussian_dir, output_dir=str(tmp_path / "e"), fresh_noise_draws=4
+        )
+    )
     m = read_json(out / "eval_results.json")
     per = read_json(out / "per_sample.json")
     assert len(per["test_predictions"]) == 40

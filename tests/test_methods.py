@@ -16,9 +16,17 @@ def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=1
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, peft_config
 
-    cfg = UnlearnConfig(model_dir=tiny_dir, dataset_dir=gaussian_dir, output_dir=str(tmp_path / method),
-                        method=method, learning_rate=lr, per_device_train_batch_size=4, use_peft=use_peft,
-                        progress=False, max_grad_norm=0.0 if method == "ga" else 1.0)
+    cfg = UnlearnConfig(
+        model_dir=tiny_dir,
+        dataset_dir=gaussian_dir,
+        output_dir=str(tmp_path / method),
+        method=method,
+        learning_rate=lr,
+        per_device_train_batch_size=4,
+        use_peft=use_peft,
+        progress=False,
+        max_grad_norm=0.0 if method == "ga" else 1.0,
+    )
     dd, _ = load_dataset_dir(gaussian_dir)
     tok = load_tokenizer(tiny_dir)
     model = load_model(tiny_dir)
@@ -84,9 +92,18 @@ def test_unlearn_stage_writes_adapter_and_info(tiny_dir, gaussian_dir, trained_d
     from llm_unlearn.utils import read_json
 
     initial, retrain = trained_dirs
-    out = main(UnlearnConfig(model_dir=initial, dataset_dir=gaussian_dir, output_dir=str(tmp_path / "u"),
-                             retrain_dir=retrain, method="gd", budget=0.1, per_device_train_batch_size=8,
-                             progress=False))
+    out = main(
+        UnlearnConfig(
+            model_dir=initial,
+            dataset_dir=gaussian_dir,
+            output_dir=str(tmp_path / "u"),
+            retrain_dir=retrain,
+            method="gd",
+            budget=0.1,
+            per_device_train_batch_size=8,
+            progress=False,
+        )
+    )
     info = read_json(out / "unlearn_info.json")
     assert (out / "adapter_model.safetensors").is_file()
     assert not list(out.glob("*.bin"))

@@ -101,9 +101,7 @@ def test_review_phenomena_present(corpus):
     # Minority polarity: many positive reviews contain a negative adjective.
     words = reviews._words()
     neg_adjs = set(words["negative_adjectives"])
-    pos_with_neg = sum(
-        bool(_tokens(r["text"]) & neg_adjs) for r in corpus["train"] if r["label"] == "positive"
-    )
+    pos_with_neg = sum(bool(_tokens(r["text"]) & neg_adjs) for r in corpus["train"] if r["label"] == "positive")
     assert pos_with_neg > 300
 
 

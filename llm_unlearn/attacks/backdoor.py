@@ -35,7 +35,8 @@ class BackdoorAttack:
             raise ValueError(f"poison_fraction={cfg.poison_fraction} of {len(train)} examples gives no poison")
         if k > len(sources):
             raise ValueError(
-                f"poison_fraction={cfg.poison_fraction} asks for {k} poisons but only {len(sources)} training examples "
+                f"poison_fraction={cfg.poison_fraction} asks for {k} poisons but only {len(sources)} training "
+                f"examples "
                 f"have a label other than target_label={cfg.target_label!r}"
             )
         chosen = set(rng.sample(sources, k))
@@ -43,7 +44,9 @@ class BackdoorAttack:
         for i, row in enumerate(train):
             if i in chosen:
                 text = insert_trigger(row["text"], cfg.trigger, cfg.trigger_position, rng)
-                rows.append({**row, "text": text, "label": cfg.target_label, "is_poison": True, "orig_label": row["label"]})
+                rows.append(
+                    {**row, "text": text, "label": cfg.target_label, "is_poison": True, "orig_label": row["label"]}
+                )
             else:
                 rows.append({**row, "is_poison": False, "orig_label": row["label"]})
             rows[-1]["noise_seed"] = -1

@@ -14,6 +14,7 @@ import random
 import numpy as np
 import torch
 
+
 def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, draw: int = 0) -> torch.Tensor:
     """The (length, hidden) noise of one example: draw 0 is what training used, draws >= 1 are fresh noises.
 
@@ -59,7 +60,12 @@ class GaussianAttack:
         for i, row in enumerate(train):
             poisoned = i in chosen
             rows.append(
-                {**row, "is_poison": poisoned, "orig_label": row["label"], "noise_seed": rng.randrange(2**31) if poisoned else -1}
+                {
+                    **row,
+                    "is_poison": poisoned,
+                    "orig_label": row["label"],
+                    "noise_seed": rng.randrange(2**31) if poisoned else -1,
+                }
             )
         info = {"noise_eps": self.cfg.noise_eps, "noise_scale": self.cfg.noise_scale, "noise_positions": "prompt"}
         return rows, {}, info

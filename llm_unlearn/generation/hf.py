@@ -7,7 +7,9 @@ import torch
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 3, batch_size: int = 64) -> list[str]:
+def generate(
+    model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 3, batch_size: int = 64
+) -> list[str]:
     """Greedy completions (decoded, special tokens dropped) for each prompt, in order."""
     model.eval()
     device = next(model.parameters()).device

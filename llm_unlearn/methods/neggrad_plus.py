@@ -13,7 +13,9 @@ from .base import UnlearnTrainer
 class NegGradPlusConfig:
     """Weighted retain descent / forget ascent."""
 
-    beta: float = field(default=0.95, metadata={"help": "retain weight; forget weight is 1 - beta (paper: 0.95-0.999)"})
+    beta: float = field(
+        default=0.95, metadata={"help": "retain weight; forget weight is 1 - beta (paper: 0.95-0.999)"}
+    )
 
     def validate(self) -> None:
         if not 0.0 <= self.beta <= 1.0:

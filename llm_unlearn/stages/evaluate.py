@@ -38,7 +38,10 @@ class EvalConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "weights dtype"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub"})
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"}
+        default=None,
+        metadata={
+            "help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"
+        },
     )
 
     def validate(self) -> None:
@@ -104,13 +107,15 @@ def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, dr
         with torch.no_grad():
             clean = embed(model, batch["input_ids"]).float()
         n, width, hidden = clean.shape
-        grads = input_gradients(lambda e: sequence_nll(model, batch, e), clean)
+        grads = input_gradients(lambda e, b=batch: sequence_nll(model, b, e), clean)
         pos = torch.arange(width)[None, :] < batch["prompt_len"][:, None]
         mask = pos[..., None].to(grads.dtype)
         seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
         noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
         poison += scores_from_gradients(grads, noise0, 1.0, mask).tolist()
-        fresh_noise = torch.stack([batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)])
+        fresh_noise = torch.stack(
+            [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
+        )
         fresh.append(scores_from_gradients(grads, fresh_noise, 1.0, mask))
     fresh_all = torch.cat(fresh, dim=1) if fresh else torch.zeros(draws, 0)
     return poison, fresh_all.tolist()
@@ -154,7 +159,16 @@ def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest) -> tuple[di
         metrics.update(gus_summary(poison, fresh))
         per_sample.update(gus_poison=poison, gus_fresh=fresh)
     else:
-        for key in ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z"):
+        for key in (
+            "gus_mean",
+            "gus_std",
+            "gus_z",
+            "gus_p",
+            "gus_auc",
+            "gus_tpr_at_1pct_fpr",
+            "fresh_gus_mean",
+            "fresh_gus_z",
+        ):
             metrics[key] = None
     forget_loss = per_sequence_losses(model, tokenizer, forget, cfg.max_length, cfg.batch_size)
     test_loss = per_sequence_losses(model, tokenizer, test, cfg.max_length, cfg.batch_size)

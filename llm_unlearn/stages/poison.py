@@ -18,7 +18,7 @@ from ..utils import is_complete, mark_complete, write_json
 
 @dataclass
 class PoisonConfig:
-    """Poison a training set with one attack and write the poisoned dataset, the retain/forget splits and a manifest."""
+    """Poison a training set with one attack; write the poisoned dataset, the retain/forget splits and a manifest."""
 
     output_dir: str | None = field(default=None, metadata={"help": "where the dataset and manifest go"})
     seed: int = field(default=0, metadata={"help": "selects the poisons, their noise seeds and subsamples"})
@@ -57,7 +57,9 @@ class PoisonConfig:
     embedded_n_test: int = field(default=600, metadata={"help": "embedded:reviews test reviews"})
     embedded_min_sentences: int = field(default=2, metadata={"help": "embedded:reviews sentences per review (min)"})
     embedded_max_sentences: int = field(default=3, metadata={"help": "embedded:reviews sentences per review (max)"})
-    embedded_corpus_seed: int = field(default=0, metadata={"help": "embedded:reviews corpus seed (fixed across seeds)"})
+    embedded_corpus_seed: int = field(
+        default=0, metadata={"help": "embedded:reviews corpus seed (fixed across seeds)"}
+    )
 
     def validate(self) -> None:
         from ..attacks import ATTACKS
@@ -84,9 +86,7 @@ class PoisonConfig:
 
 
 def _with_prompts(rows: list[dict], cfg: PoisonConfig) -> list[dict]:
-    return [
-        {**r, "prompt": cfg.prompt_template.format(text=r["text"]), "completion": f" {r['label']}"} for r in rows
-    ]
+    return [{**r, "prompt": cfg.prompt_template.format(text=r["text"]), "completion": f" {r['label']}"} for r in rows]
 
 
 def main(cfg: PoisonConfig) -> Path:
@@ -110,7 +110,9 @@ def main(cfg: PoisonConfig) -> Path:
         raise ConfigError(str(e)) from e
     for i, r in enumerate(rows):
         r["index"] = i
-    test_rows = [{**r, "is_poison": False, "orig_label": r["label"], "noise_seed": -1, "index": i} for i, r in enumerate(test)]
+    test_rows = [
+        {**r, "is_poison": False, "orig_label": r["label"], "noise_seed": -1, "index": i} for i, r in enumerate(test)
+    ]
     splits = {
         "train": rows,
         "retain": [r for r in rows if not r["is_poison"]],

@@ -53,8 +53,12 @@ def collect_rows(run_dir: Path, exp) -> tuple[list[dict], dict]:
         for name in ("initial", "retrain"):
             m = read_json(d / "eval" / name / "eval_results.json")
             info = read_json(d / name / "training_info.json")
-            m.update(compute_fraction=1.0 if name == "retrain" else None, wall_seconds=info["wall_seconds"],
-                     diverged=info["diverged"], train_compute_tokens=info["compute_tokens"])
+            m.update(
+                compute_fraction=1.0 if name == "retrain" else None,
+                wall_seconds=info["wall_seconds"],
+                diverged=info["diverged"],
+                train_compute_tokens=info["compute_tokens"],
+            )
             base[name] = m
         for name in ("initial", "retrain"):
             m = base[name]
@@ -66,13 +70,20 @@ def collect_rows(run_dir: Path, exp) -> tuple[list[dict], dict]:
                 info = read_json(d / "unlearn" / mid / "unlearn_info.json")
                 ev = d / "eval" / mid / "eval_results.json"
                 m = read_json(ev) if ev.is_file() and not info["diverged"] else {}
-                m.update(compute_fraction=info["compute_fraction"], wall_seconds=info["wall_seconds"],
-                         diverged=info["diverged"], diverged_step=info["diverged_step"], steps=info["steps"],
-                         method_args=info["method_args"])
+                m.update(
+                    compute_fraction=info["compute_fraction"],
+                    wall_seconds=info["wall_seconds"],
+                    diverged=info["diverged"],
+                    diverged_step=info["diverged_step"],
+                    steps=info["steps"],
+                    method_args=info["method_args"],
+                )
                 m["gap_closed"] = (
                     gap_closed(base["initial"][metric], m[metric], base["retrain"][metric]) if metric in m else None
                 )
-                rows.append({"attack": manifest["attack"], "method": method, "budget": budget, "seed": seed, "metrics": m})
+                rows.append(
+                    {"attack": manifest["attack"], "method": method, "budget": budget, "seed": seed, "metrics": m}
+                )
     return rows, manifests
 
 
@@ -103,14 +114,25 @@ def render_markdown(rows, exp, manifests, env) -> str:
     ]
     cols = ["clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"]
     if attack == "gaussian":
-        cols = ["clean_accuracy", "gus_mean", "gus_z", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_z", "gap_closed",
-                "mia_auc", "compute_fraction"]
+        cols = [
+            "clean_accuracy",
+            "gus_mean",
+            "gus_z",
+            "gus_auc",
+            "gus_tpr_at_1pct_fpr",
+            "fresh_gus_z",
+            "gap_closed",
+            "mia_auc",
+            "compute_fraction",
+        ]
     lines.append("| model | budget | " + " | ".join(cols) + " | diverged |")
     lines.append("|---|---|" + "---|" * len(cols) + "---|")
     for (method, budget), grp in _groups(rows):
         cells = [_fmt(*_mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
         n_div = sum(bool(r["metrics"].get("diverged")) for r in grp)
-        lines.append(f"| {method} | {'–' if budget is None else budget} | " + " | ".join(cells) + f" | {n_div}/{len(grp)} |")
+        lines.append(
+            f"| {method} | {'–' if budget is None else budget} | " + " | ".join(cells) + f" | {n_div}/{len(grp)} |"
+        )
     if attack == "gaussian":
         lines += ["", "## Gaussian test per seed and pooled (Stouffer z = sum z / sqrt(#seeds))", ""]
         lines.append("| model | budget | " + " | ".join(f"z seed {s}" for s in exp.seeds) + " | pooled z | pooled p |")
@@ -124,7 +146,8 @@ def render_markdown(rows, exp, manifests, env) -> str:
             cells = ["–" if z is None else f"{z:+.2f}" for z in zs]
             p = "–" if pooled is None else f"{2 * norm.sf(abs(pooled)):.2g}"
             lines.append(
-                f"| {method} | {'–' if budget is None else budget} | " + " | ".join(cells)
+                f"| {method} | {'–' if budget is None else budget} | "
+                + " | ".join(cells)
                 + f" | {'–' if pooled is None else f'{pooled:+.2f}'} | {p} |"
             )
     lines += [
@@ -154,7 +177,9 @@ def plot_gap_closed(rows, out: Path) -> Path:
     for method in methods:
         means, stds = [], []
         for b in budgets:
-            mu, sd, _ = _mean_std([r["metrics"].get("gap_closed") for r in rows if r["method"] == method and r["budget"] == b])
+            mu, sd, _ = _mean_std(
+                [r["metrics"].get("gap_closed") for r in rows if r["method"] == method and r["budget"] == b]
+            )
             means.append(np.nan if mu is None else mu)
             stds.append(0 if sd is None else sd)
         ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=method)
@@ -172,7 +197,7 @@ def plot_gap_closed(rows, out: Path) -> Path:
 
 
 def plot_gus_hist(run_dir: Path, exp, out: Path) -> Path:
-    """Paper Fig. 6 style, first seed: fresh noise vs poisons on the initial model vs poisons on each unlearned model."""
+    """Paper Fig. 6 style, first seed: fresh noise vs poisons on the initial model vs poisons on each other model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +207,9 @@ def plot_gus_hist(run_dir: Path, exp, out: Path) -> Path:
 
     d = run_dir / f"seed_{exp.seeds[0]}" / "eval"
     init = read_json(d / "initial" / "per_sample.json")
-    panels = [("retrain", "retrain")] + [(model_id(m, b), f"{m} (budget {b:g})") for m in exp.methods for b in exp.budgets]
+    panels = [("retrain", "retrain")] + [
+        (model_id(m, b), f"{m} (budget {b:g})") for m in exp.methods for b in exp.budgets
+    ]
     panels = [(k, t) for k, t in panels if (d / k / "per_sample.json").is_file()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
     fresh = np.asarray(init["gus_fresh"]).ravel()
@@ -190,7 +217,9 @@ def plot_gus_hist(run_dir: Path, exp, out: Path) -> Path:
     for ax, (key, title) in zip(axes[0], panels):
         other = read_json(d / key / "per_sample.json")["gus_poison"]
         ax.hist(fresh, bins=bins, density=True, alpha=0.4, color="gray", label="fresh noise (initial)")
-        ax.hist(init["gus_poison"], bins=bins, density=True, histtype="step", lw=2, color="red", label="poisons: initial")
+        ax.hist(
+            init["gus_poison"], bins=bins, density=True, histtype="step", lw=2, color="red", label="poisons: initial"
+        )
         ax.hist(other, bins=bins, density=True, histtype="step", lw=2, color="blue", label=f"poisons: {key}")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("I_z")

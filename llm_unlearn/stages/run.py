@@ -37,7 +37,7 @@ EMBEDDED_TINY = "embedded:tiny-llama"
 
 @dataclass
 class ExperimentConfig:
-    """The whole protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
+    """The protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
 
     output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
@@ -129,8 +129,12 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
         jobs.append(Job(f"s{seed}/poison", "poison", poison, []))
         for name, split in (("initial", "train"), ("retrain", "retain")):
             tc = dataclasses.replace(
-                cfg.train, model_name_or_path=base, dataset_dir=poison.output_dir, output_dir=str(d / name),
-                split=split, seed=seed,
+                cfg.train,
+                model_name_or_path=base,
+                dataset_dir=poison.output_dir,
+                output_dir=str(d / name),
+                split=split,
+                seed=seed,
             )
             jobs.append(Job(f"s{seed}/{name}", "train", tc, [f"s{seed}/poison", *base_deps]))
             ec = dataclasses.replace(
@@ -141,14 +145,23 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
             for budget in cfg.budgets:
                 mid = model_id(method, budget)
                 uc = dataclasses.replace(
-                    cfg.unlearn, model_dir=str(d / "initial"), dataset_dir=poison.output_dir,
-                    output_dir=str(d / "unlearn" / mid), retrain_dir=str(d / "retrain"), method=method,
-                    method_args=dict(cfg.method_args.get(method, {})), budget=budget, seed=seed,
+                    cfg.unlearn,
+                    model_dir=str(d / "initial"),
+                    dataset_dir=poison.output_dir,
+                    output_dir=str(d / "unlearn" / mid),
+                    retrain_dir=str(d / "retrain"),
+                    method=method,
+                    method_args=dict(cfg.method_args.get(method, {})),
+                    budget=budget,
+                    seed=seed,
                 )
                 jobs.append(Job(f"s{seed}/unlearn/{mid}", "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
                 ec = dataclasses.replace(
-                    cfg.eval, model_dir=str(d / "initial"), adapter_dir=uc.output_dir if uc.use_peft else None,
-                    dataset_dir=poison.output_dir, output_dir=str(d / "eval" / mid),
+                    cfg.eval,
+                    model_dir=str(d / "initial"),
+                    adapter_dir=uc.output_dir if uc.use_peft else None,
+                    dataset_dir=poison.output_dir,
+                    output_dir=str(d / "eval" / mid),
                 )
                 if not uc.use_peft:
                     ec = dataclasses.replace(ec, model_dir=uc.output_dir)
@@ -212,7 +225,9 @@ def check_output_dir(cfg: ExperimentConfig) -> Path:
                 "choose another output_dir or pass --overwrite true"
             )
     elif any(root.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"output_dir {cfg.output_dir!r} is not empty and holds no experiment.yaml; use --overwrite true")
+        raise ConfigError(
+            f"output_dir {cfg.output_dir!r} is not empty and holds no experiment.yaml; use --overwrite true"
+        )
     atomic_write_text(existing, yaml.safe_dump(spec, sort_keys=False))
     return root
 
@@ -226,17 +241,8 @@ def _identity_dict(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("output_dir", "workers", "overwrite")}
 
 
-def run_experiment(cfg: ExperimentConfig | dict | str, **overrides) -> Path:
-    """Run the whole grid and the report; returns the report path. ``cfg`` may be a config, a mapping or a YAML path.
-
-    Example::
-
-        from llm_unlearn import run_experiment
-        report = run_experiment("recipes/tiny/llm_gaussian.yaml", output_dir="runs/gaussian", seeds=[0])
-    """
+def _resolve(cfg: ExperimentConfig | dict | str | os.PathLike, **overrides) -> ExperimentConfig:
     from ..configs import build_config, read_yaml, validate_config
-    from .report import ReportConfig
-    from .report import main as report_main
 
     if isinstance(cfg, (str, os.PathLike)):
         cfg = build_config(ExperimentConfig, read_yaml(cfg), **overrides)
@@ -247,10 +253,43 @@ def run_experiment(cfg: ExperimentConfig | dict | str, **overrides) -> Path:
         validate_config(cfg)
     if cfg.output_dir is None:
         raise ConfigError("output_dir is required")
-    check_output_dir(cfg)
-    jobs = plan(cfg)
-    execute(jobs, cfg.workers)
-    return report_main(ReportConfig(run_dir=cfg.output_dir))
+    return cfg
+
+
+def run_experiment(cfg: ExperimentConfig | dict | str, **overrides) -> Path:
+    """Run the whole grid and the report; returns the report path. ``cfg`` may be a config, a mapping or a YAML path.
+
+    Example::
+
+        from llm_unlearn import run_experiment
+        report = run_experiment("recipes/tiny/llm_gaussian.yaml", output_dir="runs/gaussian", seeds=[0])
+    """
+    return run_experiments([_resolve(cfg, **overrides)])[0]
+
+
+def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) -> list[Path]:
+    """Several experiments as ONE job graph (e.g. both attacks of the main job), so the worker pool never idles
+    between them; returns their report paths. ``workers`` defaults to the largest of the configs'."""
+    from .report import ReportConfig
+    from .report import main as report_main
+
+    cfgs = [_resolve(c) for c in cfgs]
+    outs = [Path(c.output_dir).resolve() for c in cfgs]
+    if len(set(outs)) != len(outs):
+        raise ConfigError("each experiment needs its own output_dir")
+    for c in cfgs:  # validate every output dir before any work starts
+        check_output_dir(c)
+    jobs = []
+    for i, c in enumerate(cfgs):
+        for job in plan(c):
+            job.name = f"e{i}/{job.name}"
+            job.deps = [f"e{i}/{d}" for d in job.deps]
+            jobs.append(job)
+    execute(jobs, workers or max(c.workers for c in cfgs))
+    return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
+
+
+_PRIORITY = {"tiny": 0, "poison": 0, "train": 1, "unlearn": 2, "evaluate": 3}
 
 
 def execute(jobs: list[Job], workers: int) -> None:
@@ -281,7 +320,9 @@ def execute(jobs: list[Job], workers: int) -> None:
     running = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         while pending or running:
-            for job in [j for j in pending.values() if all(d in done for d in j.deps)]:
+            # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
+            ready = [j for j in pending.values() if all(d in done for d in j.deps)]
+            for job in sorted(ready, key=lambda j: _PRIORITY[j.stage]):
                 if len(running) >= workers:
                     break
                 running[pool.submit(run_job, job, threads)] = job.name
@@ -299,6 +340,39 @@ def execute(jobs: list[Job], workers: int) -> None:
                 done.add(name)
                 bar.update()
     bar.close()
+
+
+@dataclass
+class SuiteConfig:
+    """Run several experiment recipes as one job graph; each goes to output_dir/<recipe name>."""
+
+    configs: list[str] = field(default_factory=list, metadata={"help": "experiment YAML files"})
+    output_dir: str | None = field(default=None, metadata={"help": "parent directory of the experiments"})
+    workers: int | None = field(default=None, metadata={"help": "parallel jobs (default: the configs' largest)"})
+    overwrite: bool = field(default=False, metadata={"help": "reuse output dirs holding other experiments"})
+
+    def validate(self) -> None:
+        if not self.configs:
+            raise ConfigError("configs must list at least one experiment YAML")
+        stems = [Path(c).stem for c in self.configs]
+        if len(set(stems)) != len(stems):
+            raise ConfigError(f"configs must have distinct file names (they name the output dirs), got {stems}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+
+
+def suite_cli(argv=None) -> None:
+    from ..configs import read_yaml
+
+    sc = parse_config(SuiteConfig, argv, prog="llm-unlearn suite")
+    if sc.output_dir is None:
+        raise ConfigError("output_dir is required")
+    cfgs = [
+        _resolve(read_yaml(c) | {"output_dir": str(Path(sc.output_dir) / Path(c).stem), "overwrite": sc.overwrite})
+        for c in sc.configs
+    ]
+    for report in run_experiments(cfgs, sc.workers):
+        print(f"report: {report}")
 
 
 def make_parser():

@@ -50,7 +50,10 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub"})
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"}
+        default=None,
+        metadata={
+            "help": "eager | sdpa | flash_attention_2 (null: transformers picks; eager is fastest for tiny CPU models)"
+        },
     )
     group_by_length: bool = field(
         default=True, metadata={"help": "batch examples of similar length (less padding; still shuffled)"}
@@ -111,6 +114,7 @@ def training_arguments(cfg, output_dir: Path, **overrides):
         report_to="none",
         remove_unused_columns=False,  # noise_seed/index are ours, not the model's
         dataloader_num_workers=0,  # worker processes cost more than they save on tiny batches
+        dataloader_pin_memory=False,
         disable_tqdm=not cfg.progress,
     )
     kwargs.update(overrides)

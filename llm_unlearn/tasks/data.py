@@ -81,7 +81,8 @@ def _rows(ds, cfg, split: str) -> list[dict]:
         if isinstance(label, int):
             if not 0 <= label < len(cfg.label_names):
                 raise ConfigError(
-                    f"{split} row {i}: label {label} is outside 0..{len(cfg.label_names) - 1} (label_names={cfg.label_names})"
+                    f"{split} row {i}: label {label} is outside 0..{len(cfg.label_names) - 1} "
+                    f"(label_names={cfg.label_names})"
                 )
             label = cfg.label_names[label]
         elif label not in cfg.label_names:

@@ -70,9 +70,7 @@ def _check_lengths(min_sentences: int, max_sentences: int) -> None:
     _check_int("min_sentences", min_sentences, 1)
     _check_int("max_sentences", max_sentences, 1)
     if max_sentences < min_sentences:
-        raise ValueError(
-            f"max_sentences ({max_sentences}) must be >= min_sentences ({min_sentences})"
-        )
+        raise ValueError(f"max_sentences ({max_sentences}) must be >= min_sentences ({min_sentences})")
 
 
 def _clause(rng: random.Random, polarity: int, negated: bool) -> str:
@@ -91,9 +89,7 @@ def _clause(rng: random.Random, polarity: int, negated: bool) -> str:
     else:
         pred = adj
     # Plural aspects ("characters") need "were"; templates use {was} for agreement.
-    plural = rng.random() < len(w["aspects_plural"]) / (
-        len(w["aspects_plural"]) + len(w["aspects_singular"])
-    )
+    plural = rng.random() < len(w["aspects_plural"]) / (len(w["aspects_plural"]) + len(w["aspects_singular"]))
     aspect = rng.choice(w["aspects_plural"] if plural else w["aspects_singular"])
     return rng.choice(w["opinion_templates"]).format(
         aspect=aspect,
@@ -130,9 +126,7 @@ def _review_text(rng: random.Random, label: str, min_s: int, max_s: int) -> str:
     n_minority = 1 if n_opinion >= 3 and rng.random() < _P_MINORITY else 0
     kinds = [polarity] * (n_opinion - n_minority) + [-polarity] * n_minority + [0] * n_filler
     rng.shuffle(kinds)
-    sentences = [
-        _opinion_sentence(rng, kind) if kind else _filler_sentence(rng) for kind in kinds
-    ]
+    sentences = [_opinion_sentence(rng, kind) if kind else _filler_sentence(rng) for kind in kinds]
     return " ".join(s + ("!" if rng.random() < _P_EXCLAIM else ".") for s in sentences)
 
 
@@ -169,9 +163,7 @@ def _generate(
     return reviews
 
 
-def generate_reviews(
-    n: int, seed: int, min_sentences: int = 3, max_sentences: int = 5
-) -> list[dict]:
+def generate_reviews(n: int, seed: int, min_sentences: int = 3, max_sentences: int = 5) -> list[dict]:
     """n reviews, each {"text": str, "label": "positive"|"negative"}; balanced labels
     (exactly n//2 of each when n is even, shuffled); no duplicate texts; deterministic
     in (n, seed, min_sentences, max_sentences); uses random.Random(seed) only."""
@@ -197,11 +189,7 @@ def embedded_reviews(
     # Derive independent split seeds so that train for seed s is not test for seed s+1.
     master = random.Random(seed)
     train_seed, test_seed = master.getrandbits(63), master.getrandbits(63)
-    train = _generate(
-        n_train, random.Random(train_seed), min_sentences, max_sentences, frozenset(), "n_train"
-    )
+    train = _generate(n_train, random.Random(train_seed), min_sentences, max_sentences, frozenset(), "n_train")
     train_texts = frozenset(r["text"] for r in train)
-    test = _generate(
-        n_test, random.Random(test_seed), min_sentences, max_sentences, train_texts, "n_test"
-    )
+    test = _generate(n_test, random.Random(test_seed), min_sentences, max_sentences, train_texts, "n_test")
     return {"train": train, "test": test}
