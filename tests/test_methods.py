@@ -14,7 +14,7 @@ from llm_unlearn.methods.ngd import add_gradient_noise
 
 def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=1e7, lr=1e-2):
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
-    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, peft_config
+    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, prepare_model
 
     cfg = UnlearnConfig(
         model_dir=tiny_dir,
@@ -29,11 +29,7 @@ def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=1
     )
     dd, _ = load_dataset_dir(gaussian_dir)
     tok = load_tokenizer(tiny_dir)
-    model = load_model(tiny_dir)
-    if use_peft:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config(cfg))
+    model = prepare_model(cfg, load_model(tiny_dir))
     forget = tokenize_split(dd["forget"], tok, 256)
     retain = tokenize_split(dd["retain"], tok, 256)
     return build_trainer(cfg, model, tok, forget, retain, budget_tokens), model
@@ -52,12 +48,14 @@ def test_method_updates_trainable_and_keeps_frozen(tiny_dir, gaussian_dir, tmp_p
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert trainable, "nothing is trainable"
     assert changed <= trainable, f"frozen parameters moved: {sorted(changed - trainable)[:3]}"
-    if use_peft:
+    from llm_unlearn.methods import uses_adapter
+
+    if uses_adapter(method, use_peft):
         lora_b = [n for n in trainable if "lora_B" in n]
         assert lora_b and all(n in changed for n in lora_b), "LoRA B matrices did not train"
-        assert all(float(dict(model.named_parameters())[n].abs().sum()) > 0 for n in lora_b)
+        assert all(float(dict(model.named_parameters())[n].detach().abs().sum()) > 0 for n in lora_b)
     else:
-        assert len(changed) >= 0.5 * len(trainable)
+        assert len(changed) >= 0.5 * len(trainable)  # most trainable tensors get a gradient in 3 steps
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -8,6 +8,7 @@ about twice a forward), in the same unit as the retraining run's ``compute_token
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -68,6 +69,23 @@ class UnlearnTrainer(Trainer):
     method_cfg = None
     budget_tokens: float = float("inf")
     compute_tokens: float = 0.0
+    # Full-parameter runs of methods with ``needs_reference``: a frozen ``from_pretrained`` copy of the initial model
+    # (never ``deepcopy``: it breaks under ZeRO-3). LoRA runs need no copy: the adapter is switched off instead.
+    reference_model = None
+
+    @contextlib.contextmanager
+    def reference(self, model):
+        """Yield the frozen initial model for forward passes (no grad): ``model`` with its LoRA adapter disabled, or
+        the separate reference copy. Charge its tokens with ``charge(batch, backward=False)``."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if hasattr(unwrapped, "disable_adapter"):
+            with unwrapped.disable_adapter(), torch.no_grad():
+                yield model
+        elif self.reference_model is not None:
+            with torch.no_grad():
+                yield self.reference_model
+        else:
+            raise RuntimeError("this method needs a reference model: register it with needs_reference=True")
 
     def nll(self, model, batch, backward: bool = True) -> torch.Tensor:
         """Mean completion-token NLL of a batch, charging its tokens to the budget."""

@@ -115,6 +115,8 @@ class Job:
 
 def plan(cfg: ExperimentConfig) -> list[Job]:
     """The DAG of stage jobs for the whole grid."""
+    from ..methods import uses_adapter
+
     root = Path(cfg.output_dir)
     jobs: list[Job] = []
     for seed in cfg.seeds:
@@ -156,15 +158,14 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                     seed=seed,
                 )
                 jobs.append(Job(f"s{seed}/unlearn/{mid}", "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
+                adapter = uses_adapter(method, uc.use_peft)  # else the unlearned dir holds a full model
                 ec = dataclasses.replace(
                     cfg.eval,
-                    model_dir=str(d / "initial"),
-                    adapter_dir=uc.output_dir if uc.use_peft else None,
+                    model_dir=str(d / "initial") if adapter else uc.output_dir,
+                    adapter_dir=uc.output_dir if adapter else None,
                     dataset_dir=poison.output_dir,
                     output_dir=str(d / "eval" / mid),
                 )
-                if not uc.use_peft:
-                    ec = dataclasses.replace(ec, model_dir=uc.output_dir)
                 jobs.append(Job(f"s{seed}/eval/{mid}", "evaluate", ec, [f"s{seed}/unlearn/{mid}"]))
     return jobs
 

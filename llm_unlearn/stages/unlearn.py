@@ -101,8 +101,24 @@ def peft_config(cfg: UnlearnConfig):
     )
 
 
+def prepare_model(cfg: UnlearnConfig, model):
+    """The method's own preparation (freezing, re-initialisation), then LoRA wrapping when ``use_peft``."""
+    from peft import PeftModel, get_peft_model
+
+    from ..methods import build_method_config, get_method, uses_adapter
+
+    spec = get_method(cfg.method)
+    if spec.prepare_model is not None:
+        model = spec.prepare_model(model, build_method_config(cfg.method, cfg.method_args), cfg)
+    if uses_adapter(cfg.method, cfg.use_peft) and not isinstance(model, PeftModel):
+        model = get_peft_model(model, peft_config(cfg))
+    return model
+
+
 def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
     """The method's trainer, ready to ``train()``; ``max_steps`` is an upper bound, the budget callback stops it."""
+    from peft import PeftModel
+
     from ..methods import build_method_config, get_method
     from ..methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
     from .train import training_arguments
@@ -127,6 +143,11 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
         data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    if spec.needs_reference and not isinstance(model, PeftModel):
+        from ..modeling import load_model
+
+        trainer.reference_model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+        trainer.reference_model.requires_grad_(False).eval().to(trainer.args.device)
     trainer.budget_tokens = budget_tokens
     trainer.compute_tokens = 0.0
     trainer.add_callback(BudgetCallback(trainer))
@@ -134,6 +155,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 
 
 def main(cfg: UnlearnConfig) -> Path:
+    from ..methods import uses_adapter
     from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from ..utils import set_seed
     from .train import DivergedError, save_trained
@@ -150,10 +172,7 @@ def main(cfg: UnlearnConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
     model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
     check_vocab(model, tokenizer)
-    if cfg.use_peft:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config(cfg))
+    model = prepare_model(cfg, model)
     forget = tokenize_split(dd["forget"], tokenizer, cfg.max_length)
     retain = tokenize_split(dd["retain"], tokenizer, cfg.max_length)
     budget_tokens = cfg.budget * ref_tokens
@@ -175,7 +194,7 @@ def main(cfg: UnlearnConfig) -> Path:
         "train_loss": loss,
         "diverged": diverged is not None,
         "diverged_step": diverged,
-        "use_peft": cfg.use_peft,
+        "use_peft": uses_adapter(cfg.method, cfg.use_peft),
         "wall_seconds": time.perf_counter() - start,
         "log_history": trainer.state.log_history,
     }

@@ -1,0 +1,131 @@
+"""CF-k, catastrophically forget the last k blocks (Goel et al. 2022): freeze everything but the last k blocks and
+fine-tune them on the retain set. For a causal LM a block is a decoder layer; the final norm and the LM head sit on
+top of the last layer, so they train too. The layer helpers here are shared with EU-k and RMU.
+
+With LoRA the adapters sit only on the linear modules of the last k layers (norm and head stay frozen: an adapter
+run saves adapters only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..configs import ConfigError
+from .gd import GDTrainer
+
+logger = logging.getLogger(__name__)
+
+_LAYER_LISTS = ("layers", "h", "blocks")  # Llama/Mistral/Qwen, GPT-2/GPT-J, MPT/Falcon-style
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+@dataclass
+class CFKConfig:
+    """Fine-tune only the last k decoder layers (+ final norm and LM head) on the retain set."""
+
+    k: int = field(default=1, metadata={"help": "number of last decoder layers to fine-tune (1 <= k <= layers)"})
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"method_args.k must be >= 1, got {self.k}")
+
+
+def _find_layers(model) -> tuple[str, torch.nn.Module, torch.nn.ModuleList]:
+    """(attribute name, owner module, ModuleList) of the decoder layers of a (peft-wrapped) causal LM."""
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    owners = [model.get_decoder() if hasattr(model, "get_decoder") else model, getattr(model, "model", None)]
+    owners.append(getattr(model, "transformer", None))
+    for owner in owners:
+        for name in _LAYER_LISTS:
+            layers = getattr(owner, name, None)
+            if isinstance(layers, torch.nn.ModuleList):
+                return name, owner, layers
+    raise ConfigError(
+        f"cannot find the decoder layers of {type(model).__name__} (looked for .{'/.'.join(_LAYER_LISTS)})"
+    )
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return _find_layers(model)[2]
+
+
+def resolve_layer_ids(ids: list[int], n_layers: int, key: str) -> list[int]:
+    """Python-style indices (negative count from the end) -> sorted distinct layer indices, or a ConfigError."""
+    bad = [i for i in ids if not -n_layers <= i < n_layers]
+    if bad:
+        raise ConfigError(f"method_args.{key}: layer(s) {bad} out of range for a model with {n_layers} layers")
+    return sorted({i % n_layers for i in ids})
+
+
+def last_k_layer_ids(model, k: int) -> list[int]:
+    n = len(decoder_layers(model))
+    if not 1 <= k <= n:
+        raise ConfigError(f"method_args.k must be in [1, {n}] (the model has {n} decoder layers), got {k}")
+    return list(range(n - k, n))
+
+
+def top_modules(model, layer_ids: list[int]) -> list[torch.nn.Module]:
+    """The chosen decoder layers plus what sits above the last layer: the final norm and an untied LM head.
+
+    A head tied to the input embeddings is left out: training or re-initialising it would change the embeddings, i.e.
+    the very bottom of the network, which CF-k/EU-k keep frozen."""
+    _, owner, layers = _find_layers(model)
+    modules = [layers[i] for i in layer_ids]
+    modules += [getattr(owner, n) for n in _FINAL_NORMS if isinstance(getattr(owner, n, None), torch.nn.Module)][:1]
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and (emb is None or head.weight is not emb.weight):
+        modules.append(head)
+    elif head is not None:
+        logger.warning("LM head is tied to the input embeddings: it stays frozen")
+    return modules
+
+
+def train_only(model, modules: list[torch.nn.Module]):
+    """Full-parameter: freeze every parameter, then unfreeze those of ``modules``."""
+    model.requires_grad_(False)
+    for m in modules:
+        m.requires_grad_(True)
+    return model
+
+
+def lora_on_layers(model, layer_ids: list[int], unlearn_cfg):
+    """The run's LoRA config (``peft_config``) restricted to ``layer_ids`` through ``layers_to_transform``.
+
+    peft refuses ``layers_to_transform`` with a string ``target_modules``, so "all-linear" is first resolved to the
+    names of the linear modules inside those layers (what peft's all-linear would pick there)."""
+    from peft import get_peft_model
+
+    from ..stages.unlearn import peft_config
+
+    attr, _, layers = _find_layers(model)
+    targets = unlearn_cfg.lora_target_modules
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise ConfigError("lora_target_modules must be 'all-linear' or a list of module names for this method")
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for i in layer_ids
+                for name, m in layers[i].named_modules()
+                if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+            }
+        )
+    lora = dataclasses.replace(
+        peft_config(unlearn_cfg), target_modules=targets, layers_to_transform=list(layer_ids), layers_pattern=attr
+    )
+    return get_peft_model(model, lora)
+
+
+def prepare_cf_k(model, method_cfg: CFKConfig, unlearn_cfg):
+    ids = last_k_layer_ids(model, method_cfg.k)
+    if unlearn_cfg.use_peft:
+        return lora_on_layers(model, ids, unlearn_cfg)
+    return train_only(model, top_modules(model, ids))
+
+
+class CFKTrainer(GDTrainer):
+    """The loss is plain retain NLL (GD's); what makes CF-k is which parameters ``prepare_cf_k`` leaves trainable."""
