@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import llm_unlearn.methods
+from helpers import make_unlearn_trainer
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.methods import MethodSpec
 from llm_unlearn.methods.cf_k import CFKConfig, CFKTrainer, prepare_cf_k
@@ -58,26 +59,7 @@ def register(monkeypatch):
 
 
 def _trainer(model_dir, gaussian_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2):
-    from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
-    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, prepare_model
-
-    cfg = UnlearnConfig(
-        model_dir=model_dir,
-        dataset_dir=gaussian_dir,
-        output_dir=str(tmp_path / method),
-        method=method,
-        method_args=method_args or {},
-        learning_rate=lr,
-        per_device_train_batch_size=4,
-        use_peft=use_peft,
-        progress=False,
-    )
-    dd, _ = load_dataset_dir(gaussian_dir)
-    tok = load_tokenizer(model_dir)
-    model = prepare_model(cfg, load_model(model_dir))
-    forget = tokenize_split(dd["forget"], tok, 256)
-    retain = tokenize_split(dd["retain"], tok, 256)
-    return build_trainer(cfg, model, tok, forget, retain, budget_tokens), model
+    return make_unlearn_trainer(model_dir, gaussian_dir, tmp_path, method, use_peft, method_args, budget_tokens, lr)
 
 
 def _base_name(name: str) -> str:

@@ -1,0 +1,30 @@
+"""Shared test helpers (importable from tests: pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+
+def make_unlearn_trainer(
+    model_dir, dataset_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2, **overrides
+):
+    """A ready-to-train unlearning trainer on the tiny model, built exactly as the unlearn stage builds it."""
+    from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
+    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, prepare_model
+
+    cfg = UnlearnConfig(
+        model_dir=model_dir,
+        dataset_dir=dataset_dir,
+        output_dir=str(tmp_path / method),
+        method=method,
+        method_args=method_args or {},
+        learning_rate=lr,
+        per_device_train_batch_size=4,
+        use_peft=use_peft,
+        progress=False,
+        **overrides,
+    )
+    dd, _ = load_dataset_dir(dataset_dir)
+    tok = load_tokenizer(model_dir)
+    model = prepare_model(cfg, load_model(model_dir))
+    forget = tokenize_split(dd["forget"], tok, 256)
+    retain = tokenize_split(dd["retain"], tok, 256)
+    return build_trainer(cfg, model, tok, forget, retain, budget_tokens), model
