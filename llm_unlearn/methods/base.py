@@ -4,21 +4,92 @@ A method is a ``Trainer`` subclass of :class:`UnlearnTrainer` that implements ``
 from the pure loss helpers below; its config dataclass holds its own knobs. The budget counts the tokens that go
 through forward+backward passes (a forward-only pass, e.g. of a reference model, counts one third: backward costs
 about twice a forward), in the same unit as the retraining run's ``compute_tokens``.
+
+Methods never touch a batch directly: they go through ``self.task`` (:class:`CausalLMTask` by default, the
+``ClassificationTask`` of :mod:`llm_unlearn.tasks.classification` for classifiers), which says what the loss, the
+per-example log-probability, the logits that KL terms compare, the cost of a batch and the model's blocks are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from ..stages.train import DivergedError
-from ..tasks.causal_lm import CompletionCollator, batch_tokens, mean_token_nll
+from ..tasks import causal_lm
 
 FORWARD_ONLY_COST = 1.0 / 3.0
+
+
+class CausalLMTask:
+    """The task seam for causal LMs: completion-token losses, compute in tokens, decoder layers as blocks.
+
+    Every task provides the same methods (``ClassificationTask`` mirrors them for classifiers):
+    ``nll`` (the training loss, a scalar), ``cost`` (compute units of one forward+backward pass of a batch),
+    ``sequence_logps`` (log p(y|x) per example, (n,)), ``lengths`` (|y| per example), ``logits`` (the logits KL terms
+    compare and the mask of positions that count), ``logits_nll`` (the training loss from those logits),
+    ``forward`` (a plain forward pass, for hooks), ``hidden_view`` (a block's output as (n, positions, width) plus a
+    position mask), ``blocks`` (the model's ordered blocks: the last k are what CF-k/EU-k touch), ``top_modules``
+    (those blocks plus what sits above them), ``model_inputs`` and ``collate``.
+    """
+
+    name = "causal_lm"
+
+    def nll(self, model, batch: dict) -> torch.Tensor:
+        return causal_lm.mean_token_nll(model, batch)
+
+    def cost(self, batch: dict) -> float:
+        return float(causal_lm.batch_tokens(batch))
+
+    def sequence_logps(self, model, batch: dict) -> torch.Tensor:
+        return causal_lm.sequence_logps(model, batch)
+
+    def lengths(self, batch: dict) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != causal_lm.IGNORE_INDEX).sum(-1)
+
+    def logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits at the positions predicting a completion token (n, L-1, V) in float32, and their mask."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        return logits, batch["labels"][:, 1:] != causal_lm.IGNORE_INDEX
+
+    def logits_nll(self, logits: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Mean NLL over masked positions from logits already shifted by :meth:`logits` (labels unshifted)."""
+        targets = batch["labels"][:, 1:].masked_fill(~mask, 0)
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return -(logps * mask).sum() / mask.sum().clamp_min(1)
+
+    def forward(self, model, batch: dict):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def hidden_view(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden, batch["attention_mask"]
+
+    def blocks(self, model) -> torch.nn.ModuleList:
+        from .cf_k import decoder_layers
+
+        return decoder_layers(model)
+
+    def top_modules(self, model, layer_ids: list[int]) -> list[torch.nn.Module]:
+        from .cf_k import top_modules
+
+        return top_modules(model, layer_ids)
+
+    def model_inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    def collator(self, pad_token_id: int):
+        return causal_lm.CompletionCollator(pad_token_id)
+
+
+def task_of(model) -> CausalLMTask:
+    """The task a model belongs to: its own ``unlearn_task`` attribute (classifiers set one), else the causal LM."""
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(unwrapped, "unlearn_task", None) or CausalLMTask()
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):
@@ -44,10 +115,13 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
 
 @dataclass
 class ForgetRetainCollator:
-    pad_token_id: int
+    """Collates paired items with ``collate`` (default: the causal-LM collator with ``pad_token_id``)."""
+
+    pad_token_id: int | None = None
+    collate: Callable | None = None
 
     def __call__(self, items: list[dict]) -> dict:
-        collate = CompletionCollator(self.pad_token_id)
+        collate = self.collate or causal_lm.CompletionCollator(self.pad_token_id)
         return {"forget": collate([x["forget"] for x in items]), "retain": collate([x["retain"] for x in items])}
 
 
@@ -72,6 +146,13 @@ class UnlearnTrainer(Trainer):
     # Full-parameter runs of methods with ``needs_reference``: a frozen ``from_pretrained`` copy of the initial model
     # (never ``deepcopy``: it breaks under ZeRO-3). LoRA runs need no copy: the adapter is switched off instead.
     reference_model = None
+    # How batches are read (loss, cost, log-probs, blocks): the causal-LM task unless the model names its own.
+    task = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.task is None:
+            self.task = task_of(self.model)
 
     @contextlib.contextmanager
     def reference(self, model):
@@ -88,24 +169,20 @@ class UnlearnTrainer(Trainer):
             raise RuntimeError("this method needs a reference model: register it with needs_reference=True")
 
     def nll(self, model, batch, backward: bool = True) -> torch.Tensor:
-        """Mean completion-token NLL of a batch, charging its tokens to the budget."""
+        """The task's training loss of a batch (completion-token NLL for LMs), charging its cost to the budget."""
         self.charge(batch, backward)
-        return mean_token_nll(model, batch)
+        return self.task.nll(model, batch)
 
     def charge(self, batch, backward: bool = True) -> None:
-        self.compute_tokens += batch_tokens(batch) * (1.0 if backward else FORWARD_ONLY_COST)
+        self.compute_tokens += self.task.cost(batch) * (1.0 if backward else FORWARD_ONLY_COST)
 
     def unlearn_loss(self, model, forget: dict, retain: dict) -> torch.Tensor:
         raise NotImplementedError
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = _model_inputs(inputs["forget"])
-        retain = _model_inputs(inputs["retain"])
+        forget = self.task.model_inputs(inputs["forget"])
+        retain = self.task.model_inputs(inputs["retain"])
         loss = self.unlearn_loss(model, forget, retain)
         if not bool(torch.isfinite(loss).all()):
             raise DivergedError(self.state.global_step, float(loss))
         return loss
-
-
-def _model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}

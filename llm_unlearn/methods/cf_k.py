@@ -3,7 +3,8 @@ fine-tune them on the retain set. For a causal LM a block is a decoder layer; th
 top of the last layer, so they train too. The layer helpers here are shared with EU-k and RMU.
 
 With LoRA the adapters sit only on the linear modules of the last k layers (norm and head stay frozen: an adapter
-run saves adapters only)."""
+run saves adapters only). Other tasks name their blocks through the task seam (``task_of(model).blocks``): a
+classifier's blocks run from the stem to the head, so k = 1 is the head alone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
+from .base import task_of
 from .gd import GDTrainer
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def resolve_layer_ids(ids: list[int], n_layers: int, key: str) -> list[int]:
 
 
 def last_k_layer_ids(model, k: int) -> list[int]:
-    n = len(decoder_layers(model))
+    n = len(task_of(model).blocks(model))
     if not 1 <= k <= n:
         raise ConfigError(f"method_args.k must be in [1, {n}] (the model has {n} decoder layers), got {k}")
     return list(range(n - k, n))
@@ -122,9 +124,9 @@ def lora_on_layers(model, layer_ids: list[int], unlearn_cfg):
 
 def prepare_cf_k(model, method_cfg: CFKConfig, unlearn_cfg):
     ids = last_k_layer_ids(model, method_cfg.k)
-    if unlearn_cfg.use_peft:
+    if getattr(unlearn_cfg, "use_peft", False):
         return lora_on_layers(model, ids, unlearn_cfg)
-    return train_only(model, top_modules(model, ids))
+    return train_only(model, task_of(model).top_modules(model, ids))
 
 
 class CFKTrainer(GDTrainer):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from .cf_k import last_k_layer_ids, top_modules, train_only
+from .base import task_of
+from .cf_k import last_k_layer_ids, train_only
 from .gd import GDTrainer
 
 
@@ -46,7 +47,7 @@ def reinitialize_(model, modules: list[torch.nn.Module], seed: int) -> None:
 
 
 def prepare_eu_k(model, method_cfg: EUKConfig, unlearn_cfg):
-    modules = top_modules(model, last_k_layer_ids(model, method_cfg.k))
+    modules = task_of(model).top_modules(model, last_k_layer_ids(model, method_cfg.k))
     reinitialize_(model, modules, unlearn_cfg.seed)
     return train_only(model, modules)
 

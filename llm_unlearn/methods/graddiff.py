@@ -15,7 +15,7 @@ import torch
 
 from ..configs import ConfigError
 from .base import UnlearnTrainer
-from .scrub import completion_logits, scrub_kl
+from .scrub import scrub_kl
 
 
 @dataclass
@@ -53,8 +53,8 @@ class GradDiffTrainer(UnlearnTrainer):
         if cfg.retain_loss == "nll":
             return graddiff_loss(forget_nll, self.nll(model, retain), cfg.retain_weight)
         self.charge(retain)
-        logits, mask = completion_logits(model, retain)
+        logits, mask = self.task.logits(model, retain)
         with self.reference(model) as ref:
             self.charge(retain, backward=False)
-            ref_logits, _ = completion_logits(ref, retain)
+            ref_logits, _ = self.task.logits(ref, retain)
         return graddiff_loss(forget_nll, kl_to_reference(logits, ref_logits, mask), cfg.retain_weight)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from ..configs import ConfigError
-from ..tasks.causal_lm import sequence_logps
 from .base import UnlearnTrainer
 
 
@@ -50,10 +49,10 @@ class NPOTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         cfg = self.method_cfg
         self.charge(forget)
-        logp = sequence_logps(model, forget)
+        logp = self.task.sequence_logps(model, forget)
         with self.reference(model) as ref:
             self.charge(forget, backward=False)
-            ref_logp = sequence_logps(ref, forget)
+            ref_logp = self.task.sequence_logps(ref, forget)
         loss = npo_loss(logp, ref_logp, cfg.beta)
         if cfg.retain_weight > 0:  # skipped at 0 so no budget goes to an unused retain pass
             loss = loss + cfg.retain_weight * self.nll(model, retain)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from .base import UnlearnTrainer
-from .cf_k import decoder_layers, lora_on_layers, resolve_layer_ids, train_only
+from .base import UnlearnTrainer, task_of
+from .cf_k import lora_on_layers, resolve_layer_ids, train_only
 
 
 @dataclass
@@ -65,8 +65,9 @@ def control_vector(hidden_size: int, coeff: float, seed: int) -> torch.Tensor:
     return coeff * u / u.norm()
 
 
-def layer_output(model, layer: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """The output hidden states (n, L, d) of ``layer`` during a forward pass of ``model`` on ``batch``."""
+def layer_output(model, layer: torch.nn.Module, batch: dict, task=None) -> torch.Tensor:
+    """The output hidden states (n, L, d) of ``layer`` during a forward pass of ``model`` on ``batch`` (for other
+    tasks, whatever shape the block returns: ``task.hidden_view`` turns it into (n, positions, width))."""
     store = {}
 
     def hook(module, args, out):
@@ -74,14 +75,14 @@ def layer_output(model, layer: torch.nn.Module, batch: dict) -> torch.Tensor:
 
     handle = layer.register_forward_hook(hook)
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        (task or task_of(model)).forward(model, batch)
     finally:
         handle.remove()
     return store["h"]
 
 
 def _layer_ids(model, method_cfg: RMUConfig) -> tuple[int, list[int]]:
-    n = len(decoder_layers(model))
+    n = len(task_of(model).blocks(model))
     (layer,) = resolve_layer_ids([method_cfg.layer_id], n, "layer_id")
     train = method_cfg.trainable_layers if method_cfg.trainable_layers is not None else [layer]
     train = resolve_layer_ids(train, n, "trainable_layers")
@@ -92,9 +93,10 @@ def _layer_ids(model, method_cfg: RMUConfig) -> tuple[int, list[int]]:
 
 def prepare_rmu(model, method_cfg: RMUConfig, unlearn_cfg):
     _, train = _layer_ids(model, method_cfg)
-    if unlearn_cfg.use_peft:
+    if getattr(unlearn_cfg, "use_peft", False):
         return lora_on_layers(model, train, unlearn_cfg)
-    return train_only(model, [decoder_layers(model)[i] for i in train])
+    blocks = task_of(model).blocks(model)
+    return train_only(model, [blocks[i] for i in train])
 
 
 class RMUTrainer(UnlearnTrainer):
@@ -104,16 +106,17 @@ class RMUTrainer(UnlearnTrainer):
         cfg = self.method_cfg
         unwrapped = self.accelerator.unwrap_model(model)
         layer_id, _ = _layer_ids(unwrapped, cfg)
-        layer = decoder_layers(unwrapped)[layer_id]
-        h_f = layer_output(model, layer, forget)
+        task = self.task
+        layer = task.blocks(unwrapped)[layer_id]
+        h_f, f_mask = task.hidden_view(layer_output(model, layer, forget, task), forget)
         if self.control_vec is None:
             self.control_vec = control_vector(h_f.shape[-1], cfg.steering_coeff, self.args.seed).to(h_f.device)
         self.charge(forget)
-        forget_loss = rmu_forget_loss(h_f, self.control_vec, forget["attention_mask"])
+        forget_loss = rmu_forget_loss(h_f, self.control_vec, f_mask)
         self.charge(retain)
-        h_r = layer_output(model, layer, retain)
+        h_r, r_mask = task.hidden_view(layer_output(model, layer, retain, task), retain)
         self.charge(retain, backward=False)
         with self.reference(model) as ref:
-            ref_layer = decoder_layers(self.accelerator.unwrap_model(ref))[layer_id]
-            h_frozen = layer_output(ref, ref_layer, retain)
-        return forget_loss + rmu_retain_loss(h_r, h_frozen, retain["attention_mask"], cfg.alpha)
+            ref_layer = task.blocks(self.accelerator.unwrap_model(ref))[layer_id]
+            h_frozen, _ = task.hidden_view(layer_output(ref, ref_layer, retain, task), retain)
+        return forget_loss + rmu_retain_loss(h_r, h_frozen, r_mask, cfg.alpha)

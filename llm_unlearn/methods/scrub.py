@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from ..tasks.causal_lm import IGNORE_INDEX
-from .base import UnlearnTrainer
+from .base import CausalLMTask, UnlearnTrainer
 
 
 @dataclass
@@ -46,15 +45,12 @@ class SCRUBConfig:
 
 def completion_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token logits at the positions that predict a completion token (n, L-1, V) in float32, and their mask."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    return logits, batch["labels"][:, 1:] != IGNORE_INDEX
+    return CausalLMTask().logits(model, batch)
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean NLL over masked positions from logits already shifted by :func:`completion_logits` (labels unshifted)."""
-    targets = labels[:, 1:].masked_fill(~mask, 0)
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return -(logps * mask).sum() / mask.sum().clamp_min(1)
+    return CausalLMTask().logits_nll(logits, {"labels": labels}, mask)
 
 
 def scrub_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, T: float) -> torch.Tensor:
@@ -85,11 +81,11 @@ class SCRUBTrainer(UnlearnTrainer):
         max_step = self.is_max_step()
         batch = forget if max_step else retain
         self.charge(batch)
-        logits, mask = completion_logits(model, batch)
+        logits, mask = self.task.logits(model, batch)
         with self.reference(model) as teacher:
             self.charge(batch, backward=False)
-            teacher_logits, _ = completion_logits(teacher, batch)
+            teacher_logits, _ = self.task.logits(teacher, batch)
         kl = scrub_kl(logits, teacher_logits, mask, cfg.temperature)
         if max_step:
             return -kl  # the logged training loss mixes -KL_forget and CE + alpha KL_retain steps
-        return logits_nll(logits, batch["labels"], mask) + cfg.alpha * kl
+        return self.task.logits_nll(logits, batch, mask) + cfg.alpha * kl

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..configs import ConfigError
-from ..tasks.causal_lm import IGNORE_INDEX, sequence_logps
-from .base import UnlearnTrainer
+from .base import CausalLMTask, UnlearnTrainer
 
 
 @dataclass
@@ -54,14 +53,14 @@ def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: f
 
 def completion_lengths(batch: dict) -> torch.Tensor:
     """|y| per example: the label positions that count (the first token is never predicted)."""
-    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)
+    return CausalLMTask().lengths(batch)
 
 
 class SimNPOTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         cfg = self.method_cfg
         self.charge(forget)
-        loss = simnpo_loss(sequence_logps(model, forget), completion_lengths(forget), cfg.beta, cfg.gamma)
+        loss = simnpo_loss(self.task.sequence_logps(model, forget), self.task.lengths(forget), cfg.beta, cfg.gamma)
         if cfg.retain_weight > 0:  # skipped at 0 so no budget goes to an unused retain pass
             loss = loss + cfg.retain_weight * self.nll(model, retain)
         return loss

@@ -18,7 +18,7 @@ from transformers.trainer_utils import TrainOutput
 
 from ..configs import ConfigError
 from ..stages.train import DivergedError
-from .base import UnlearnTrainer, _model_inputs
+from .base import UnlearnTrainer
 
 
 @dataclass
@@ -66,12 +66,12 @@ class SSDTrainer(UnlearnTrainer):
                 break
             inputs = self._prepare_inputs(inputs)
             model.zero_grad(set_to_none=True)
-            f_nll = self.nll(model, _model_inputs(inputs["forget"]))
+            f_nll = self.nll(model, self.task.model_inputs(inputs["forget"]))
             (p_f * f_nll).backward()
             for acc, p in zip(imp_f, params):
                 if p.grad is not None:
                     acc.add_((p.grad.float() / p_f).square())
-            r_nll = self.nll(model, _model_inputs(inputs["retain"]))
+            r_nll = self.nll(model, self.task.model_inputs(inputs["retain"]))
             ((1.0 - p_f) * r_nll).backward()  # accumulates onto p_f g_forget: the gradient of a batch of D
             for acc, p in zip(imp_d, params):
                 if p.grad is not None:

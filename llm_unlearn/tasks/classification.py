@@ -1,0 +1,117 @@
+"""The classification task: the seam through which every unlearning method in ``METHODS`` trains a classifier.
+
+A batch is ``{"pixel_values": (n, ...), "labels": (n,)}`` (plus side columns such as ``index``); the model is any
+``torch.nn.Module`` whose ``forward(pixel_values=...)`` returns an object with ``.logits`` of shape (n, classes) and
+which lists its ordered blocks in a ``blocks`` ``ModuleList`` (stem first, classification head last). The mapping to
+the causal-LM task (``llm_unlearn.methods.base.CausalLMTask``):
+
+- loss: mean cross-entropy of the batch (the LM's mean completion-token NLL);
+- cost: examples through forward+backward (the LM counts tokens), the unit the image train stage records as its
+  ``compute_tokens``, so a budget is a fraction of retraining compute in the same unit;
+- log p(y|x) of the label for NPO/SimNPO (a one-"token" completion: every length is 1);
+- the class logits for KL terms (SCRUB, GradDiff-KL), one position per example;
+- a block's output for RMU: (n, C, H, W) feature maps are read as H*W positions of width C, (n, d) as one position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+INPUT_KEY = "pixel_values"
+
+
+@dataclass
+class ClassificationCollator:
+    """Stacks ``pixel_values`` and turns ``labels`` and integer side columns into tensors."""
+
+    extra_int_columns: tuple[str, ...] = ("index", "noise_seed")
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            INPUT_KEY: torch.stack([torch.as_tensor(f[INPUT_KEY], dtype=torch.float32) for f in features]),
+            "labels": torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long),
+        }
+        for col in self.extra_int_columns:
+            if col in features[0]:
+                batch[col] = torch.as_tensor([int(f[col]) for f in features], dtype=torch.long)
+        return batch
+
+
+class ClassificationTask:
+    """Cross-entropy classification behind the same methods as :class:`~llm_unlearn.methods.base.CausalLMTask`.
+
+    Args:
+        augment: optional ``(pixel_values, generator) -> pixel_values`` applied to training batches of the methods
+            (only while the model is in training mode), e.g. random crop + flip as in the training stage.
+    """
+
+    name = "classification"
+
+    def __init__(self, augment: Callable | None = None, seed: int = 0):
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, model, batch: dict):
+        return model(pixel_values=batch[INPUT_KEY])
+
+    def _logits(self, model, batch: dict) -> torch.Tensor:
+        logits = self.forward(model, batch).logits
+        if logits.ndim != 2:
+            raise ValueError(f"a classifier must return logits of shape (n, classes), got {tuple(logits.shape)}")
+        return logits.float()
+
+    def nll(self, model, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self._logits(model, batch), batch["labels"])
+
+    def cost(self, batch: dict) -> float:
+        return float(batch["labels"].shape[0])
+
+    def sequence_logps(self, model, batch: dict) -> torch.Tensor:
+        """log p(label | x) per example, shape (n,)."""
+        logps = torch.log_softmax(self._logits(model, batch), dim=-1)
+        return logps.gather(-1, batch["labels"][:, None]).squeeze(-1)
+
+    def lengths(self, batch: dict) -> torch.Tensor:
+        return torch.ones_like(batch["labels"])
+
+    def logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._logits(model, batch)
+        return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+
+    def logits_nll(self, logits: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[mask], batch["labels"][mask])
+
+    def hidden_view(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if hidden.ndim == 4:  # (n, C, H, W) -> (n, H*W, C): every spatial position is a "token" of width C
+            hidden = hidden.flatten(2).transpose(1, 2)
+        elif hidden.ndim == 2:
+            hidden = hidden[:, None, :]
+        elif hidden.ndim != 3:
+            raise ValueError(f"cannot read a block output of shape {tuple(hidden.shape)} as (n, positions, width)")
+        return hidden, torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+
+    def blocks(self, model) -> torch.nn.ModuleList:
+        from ..configs import ConfigError
+
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, torch.nn.ModuleList):
+            raise ConfigError(f"{type(model).__name__} has no `blocks` ModuleList (stem ... head) for this method")
+        return blocks
+
+    def top_modules(self, model, layer_ids: list[int]) -> list[torch.nn.Module]:
+        """The chosen blocks; the head is the last block, so nothing else sits above them."""
+        blocks = self.blocks(model)
+        return [blocks[i] for i in layer_ids]
+
+    def model_inputs(self, batch: dict) -> dict:
+        x = batch[INPUT_KEY]
+        if self.augment is not None and torch.is_grad_enabled():
+            x = self.augment(x, self.generator)
+        return {INPUT_KEY: x, "labels": batch["labels"]}
+
+    def collator(self, pad_token_id: int | None = None) -> ClassificationCollator:
+        return ClassificationCollator()
