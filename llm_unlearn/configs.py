@@ -147,14 +147,44 @@ def load_config(cls: type[T], data: dict | None, prefix: str = "") -> T:
     return cfg
 
 
-def validate_config(cfg) -> None:
-    """Run ``validate()`` on ``cfg`` and every nested dataclass config (errors name the prefixed key)."""
+def validate_config(cfg, prefix: str = "") -> None:
+    """Run ``validate()`` on ``cfg`` and every nested dataclass config (errors name the section), and check that an
+    ``output_dir`` could be written, so a bad value fails before any work starts."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            validate_config(value)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
+            validate_config(value, f"{prefix}{f.name}.")
+    try:
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except ConfigError as e:
+        if not prefix:
+            raise
+        raise ConfigError(f"{prefix.rstrip('.')}: {e}") from e
+    except (TypeError, ValueError, ArithmeticError) as e:
+        # A validate() tripping over a value it did not expect is still the user's input: report it as such.
+        raise ConfigError(f"{prefix.rstrip('.') or type(cfg).__name__}: invalid value ({e})") from e
+    out = getattr(cfg, "output_dir", None)
+    if isinstance(out, str):
+        check_writable_dir(out, f"{prefix}output_dir")
+
+
+def check_writable_dir(path: str, key: str = "output_dir") -> None:
+    """Refuse an output dir that could not be created or written (a pure check: nothing is created here)."""
+    if not path.strip() or "\x00" in path:
+        raise ConfigError(f"{key}: {path!r} is not a usable directory path")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}: {path!r} exists and is not a directory")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}: {path!r} cannot be created: {str(probe)!r} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {path!r} is not writable (no write permission on {str(probe)!r})")
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -163,13 +193,22 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's multi-line error as one line: the problem and where (the CLI prints one line per error)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def to_dict(cfg) -> dict:

@@ -26,11 +26,36 @@ def check_model_path(path: str, key: str = "model_name_or_path") -> None:
         )
     if not has_st:
         raise ConfigError(f"{key}: {path!r} holds no *.safetensors weights")
+    check_vocab_files(p, key)
+
+
+def check_vocab_files(p: Path, key: str) -> None:
+    """Tokenizer vs embedding size from the saved files alone (no weights loaded), so a mismatched pair fails before
+    any work. Only the plain layout is checked (``config.json`` with ``vocab_size`` + ``tokenizer.json``); anything
+    else is left to :func:`check_vocab` after loading."""
+    import json
+
+    cfg_file, tok_file = p / "config.json", p / "tokenizer.json"
+    if not (cfg_file.is_file() and tok_file.is_file()):
+        return
+    try:
+        n_embed = json.loads(cfg_file.read_text()).get("vocab_size")
+        from tokenizers import Tokenizer
+
+        n_tok = Tokenizer.from_file(str(tok_file)).get_vocab_size(with_added_tokens=True)
+    except Exception as e:  # json, tokenizers and OS errors alike mean the same thing to the user: unreadable files
+        raise ConfigError(f"{key}: {str(p)!r} holds an unreadable config.json or tokenizer.json: {e}") from e
+    if isinstance(n_embed, int) and n_tok > n_embed:
+        raise ConfigError(
+            f"{key}: {str(p)!r} has a tokenizer of {n_tok} tokens but config.json vocab_size={n_embed}: "
+            "the model and tokenizer do not belong together (the tokenizer must not exceed vocab_size)"
+        )
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_path(path)  # a missing or pickle-only dir is reported as such, not as a failed Hub lookup
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:  # GPT-2 and Llama tokenizers ship without a pad token
         tok.pad_token = tok.eos_token

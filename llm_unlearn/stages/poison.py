@@ -62,20 +62,29 @@ class PoisonConfig:
     )
 
     def validate(self) -> None:
+        import math
+
         from ..attacks import ATTACKS
+        from ..tasks.data import EMBEDDED_REVIEWS, check_file
 
         if self.attack not in ATTACKS:
             raise ConfigError(f"attack: unknown attack {self.attack!r}; choose from {sorted(ATTACKS)}")
         if not 0.0 < self.poison_fraction < 1.0:
             raise ConfigError(f"poison_fraction must be in (0, 1), got {self.poison_fraction}")
-        if self.noise_eps <= 0:
-            raise ConfigError(f"noise_eps must be > 0, got {self.noise_eps}")
+        if not (self.noise_eps > 0 and math.isfinite(self.noise_eps)):
+            raise ConfigError(f"noise_eps must be > 0 and finite, got {self.noise_eps}")
         if not self.trigger.strip():
             raise ConfigError("trigger must be a non-empty phrase")
         if len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
             raise ConfigError(f"label_names must hold at least two distinct labels, got {self.label_names}")
+        if any(not n.strip() or n != n.strip() for n in self.label_names):
+            raise ConfigError(f"label_names must be words without surrounding spaces, got {self.label_names}")
         if self.target_label not in self.label_names:
             raise ConfigError(f"target_label {self.target_label!r} is not in label_names={self.label_names}")
+        try:
+            self.prompt_template.format(text="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"prompt_template must be a format string whose only field is {{text}}: {e!r}") from e
         if "{text}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain '{text}'")
         for name in ("max_train_samples", "max_test_samples"):
@@ -83,6 +92,25 @@ class PoisonConfig:
                 raise ConfigError(f"{name} must be >= 1 or null")
         if self.embedded_n_train < 10 or self.embedded_n_test < 2:
             raise ConfigError("embedded_n_train must be >= 10 and embedded_n_test >= 2")
+        if not 1 <= self.embedded_min_sentences <= self.embedded_max_sentences:
+            raise ConfigError(
+                "embedded_min_sentences must be >= 1 and <= embedded_max_sentences, got "
+                f"{self.embedded_min_sentences} and {self.embedded_max_sentences}"
+            )
+        # Data files are checked here (existence, emptiness, every JSONL row) so a bad file fails before any stage.
+        if self.dataset_name == EMBEDDED_REVIEWS and bool(self.train_file) != bool(self.test_file):
+            raise ConfigError("train_file and test_file: set both (or neither, for the embedded dataset)")
+        for key in ("train_file", "test_file"):
+            if getattr(self, key):
+                check_file(getattr(self, key), key, self)
+        if self.dataset_name == EMBEDDED_REVIEWS and not self.train_file:
+            n = min(self.embedded_n_train, self.max_train_samples or self.embedded_n_train)
+            need = 2 if self.attack == "gaussian" else 1
+            if round(self.poison_fraction * n) < need:
+                raise ConfigError(
+                    f"poison_fraction={self.poison_fraction} of {n} training examples gives "
+                    f"{round(self.poison_fraction * n)} poisons; the {self.attack} attack needs at least {need}"
+                )
 
 
 def _with_prompts(rows: list[dict], cfg: PoisonConfig) -> list[dict]:

@@ -37,9 +37,9 @@ def _load_split(cfg, split: str):
         raise ConfigError(f"could not load split {split!r} of dataset_name {name!r}: {e}") from e
 
 
-def _load_file(path_str: str, key: str):
-    import datasets
-
+def check_file(path_str: str, key: str, cfg=None) -> Path:
+    """Cheap pre-flight checks of a local data file (exists, known suffix, not empty; JSONL rows parsed and their
+    columns and labels checked against ``cfg``), so a bad file fails before any stage starts."""
     path = Path(path_str)
     if not path.is_file():
         raise ConfigError(f"{key}: file {path_str!r} does not exist")
@@ -48,26 +48,68 @@ def _load_file(path_str: str, key: str):
     if path.stat().st_size == 0:
         raise ConfigError(f"{key}: file {path_str!r} is empty")
     if path.suffix == ".jsonl":
-        _check_jsonl(path, key)
+        _check_jsonl(path, key, cfg)
+    return path
+
+
+def _load_file(path_str: str, key: str, cfg=None):
+    import datasets
+
+    path = check_file(path_str, key, cfg)
     try:
         return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
     except Exception as e:
         raise ConfigError(f"{key}: could not read {path_str!r}: {e}") from e
 
 
-def _check_jsonl(path: Path, key: str) -> None:
+def _check_jsonl(path: Path, key: str, cfg=None) -> None:
     import json
 
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{key}: {str(path)!r} line {lineno} is not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{key}: {str(path)!r} line {lineno} must be a JSON object, got {obj!r}")
+    n = 0
+    with path.open(encoding="utf-8", errors="strict") as f:
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{key}: {str(path)!r} line {lineno} is not valid JSON ({e.msg})") from e
+                if not isinstance(obj, dict):
+                    raise ConfigError(f"{key}: {str(path)!r} line {lineno} must be a JSON object, got {obj!r}")
+                if cfg is not None:
+                    # Both the file line (for an editor) and the row index (what later stages and manifests count).
+                    where = f"{key}: {str(path)!r} line {lineno}, {key.removesuffix('_file')} row {n}"
+                    for col in (cfg.text_column, cfg.label_column):
+                        if col not in obj:
+                            raise ConfigError(f"{where} has no {col!r} field; it has {sorted(obj)}")
+                    _label_name(obj[cfg.label_column], cfg, where)
+                    _check_text(obj[cfg.text_column], cfg, where)
+                n += 1
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{key}: {str(path)!r} is not UTF-8 text ({e.reason})") from e
+    if n == 0:
+        raise ConfigError(f"{key}: file {str(path)!r} holds no rows")
+
+
+def _label_name(label, cfg, where: str) -> str:
+    """The label name of a row's label (an index into ``label_names`` or one of them); anything else is an error."""
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ConfigError(f"{where}: label {label!r} must be an int index or one of {cfg.label_names}")
+    if isinstance(label, int):
+        if not 0 <= label < len(cfg.label_names):
+            raise ConfigError(
+                f"{where}: label {label} is outside 0..{len(cfg.label_names) - 1} (label_names={cfg.label_names})"
+            )
+        return cfg.label_names[label]
+    if label not in cfg.label_names:
+        raise ConfigError(f"{where}: label {label!r} is not in label_names={cfg.label_names}")
+    return label
+
+
+def _check_text(text, cfg, where: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: {cfg.text_column!r} must be a non-empty string, got {text!r}")
 
 
 def _rows(ds, cfg, split: str) -> list[dict]:
@@ -76,19 +118,8 @@ def _rows(ds, cfg, split: str) -> list[dict]:
             raise ConfigError(f"{split} split has no column {col!r}; its columns are {ds.column_names}")
     rows = []
     for i, (text, label) in enumerate(zip(ds[cfg.text_column], ds[cfg.label_column])):
-        if isinstance(label, bool) or not isinstance(label, (int, str)):
-            raise ConfigError(f"{split} row {i}: label {label!r} must be an int index or one of {cfg.label_names}")
-        if isinstance(label, int):
-            if not 0 <= label < len(cfg.label_names):
-                raise ConfigError(
-                    f"{split} row {i}: label {label} is outside 0..{len(cfg.label_names) - 1} "
-                    f"(label_names={cfg.label_names})"
-                )
-            label = cfg.label_names[label]
-        elif label not in cfg.label_names:
-            raise ConfigError(f"{split} row {i}: label {label!r} is not in label_names={cfg.label_names}")
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{split} row {i}: {cfg.text_column!r} must be a non-empty string, got {text!r}")
+        label = _label_name(label, cfg, f"{split} row {i}")
+        _check_text(text, cfg, f"{split} row {i}")
         rows.append({"text": text, "label": label})
     if not rows:
         raise ConfigError(f"{split} split is empty")
@@ -111,8 +142,11 @@ def load_clean_splits(cfg, seed: int) -> tuple[list[dict], list[dict]]:
         )
         train, test = splits["train"], splits["test"]
     else:
-        train_ds = _load_file(cfg.train_file, "train_file") if cfg.train_file else _load_split(cfg, cfg.train_split)
-        test_ds = _load_file(cfg.test_file, "test_file") if cfg.test_file else _load_split(cfg, cfg.test_split)
+        load = {"train": (cfg.train_file, cfg.train_split), "test": (cfg.test_file, cfg.test_split)}
+        train_ds, test_ds = (
+            _load_file(file, f"{name}_file", cfg) if file else _load_split(cfg, split)
+            for name, (file, split) in load.items()
+        )
         train, test = _rows(train_ds, cfg, "train"), _rows(test_ds, cfg, "test")
     rng = random.Random(seed)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
