@@ -1,0 +1,210 @@
+"""Image data: the embedded digits default, CIFAR-style datasets through ``datasets``, the poisoned dataset dir, and
+tensor-op transforms (random crop + flip; no torchvision).
+
+Pixels are float32 in [0, 1], shape (C, H, W); the model normalises them itself. A poisoned dataset dir holds
+``data.safetensors`` (``train_images`` = the clean training set, ``poison_images``/``poison_labels`` = the poisons as
+the victim trains on them, which replace the training rows listed in ``manifest.json`` ``poison_indices``,
+``test_images``/``test_labels`` and attack extras such as ``test_triggered_images``) plus the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from llm_unlearn.configs import ConfigError
+
+DATA_NAME = "data.safetensors"
+
+
+@dataclass
+class DataConfig:
+    """Where the clean images come from."""
+
+    dataset_name: str = field(
+        default="embedded:digits",
+        metadata={
+            "help": "embedded:digits (sklearn, no download), a Hub dataset id (uoft-cs/cifar10) or a "
+            "save_to_disk directory"
+        },
+    )
+    image_column: str = field(default="img", metadata={"help": "column holding the images (PIL or arrays)"})
+    label_column: str = field(default="label", metadata={"help": "column holding the integer class"})
+    train_split: str = field(default="train", metadata={"help": "split name of the training data"})
+    test_split: str = field(default="test", metadata={"help": "split name of the held-out data"})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "resize (bilinear) to this side length; digits are 8x8 and more pixels make the Gaussian "
+            "test more sensitive (null: keep)"
+        },
+    )
+    test_fraction: float = field(default=0.2, metadata={"help": "embedded:digits: held-out share of the 1,797 images"})
+    split_seed: int = field(default=0, metadata={"help": "embedded:digits: train/test split (fixed across seeds)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training split"})
+    max_test_samples: int | None = field(default=None, metadata={"help": "subsample the test split"})
+
+    def validate(self) -> None:
+        if self.image_size is not None and self.image_size < 4:
+            raise ConfigError(f"data.image_size must be >= 4 or null, got {self.image_size}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("max_train_samples", "max_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 10:
+                raise ConfigError(f"data.{name} must be >= 10 or null")
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    y = torch.from_numpy(d.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
+    n_test = round(cfg.test_fraction * len(y))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test], 10
+
+
+def _to_tensor(images) -> torch.Tensor:
+    arrs = []
+    for im in images:
+        a = np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
+        if a.ndim == 2:
+            a = a[..., None]
+        arrs.append(a)
+    a = np.stack(arrs)  # (n, H, W, C)
+    x = torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def _hub(cfg: DataConfig):
+    import datasets
+
+    p = Path(cfg.dataset_name)
+    try:
+        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(cfg.dataset_name)
+    except Exception as e:  # offline hub errors come in many types; name the field either way
+        raise ConfigError(f"data.dataset_name: cannot load {cfg.dataset_name!r}: {e}") from e
+    for split in (cfg.train_split, cfg.test_split):
+        if split not in ds:
+            raise ConfigError(f"data: split {split!r} not in {cfg.dataset_name!r} (has {sorted(ds)})")
+        for col in (cfg.image_column, cfg.label_column):
+            if col not in ds[split].column_names:
+                raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds[split].column_names})")
+    tr, te = ds[cfg.train_split], ds[cfg.test_split]
+    num_classes = int(max(max(tr[cfg.label_column]), max(te[cfg.label_column]))) + 1
+    names = getattr(tr.features.get(cfg.label_column), "names", None)
+    if names:
+        num_classes = len(names)
+    return (
+        _to_tensor(tr[cfg.image_column]),
+        torch.as_tensor(tr[cfg.label_column], dtype=torch.long),
+        _to_tensor(te[cfg.image_column]),
+        torch.as_tensor(te[cfg.label_column], dtype=torch.long),
+        num_classes,
+    )
+
+
+def load_clean(cfg: DataConfig, seed: int):
+    """(train_x, train_y, test_x, test_y, num_classes), resized and subsampled (the subsample depends on ``seed``)."""
+    xtr, ytr, xte, yte, k = _digits(cfg) if cfg.dataset_name == "embedded:digits" else _hub(cfg)
+    g = torch.Generator().manual_seed(seed)
+    if cfg.max_train_samples and cfg.max_train_samples < len(ytr):
+        keep = torch.randperm(len(ytr), generator=g)[: cfg.max_train_samples].sort().values
+        xtr, ytr = xtr[keep], ytr[keep]
+    if cfg.max_test_samples and cfg.max_test_samples < len(yte):
+        keep = torch.randperm(len(yte), generator=g)[: cfg.max_test_samples].sort().values
+        xte, yte = xte[keep], yte[keep]
+    return _resize(xtr, cfg.image_size), ytr, _resize(xte, cfg.image_size), yte, k
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+@dataclass
+class Split:
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor  # row in the training set (or the test set)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i], "labels": int(self.labels[i]), "index": int(self.index[i])}
+
+
+def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = out / f".{DATA_NAME}.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(out / DATA_NAME)
+
+
+def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    from llm_unlearn.utils import read_json
+
+    from .stages.poison import expand
+
+    d = Path(path)
+    if not (d / DATA_NAME).is_file() or not (d / "manifest.json").is_file():
+        raise ConfigError(f"dataset_dir {str(d)!r} holds no poisoned image dataset (run the image poison stage)")
+    return expand(load_file(str(d / DATA_NAME))), read_json(d / "manifest.json")
+
+
+def splits(tensors: dict, manifest: dict) -> dict[str, Split]:
+    """``train`` (poisons substituted), ``retain``, ``forget`` (the poisons as trained) and ``test``."""
+    idx = torch.as_tensor(manifest["poison_indices"], dtype=torch.long)
+    x, y = tensors["train_images"].clone(), tensors["train_labels"].clone()
+    x[idx], y[idx] = tensors["poison_images"], tensors["poison_labels"]
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[idx] = False
+    rows = torch.arange(len(y))
+    test = tensors["test_images"], tensors["test_labels"]
+    return {
+        "train": Split(x, y, rows),
+        "retain": Split(x[keep], y[keep], rows[keep]),
+        "forget": Split(x[idx], y[idx], idx),
+        "test": Split(*test, torch.arange(len(test[1]))),
+    }
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop (zero padding ``padding``) and horizontal flip of a batch (n, C, H, W), as tensor ops."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+        bidx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+Augment = Literal["none", "crop_flip"]
+
+
+def make_augment(kind: str, padding: int = 4):
+    if kind == "none":
+        return None
+    return lambda x, g: random_crop_flip(x, g, padding=padding)

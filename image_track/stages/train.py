@@ -1,0 +1,82 @@
+"""Image stage 2: train the initial model (split ``train``, poisons included) or the gold model (split ``retain``)
+from the same seeded initialisation. Writes ``model.safetensors`` + ``model_config.json``, ``training_info.json``
+(``compute_tokens`` = examples through forward+backward: the 100 % of unlearning budgets) and ``config.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llm_unlearn.configs import ConfigError, parse_config, save_config
+from llm_unlearn.stages.train import DivergedError
+from llm_unlearn.utils import is_complete, mark_complete, write_json
+
+from ..models import ModelConfig
+from ..training import TrainSection
+
+
+@dataclass
+class ImageTrainConfig:
+    """Train an image classifier on a split of a poisoned image dataset."""
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the image poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the model goes"})
+    split: Literal["train", "retain"] = field(
+        default="train", metadata={"help": "train = poisoned set (initial model); retain = gold retrain"}
+    )
+    seed: int = field(default=0, metadata={"help": "initialisation (shared by initial and gold) and data order"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
+    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "optimisation"})
+
+
+def main(cfg: ImageTrainConfig) -> Path:
+    from ..data import load_dataset_dir, splits
+    from ..models import build_model, save_model
+    from ..training import fit
+
+    for key in ("dataset_dir", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"{key} is required")
+    out = Path(cfg.output_dir)
+    if is_complete(out):
+        return out
+    tensors, manifest = load_dataset_dir(cfg.dataset_dir)
+    data = splits(tensors, manifest)[cfg.split]
+    model = build_model(
+        cfg.model, manifest["image_shape"], manifest["num_classes"], manifest["mean"], manifest["std"], seed=cfg.seed
+    )
+    diverged, info = None, {}
+    try:
+        info = fit(model, data.images, data.labels, cfg.train, seed=cfg.seed)
+    except DivergedError as e:
+        diverged = e
+    info = {
+        "split": cfg.split,
+        "n_examples": len(data),
+        "steps": info.get("steps", diverged.step if diverged else None),
+        "compute_tokens": info.get("compute_tokens", 0),  # examples through forward+backward (the budget unit)
+        "compute_unit": "examples",
+        "train_loss": info.get("train_loss", diverged.loss if diverged else None),
+        "diverged": diverged is not None,
+        "diverged_step": diverged.step if diverged else None,
+        "wall_seconds": info.get("wall_seconds", 0.0),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model.cpu(), out)
+    write_json(out / "training_info.json", info)
+    save_config(cfg, out)
+    if diverged is not None:
+        raise diverged
+    mark_complete(out)
+    return out
+
+
+def make_parser():
+    from llm_unlearn.configs import make_parser as _mp
+
+    return _mp(ImageTrainConfig, prog="image train")
+
+
+def cli(argv=None) -> None:
+    print(main(parse_config(ImageTrainConfig, argv, prog="image train")))
