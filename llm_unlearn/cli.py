@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("train", "fine-tune the initial (poisoned) or gold (retain) model"),
     "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
     "eval": ("evaluate", "evaluate a model: utility, ASR, Gaussian Unlearning Score, loss MIA"),
+    "diagnose": ("diagnose", "parameter-shift diagnostics of a model, or the exact linear toy (--toy linear)"),
     "report": ("report", "results.json, report.md and plots for a run directory"),
     "tiny": ("tiny", "build the embedded tokenizer + tiny Llama offline"),
 }

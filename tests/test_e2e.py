@@ -25,6 +25,7 @@ TINY_EXPERIMENT = {
     "unlearn": {"per_device_train_batch_size": 8, "progress": False},
     "eval": {"fresh_noise_draws": 3},
     "methods": sorted(METHODS),
+    "grid": {"gd": {"learning_rate": [1e-3, 3e-3]}},  # two grid points: the report selects one
     "budgets": [0.2],
 }
 
@@ -47,7 +48,7 @@ def test_results_json_schema(run_dir):
     rows = res["rows"]
     assert {r["method"] for r in rows} == {"initial", "retrain", *METHODS}
     for r in rows:
-        assert set(r) == {"attack", "method", "budget", "seed", "metrics"}
+        assert set(r) == {"attack", "method", "budget", "variant", "seed", "metrics", "selected", "within_tolerance"}
         assert r["attack"] == "gaussian" and r["seed"] == 0
         assert (r["budget"] is None) == (r["method"] in ("initial", "retrain"))
         m = r["metrics"]
@@ -70,6 +71,13 @@ def test_results_json_schema(run_dir):
             assert isinstance(m[key], float), key
         assert 0.0 <= m["clean_accuracy"] <= 1.0
         assert m["n_poison"] == 8 and m["n_fresh"] == 24
+        if r["budget"] is not None:  # section 6 diagnostics of every unlearned model
+            assert m["shift_norm_updated"] > 0 and -1 <= m["shift_cosine"] <= 1 and m["dist_ratio"] > 0
+    gd = [r for r in rows if r["method"] == "gd"]
+    assert sorted(r["variant"] for r in gd) == ["gd_b0.2_learning_rate0.001", "gd_b0.2_learning_rate0.003"]
+    assert sorted(r["metrics"]["overrides"]["learning_rate"] for r in gd) == [1e-3, 3e-3]
+    assert sum(r["selected"] for r in gd) == 1  # one grid point per method and budget
+    assert all(r["selected"] for r in rows if r["method"] not in ("gd", "initial", "retrain"))
     init = next(r for r in rows if r["method"] == "initial")["metrics"]
     retr = next(r for r in rows if r["method"] == "retrain")["metrics"]
     assert init["gap_closed"] == 0.0 and retr["gap_closed"] == 1.0
@@ -81,17 +89,26 @@ def test_results_json_schema(run_dir):
 def test_report_and_plots(run_dir):
     text = (run_dir / "report.md").read_text()
     assert "pooled z" in text and "neggrad_plus" in text
+    assert "Every grid point" in text and "section 6 diagnostics" in text
     for png in ("gap_closed.png", "gus_hist.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_stage_wrote_config_and_safetensors(run_dir):
     seed = run_dir / "seed_0"
-    for stage in ("poison", "initial", "retrain", "unlearn/gd_b0.2", "eval/initial", "eval/gd_b0.2"):
+    for stage in (
+        "poison",
+        "initial",
+        "retrain",
+        "unlearn/npo_b0.2",
+        "eval/initial",
+        "eval/npo_b0.2",
+        "diag/npo_b0.2",
+    ):
         assert (seed / stage / "config.yaml").is_file(), stage
         assert (seed / stage / ".complete").is_file(), stage
     assert (seed / "initial" / "model.safetensors").is_file()
-    assert (seed / "unlearn" / "gd_b0.2" / "adapter_model.safetensors").is_file()
+    assert (seed / "unlearn" / "npo_b0.2" / "adapter_model.safetensors").is_file()
     assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt"))
 
 

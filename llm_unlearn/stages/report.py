@@ -1,6 +1,8 @@
 """Stage 5: collect every evaluated model of a run into ``results.json``, ``report.md`` and PNG plots.
 
-Rows: ``{"attack", "method" ("initial" | "retrain" | a METHODS key), "budget", "seed", "metrics"}``. Gap closed is
+Rows: ``{"attack", "method" ("initial" | "retrain" | a METHODS key), "budget", "variant" (the model id: method,
+budget and grid point), "seed", "metrics", "selected", "within_tolerance"}``; every grid point stays in results.json,
+the tables and the budget plot show the selected one per method and budget (see ``select_variants``). Gap closed is
 (M(initial) - M(updated)) / (M(initial) - M(retrain)) on the attack's poison metric (``gus_mean`` for the Gaussian
 attack, ``asr`` for the backdoor), computed within each seed.
 """
@@ -39,9 +41,15 @@ def _fmt(mean, std, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def variants(exp) -> list:
+    """The experiment's unlearning variants (methods x budgets x grid), as ``run`` planned them."""
+    from .run import unlearn_variants
+
+    return unlearn_variants(exp, type(exp.unlearn))
+
+
 def collect_rows(run_dir: Path, exp) -> tuple[list[dict], dict]:
     from ..metrics import gap_closed
-    from .run import model_id
 
     rows, manifests = [], {}
     for seed in exp.seeds:
@@ -63,55 +71,150 @@ def collect_rows(run_dir: Path, exp) -> tuple[list[dict], dict]:
         for name in ("initial", "retrain"):
             m = base[name]
             m["gap_closed"] = gap_closed(base["initial"][metric], m[metric], base["retrain"][metric])
-            rows.append({"attack": manifest["attack"], "method": name, "budget": None, "seed": seed, "metrics": m})
-        for method in exp.methods:
-            for budget in exp.budgets:
-                mid = model_id(method, budget)
-                info = read_json(d / "unlearn" / mid / "unlearn_info.json")
-                ev = d / "eval" / mid / "eval_results.json"
-                m = read_json(ev) if ev.is_file() and not info["diverged"] else {}
-                m.update(
-                    compute_fraction=info["compute_fraction"],
-                    wall_seconds=info["wall_seconds"],
-                    diverged=info["diverged"],
-                    diverged_step=info["diverged_step"],
-                    steps=info["steps"],
-                    method_args=info["method_args"],
-                )
-                m["gap_closed"] = (
-                    gap_closed(base["initial"][metric], m[metric], base["retrain"][metric]) if metric in m else None
-                )
-                rows.append(
-                    {"attack": manifest["attack"], "method": method, "budget": budget, "seed": seed, "metrics": m}
-                )
+            rows.append(
+                {
+                    "attack": manifest["attack"],
+                    "method": name,
+                    "budget": None,
+                    "variant": name,
+                    "seed": seed,
+                    "metrics": m,
+                    "selected": None,  # initial and retrain are always shown
+                    "within_tolerance": None,
+                }
+            )
+        for v in variants(exp):
+            info = read_json(d / "unlearn" / v.model_id / "unlearn_info.json")
+            ev = d / "eval" / v.model_id / "eval_results.json"
+            m = read_json(ev) if ev.is_file() and not info["diverged"] else {}
+            diag = d / "diag" / v.model_id / "diagnostics.json"
+            if diag.is_file() and not info["diverged"]:
+                m.update({k: x for k, x in read_json(diag).items() if k != "n_params"})
+            m.update(
+                compute_fraction=info["compute_fraction"],
+                wall_seconds=info["wall_seconds"],
+                diverged=info["diverged"],
+                diverged_step=info["diverged_step"],
+                steps=info["steps"],
+                method_args=info["method_args"],
+                overrides=dict(v.overrides),
+            )
+            m["gap_closed"] = (
+                gap_closed(base["initial"][metric], m[metric], base["retrain"][metric]) if metric in m else None
+            )
+            rows.append(
+                {
+                    "attack": manifest["attack"],
+                    "method": v.method,
+                    "budget": v.budget,
+                    "variant": v.model_id,
+                    "seed": seed,
+                    "metrics": m,
+                }
+            )
     return rows, manifests
 
 
+def select_variants(rows: list[dict], tolerance: float) -> dict:
+    """Per (method, budget): the grid point with the highest mean gap closed among those whose mean clean accuracy is
+    within ``tolerance`` of the initial model's and that never diverged. Marks the chosen rows ``selected`` and
+    returns {(method, budget): (variant, within_tolerance)}; when no point qualifies, the highest-gap point is shown
+    instead, flagged ``within_tolerance: false`` (the report says so)."""
+    init_acc, _, _ = _mean_std([r["metrics"].get("clean_accuracy") for r in rows if r["method"] == "initial"])
+    by_key: dict = {}
+    for r in rows:
+        if r["budget"] is not None:
+            by_key.setdefault((r["method"], r["budget"]), {}).setdefault(r["variant"], []).append(r)
+    chosen = {}
+    for key, vs in by_key.items():
+        scored = []
+        for variant, grp in vs.items():
+            gap, _, _ = _mean_std([r["metrics"].get("gap_closed") for r in grp])
+            acc, _, _ = _mean_std([r["metrics"].get("clean_accuracy") for r in grp])
+            ok = (
+                not any(r["metrics"].get("diverged") for r in grp)
+                and acc is not None
+                and init_acc is not None
+                and acc >= init_acc - tolerance - 1e-12
+            )
+            scored.append((ok, -math.inf if gap is None else gap, variant))
+        eligible = [x for x in scored if x[0]]
+        ok, _, variant = max(eligible or scored, key=lambda x: x[1])
+        chosen[key] = (variant, bool(eligible))
+        for r in rows:
+            if (r["method"], r["budget"]) == key:
+                r["selected"] = r["variant"] == variant
+                r["within_tolerance"] = bool(eligible) if r["variant"] == variant else None
+    return chosen
+
+
 def _groups(rows):
+    """[((method, budget, variant), rows over seeds)] in first-seen order."""
     keys = []
     for r in rows:
-        k = (r["method"], r["budget"])
+        k = (r["method"], r["budget"], r["variant"])
         if k not in keys:
             keys.append(k)
-    return [(k, [r for r in rows if (r["method"], r["budget"]) == k]) for k in keys]
+    return [(k, [r for r in rows if (r["method"], r["budget"], r["variant"]) == k]) for k in keys]
+
+
+def _chosen_rows(rows):
+    """Initial, retrain and the selected grid point of every method and budget."""
+    return [r for r in rows if r["budget"] is None or r.get("selected")]
+
+
+def _label(method, budget, variant) -> str:
+    # The variant id repeats method and budget; show only the grid point, if any.
+    point = variant[len(f"{method}_b{budget:g}") :].lstrip("_") if budget is not None else ""
+    return f"{method} ({point})" if point else method
+
+
+def _table(rows, cols, marker: bool) -> list[str]:
+    lines = ["| model | budget | " + " | ".join(cols) + " | diverged |", "|---|---|" + "---|" * len(cols) + "---|"]
+    for (method, budget, variant), grp in _groups(rows):
+        cells = [_fmt(*_mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
+        n_div = sum(bool(r["metrics"].get("diverged")) for r in grp)
+        name = _label(method, budget, variant)
+        if marker and grp[0].get("selected"):
+            name = f"**{name}**" + ("" if grp[0].get("within_tolerance") else " (!)")
+        lines.append(
+            f"| {name} | {'–' if budget is None else f'{budget:g}'} | "
+            + " | ".join(cells)
+            + f" | {n_div}/{len(grp)} |"
+        )
+    return lines
 
 
 def render_markdown(rows, exp, manifests, env) -> str:
     from ..metrics import stouffer_z
+    from ..tracks import get_track
 
     attack = rows[0]["attack"]
     metric = manifests[exp.seeds[0]]["metric"]
+    chosen = _chosen_rows(rows)
+    tol = exp.selection_tolerance
+    n_variants = len({r["variant"] for r in rows if r["budget"] is not None})
+    n_keys = len({(r["method"], r["budget"]) for r in rows if r["budget"] is not None})
     lines = [
         f"# llm-unlearn report: {attack} attack",
         "",
-        f"Model `{exp.model_name_or_path}`, dataset `{exp.poison.dataset_name}`, poison fraction "
-        f"{exp.poison.poison_fraction}, seeds {exp.seeds}, methods {exp.methods}, budgets {exp.budgets}.",
+        get_track(exp.track).describe(exp),
+        f"Seeds {exp.seeds}, methods {exp.methods}, budgets {exp.budgets}.",
         f"Poison metric: `{metric}`; gap closed = (M(initial) - M(updated)) / (M(initial) - M(retrain)): "
         "1 = as good as retraining, 0 = no effect, < 0 = the poison got stronger.",
         "",
         "## Mean ± std over seeds",
         "",
     ]
+    if n_variants > n_keys:
+        lines += [
+            f"Hyper-parameter grids ran {n_variants} unlearning variants for {n_keys} method x budget pairs. "
+            "Per method and budget the table shows the variant with the most gap closed among those whose mean "
+            f"clean accuracy stays within {tol * 100:g} points of the initial model's and that never diverged; (!) "
+            "marks a pair where no variant did (its best-gap variant is shown). Every variant is in the full table "
+            "below and in results.json.",
+            "",
+        ]
     cols = ["clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"]
     if attack == "gaussian":
         cols = [
@@ -125,13 +228,20 @@ def render_markdown(rows, exp, manifests, env) -> str:
             "mia_auc",
             "compute_fraction",
         ]
-    lines.append("| model | budget | " + " | ".join(cols) + " | diverged |")
-    lines.append("|---|---|" + "---|" * len(cols) + "---|")
-    for (method, budget), grp in _groups(rows):
-        cells = [_fmt(*_mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
-        n_div = sum(bool(r["metrics"].get("diverged")) for r in grp)
-        lines.append(
-            f"| {method} | {'–' if budget is None else budget} | " + " | ".join(cells) + f" | {n_div}/{len(grp)} |"
+    lines += _table(chosen, cols, marker=False)
+    if any("shift_cosine" in r["metrics"] for r in chosen):
+        lines += [
+            "",
+            "## Where unlearning moved the weights (section 6 diagnostics)",
+            "",
+            "shift_ratio = ||theta_updated - theta_initial|| / ||theta_retrain - theta_initial|| (how far it "
+            "travelled, relative to the poison-induced shift); shift_cosine = cos(theta_updated - theta_initial, "
+            "theta_retrain - theta_initial) (1 = straight towards retraining); dist_ratio = "
+            "||theta_updated - theta_retrain|| / ||theta_initial - theta_retrain|| (1 = no closer to the gold model).",
+            "",
+        ]
+        lines += _table(
+            [r for r in chosen if r["budget"] is not None], ["shift_ratio", "shift_cosine", "dist_ratio"], marker=False
         )
     if attack == "gaussian":
         lines += ["", "## Gaussian test per seed and pooled (Stouffer z = sum z / sqrt(#seeds))", ""]
@@ -139,20 +249,25 @@ def render_markdown(rows, exp, manifests, env) -> str:
         lines.append("|---|---|" + "---|" * (len(exp.seeds) + 2))
         from scipy.stats import norm
 
-        for (method, budget), grp in _groups(rows):
+        for (method, budget, variant), grp in _groups(chosen):
             zs = [r["metrics"].get("gus_z") for r in grp]
             ok = [z for z in zs if z is not None]
             pooled = stouffer_z(ok) if ok else None
             cells = ["–" if z is None else f"{z:+.2f}" for z in zs]
             p = "–" if pooled is None else f"{2 * norm.sf(abs(pooled)):.2g}"
             lines.append(
-                f"| {method} | {'–' if budget is None else budget} | "
+                f"| {_label(method, budget, variant)} | {'–' if budget is None else f'{budget:g}'} | "
                 + " | ".join(cells)
                 + f" | {'–' if pooled is None else f'{pooled:+.2f}'} | {p} |"
             )
+    if n_variants > n_keys:
+        lines += ["", "## Every grid point (selected in bold)", ""]
+        lines += _table([r for r in rows if r["budget"] is not None], ["clean_accuracy", metric, "gap_closed"], True)
     lines += [
         "",
-        "Plots: `gap_closed.png`" + (", `gus_hist.png`" if attack == "gaussian" else "") + ".",
+        "Plots: `gap_closed.png` (gap closed vs budget, selected variants)"
+        + (", `gus_hist.png`" if attack == "gaussian" else "")
+        + ".",
         "",
         "## Environment",
         "",
@@ -166,11 +281,13 @@ def render_markdown(rows, exp, manifests, env) -> str:
 
 
 def plot_gap_closed(rows, out: Path) -> Path:
+    """Gap closed vs budget, one line per method (its selected grid point per budget), retrain at 1, none at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = _chosen_rows(rows)
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("initial", "retrain")]
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -196,19 +313,18 @@ def plot_gap_closed(rows, out: Path) -> Path:
     return path
 
 
-def plot_gus_hist(run_dir: Path, exp, out: Path) -> Path:
+def plot_gus_hist(run_dir: Path, exp, rows, out: Path) -> Path:
     """Paper Fig. 6 style, first seed: fresh noise vs poisons on the initial model vs poisons on each other model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .run import model_id
-
     d = run_dir / f"seed_{exp.seeds[0]}" / "eval"
     init = read_json(d / "initial" / "per_sample.json")
+    chosen = [r for r in _chosen_rows(rows) if r["budget"] is not None and r["seed"] == exp.seeds[0]]
     panels = [("retrain", "retrain")] + [
-        (model_id(m, b), f"{m} (budget {b:g})") for m in exp.methods for b in exp.budgets
+        (r["variant"], f"{_label(r['method'], r['budget'], r['variant'])} (budget {r['budget']:g})") for r in chosen
     ]
     panels = [(k, t) for k, t in panels if (d / k / "per_sample.json").is_file()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
@@ -242,11 +358,12 @@ def main(cfg: ReportConfig) -> Path:
     out = Path(cfg.output_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, manifests = collect_rows(run_dir, exp)
+    select_variants(rows, exp.selection_tolerance)
     env = environment_info(exp.seeds)
     write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
     plot_gap_closed(rows, out)
     if rows[0]["attack"] == "gaussian":
-        plot_gus_hist(run_dir, exp, out)
+        plot_gus_hist(run_dir, exp, rows, out)
     report = out / "report.md"
     atomic_write_text(report, render_markdown(rows, exp, manifests, env))
     return report

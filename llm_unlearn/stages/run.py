@@ -25,6 +25,7 @@ import yaml
 from ..configs import ConfigError, load_config, parse_config, to_dict
 from ..testing import TinyModelConfig
 from ..utils import atomic_write_text, is_complete
+from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
 from .train import TrainConfig
@@ -39,6 +40,7 @@ EMBEDDED_TINY = "embedded:tiny-llama"
 class ExperimentConfig:
     """The protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
 
+    track: str = field(default="llm", metadata={"help": "llm (this config) or an installed track, e.g. image"})
     output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
     model_name_or_path: str = field(
@@ -54,36 +56,161 @@ class ExperimentConfig:
     method_args: dict[str, dict[str, Any]] = field(
         default_factory=dict, metadata={"help": "per-method knobs, e.g. {neggrad_plus: {beta: 0.95}}"}
     )
+    grid: dict[str, dict[str, list]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-method hyper-parameter grids over unlearn keys or method_args keys, e.g. "
+            "{npo: {learning_rate: [1e-4, 1e-3], beta: [0.1, 0.5]}}; every combination runs"
+        },
+    )
     budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
+    selection_tolerance: float = field(
+        default=0.02,
+        metadata={
+            "help": "the report picks, per method and budget, the grid point with the most gap closed among those "
+            "whose mean clean accuracy is within this of the initial model's (0.02 = 2 points)"
+        },
+    )
+    diagnostics: bool = field(
+        default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation settings"})
     workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
     overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
     def validate(self) -> None:
-        from ..methods import build_method_config
+        if self.track != "llm":
+            raise ConfigError(f"track: this is the llm track's config, got track={self.track!r}")
+        check_experiment(self, UnlearnConfig, RUN_OWNED)
+        if self.model_name_or_path != EMBEDDED_TINY:  # a missing/pickle-only/mismatched model dir fails before work
+            from ..modeling import check_model_path
 
-        if not self.seeds:
-            raise ConfigError("seeds must hold at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
-        if not self.methods:
-            raise ConfigError("methods must name at least one METHODS key")
-        for m in self.methods:
-            build_method_config(m, self.method_args.get(m))
-        for m in self.method_args:
-            if m not in self.methods:
-                raise ConfigError(f"method_args.{m}: {m!r} is not in methods={self.methods}")
-        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
-            raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {self.budgets}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        for section, names in RUN_OWNED:
-            sub = getattr(self, section)
-            for name in names:
-                if getattr(sub, name) != _default(type(sub), name):
-                    raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
+            check_model_path(self.model_name_or_path)
         if self.model_name_or_path == EMBEDDED_TINY and self.poison.dataset_name != "embedded:reviews":
             logger.warning("the embedded tiny model's tokenizer was trained on the embedded reviews only")
+
+
+def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
+    """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
+    stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
+    from ..methods import build_method_config
+
+    if not cfg.seeds:
+        raise ConfigError("seeds must hold at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds must be distinct, got {cfg.seeds}")
+    if not cfg.methods:
+        raise ConfigError("methods must name at least one METHODS key")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"methods must be distinct, got {cfg.methods}")
+    for m in cfg.methods:
+        build_method_config(m, cfg.method_args.get(m))
+    for section in ("method_args", "grid"):
+        for m in getattr(cfg, section):
+            if m not in cfg.methods:
+                raise ConfigError(f"{section}.{m}: {m!r} is not in methods={cfg.methods}")
+    if not cfg.budgets or any(not 0 < b <= 1 for b in cfg.budgets):
+        raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {cfg.budgets}")
+    if len(set(cfg.budgets)) != len(cfg.budgets):
+        raise ConfigError(f"budgets must be distinct, got {cfg.budgets}")
+    if not 0 <= cfg.selection_tolerance <= 1:
+        raise ConfigError(
+            f"selection_tolerance must be in [0, 1] (fraction of accuracy), got {cfg.selection_tolerance}"
+        )
+    if cfg.workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
+    for section, names in run_owned:
+        sub = getattr(cfg, section)
+        for name in names:
+            if getattr(sub, name) != _default(type(sub), name):
+                raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
+    # Building every variant validates each grid value against its dataclass (types, ranges) before any work.
+    for v in unlearn_variants(cfg, unlearn_cls, run_owned):
+        build_method_config(v.method, v.method_args)
+        dataclasses.replace(cfg.unlearn, **v.overrides).validate()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One unlearning run of the grid (per seed): a method, a budget and one point of the method's grid."""
+
+    method: str
+    budget: float
+    overrides: dict  # unlearn-config keys (e.g. learning_rate)
+    method_args: dict  # method_args merged with the grid point's method keys
+    model_id: str  # its directory name under unlearn/ and eval/
+
+
+def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, set]:
+    from ..methods import get_method
+
+    owned = {n for sec, names in run_owned if sec == "unlearn" for n in names}
+    unlearn_keys = {f.name for f in dataclasses.fields(unlearn_cls)} - owned
+    method_keys = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    for k in keys:
+        if k in unlearn_keys and k in method_keys:
+            raise ConfigError(f"grid.{method}.{k}: ambiguous, {k!r} is both an unlearn key and a {method} key")
+        if k not in unlearn_keys | method_keys:
+            raise ConfigError(
+                f"grid.{method}.{k}: unknown key; choose from the unlearn keys {sorted(unlearn_keys)} or "
+                f"{method}'s method_args {sorted(method_keys)}"
+            )
+    return unlearn_keys, method_keys
+
+
+def _coerce_field(cls: type, name: str, value, key: str):
+    import typing
+
+    from ..configs import _coerce
+
+    return _coerce(value, typing.get_type_hints(cls)[name], key)
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).replace("/", "-").replace(" ", "")
+
+
+def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
+    """methods x budgets x each method's grid (cartesian product), in config order; model ids are
+    ``<method>_b<budget>`` plus ``_<key><value>`` per grid key, identical across tracks."""
+    import itertools
+
+    from ..methods import get_method
+
+    out = []
+    for method in cfg.methods:
+        grid = cfg.grid.get(method) or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"grid.{method}: expected a mapping of key -> list of values, got {grid!r}")
+        unlearn_keys, _ = _grid_keys(method, grid, unlearn_cls, run_owned)
+        for k, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid.{method}.{k}: expected a non-empty list of values, got {values!r}")
+            if len({repr(v) for v in values}) != len(values):
+                raise ConfigError(f"grid.{method}.{k}: values must be distinct, got {values}")
+        keys = list(grid)
+        spec_cls = get_method(method).config_cls
+        typed = {  # YAML 1.1 reads 1e-4 as a string: coerce through the field's annotation like any config value
+            k: [_coerce_field(unlearn_cls if k in unlearn_keys else spec_cls, k, v, f"grid.{method}.{k}") for v in vs]
+            for k, vs in grid.items()
+        }
+        for budget in cfg.budgets:
+            for point in itertools.product(*(typed[k] for k in keys)):
+                chosen = dict(zip(keys, point))
+                mid = model_id(method, budget) + "".join(f"_{k}{_fmt_value(v)}" for k, v in chosen.items())
+                out.append(
+                    Variant(
+                        method=method,
+                        budget=budget,
+                        overrides={k: v for k, v in chosen.items() if k in unlearn_keys},
+                        method_args={
+                            **cfg.method_args.get(method, {}),
+                            **{k: v for k, v in chosen.items() if k not in unlearn_keys},
+                        },
+                        model_id=mid,
+                    )
+                )
+    return out
 
 
 # Stage keys that `run` fills in for every job: setting them in an experiment config is an error.
@@ -105,10 +232,13 @@ def model_id(method: str, budget: float) -> str:
     return f"{method}_b{budget:g}"
 
 
+_STAGES = "llm_unlearn.stages."
+
+
 @dataclass
 class Job:
     name: str
-    stage: str  # module name under llm_unlearn.stages
+    stage: str  # dotted module path whose ``main(config)`` runs the job, or "tiny" (the embedded base model)
     config: Any
     deps: list[str]
 
@@ -128,7 +258,7 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
             jobs.append(Job(f"s{seed}/base", "tiny", {"output_dir": base, "seed": seed, "tiny": cfg.tiny}, []))
             base_deps = [f"s{seed}/base"]
         poison = dataclasses.replace(cfg.poison, output_dir=str(d / "poison"), seed=seed)
-        jobs.append(Job(f"s{seed}/poison", "poison", poison, []))
+        jobs.append(Job(f"s{seed}/poison", _STAGES + "poison", poison, []))
         for name, split in (("initial", "train"), ("retrain", "retain")):
             tc = dataclasses.replace(
                 cfg.train,
@@ -138,35 +268,46 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                 split=split,
                 seed=seed,
             )
-            jobs.append(Job(f"s{seed}/{name}", "train", tc, [f"s{seed}/poison", *base_deps]))
+            jobs.append(Job(f"s{seed}/{name}", _STAGES + "train", tc, [f"s{seed}/poison", *base_deps]))
             ec = dataclasses.replace(
                 cfg.eval, model_dir=tc.output_dir, dataset_dir=poison.output_dir, output_dir=str(d / "eval" / name)
             )
-            jobs.append(Job(f"s{seed}/eval/{name}", "evaluate", ec, [f"s{seed}/{name}"]))
-        for method in cfg.methods:
-            for budget in cfg.budgets:
-                mid = model_id(method, budget)
-                uc = dataclasses.replace(
-                    cfg.unlearn,
-                    model_dir=str(d / "initial"),
-                    dataset_dir=poison.output_dir,
-                    output_dir=str(d / "unlearn" / mid),
+            jobs.append(Job(f"s{seed}/eval/{name}", _STAGES + "evaluate", ec, [f"s{seed}/{name}"]))
+        for v in unlearn_variants(cfg, UnlearnConfig, RUN_OWNED):
+            uc = dataclasses.replace(
+                cfg.unlearn,
+                **v.overrides,
+                model_dir=str(d / "initial"),
+                dataset_dir=poison.output_dir,
+                output_dir=str(d / "unlearn" / v.model_id),
+                retrain_dir=str(d / "retrain"),
+                method=v.method,
+                method_args=dict(v.method_args),
+                budget=v.budget,
+                seed=seed,
+            )
+            unlearn_job = f"s{seed}/unlearn/{v.model_id}"
+            jobs.append(Job(unlearn_job, _STAGES + "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
+            adapter = uses_adapter(v.method, uc.use_peft)  # else the unlearned dir holds a full model
+            ec = dataclasses.replace(
+                cfg.eval,
+                model_dir=str(d / "initial") if adapter else uc.output_dir,
+                adapter_dir=uc.output_dir if adapter else None,
+                dataset_dir=poison.output_dir,
+                output_dir=str(d / "eval" / v.model_id),
+            )
+            jobs.append(Job(f"s{seed}/eval/{v.model_id}", _STAGES + "evaluate", ec, [unlearn_job]))
+            if cfg.diagnostics:
+                dc = DiagnoseConfig(
+                    initial_dir=str(d / "initial"),
                     retrain_dir=str(d / "retrain"),
-                    method=method,
-                    method_args=dict(cfg.method_args.get(method, {})),
-                    budget=budget,
-                    seed=seed,
+                    model_dir=ec.model_dir,
+                    adapter_dir=ec.adapter_dir,
+                    output_dir=str(d / "diag" / v.model_id),
+                    dtype=cfg.unlearn.dtype,
+                    trust_remote_code=cfg.unlearn.trust_remote_code,
                 )
-                jobs.append(Job(f"s{seed}/unlearn/{mid}", "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
-                adapter = uses_adapter(method, uc.use_peft)  # else the unlearned dir holds a full model
-                ec = dataclasses.replace(
-                    cfg.eval,
-                    model_dir=str(d / "initial") if adapter else uc.output_dir,
-                    adapter_dir=uc.output_dir if adapter else None,
-                    dataset_dir=poison.output_dir,
-                    output_dir=str(d / "eval" / mid),
-                )
-                jobs.append(Job(f"s{seed}/eval/{mid}", "evaluate", ec, [f"s{seed}/unlearn/{mid}"]))
+                jobs.append(Job(f"s{seed}/diag/{v.model_id}", _STAGES + "diagnose", dc, [unlearn_job]))
     return jobs
 
 
@@ -192,17 +333,22 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
             save_tiny(out, job.config["tiny"], seed=job.config["seed"])
             mark_complete(out)
         return job.name, time.perf_counter() - start, None
-    module = importlib.import_module(f"llm_unlearn.stages.{job.stage}")
-    if job.stage == "evaluate" and _diverged_unlearn(job.config):
+    module = importlib.import_module(job.stage)
+    if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
         return job.name, 0.0, "diverged"
     module.main(job.config)
     return job.name, time.perf_counter() - start, None
 
 
-def _diverged_unlearn(ec: EvalConfig) -> bool:
+def _stage_kind(job: Job) -> str:
+    return job.stage.rsplit(".", 1)[-1]
+
+
+def _diverged_unlearn(ec) -> bool:
+    """Whether the model an eval/diagnose job reads is an unlearning run that diverged (and saved no weights)."""
     from ..utils import read_json
 
-    src = ec.adapter_dir or ec.model_dir
+    src = getattr(ec, "adapter_dir", None) or ec.model_dir
     info = Path(src) / "unlearn_info.json"
     return info.is_file() and read_json(info).get("diverged", False)
 
@@ -242,13 +388,24 @@ def _identity_dict(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("output_dir", "workers", "overwrite")}
 
 
-def _resolve(cfg: ExperimentConfig | dict | str | os.PathLike, **overrides) -> ExperimentConfig:
+def track_name(data: dict | None) -> str:
+    """The ``track`` key of an experiment mapping (default llm), checked to be a string."""
+    name = (data or {}).get("track", "llm") if isinstance(data, dict) else "llm"
+    if not isinstance(name, str):
+        raise ConfigError(f"track: expected a string, got {name!r}")
+    return name
+
+
+def _resolve(cfg, **overrides):
+    """A validated experiment config (of its track's class) from a config, a mapping or a YAML path."""
     from ..configs import build_config, read_yaml, validate_config
+    from ..tracks import get_track
 
     if isinstance(cfg, (str, os.PathLike)):
-        cfg = build_config(ExperimentConfig, read_yaml(cfg), **overrides)
-    elif isinstance(cfg, dict):
-        cfg = build_config(ExperimentConfig, cfg, **overrides)
+        cfg = read_yaml(cfg)
+    if isinstance(cfg, dict):
+        merged = {**cfg, **overrides}
+        cfg = build_config(get_track(track_name(merged)).config_cls, merged)
     else:
         cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         validate_config(cfg)
@@ -280,9 +437,11 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
         raise ConfigError("each experiment needs its own output_dir")
     for c in cfgs:  # validate every output dir before any work starts
         check_output_dir(c)
+    from ..tracks import get_track
+
     jobs = []
     for i, c in enumerate(cfgs):
-        for job in plan(c):
+        for job in get_track(c.track).plan(c):
             job.name = f"e{i}/{job.name}"
             job.deps = [f"e{i}/{d}" for d in job.deps]
             jobs.append(job)
@@ -290,7 +449,7 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
     return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
 
 
-_PRIORITY = {"tiny": 0, "poison": 0, "train": 1, "unlearn": 2, "evaluate": 3}
+_PRIORITY = {"tiny": 0, "poison": 0, "train": 1, "unlearn": 2, "evaluate": 3, "diagnose": 4}
 
 
 def execute(jobs: list[Job], workers: int) -> None:
@@ -323,7 +482,7 @@ def execute(jobs: list[Job], workers: int) -> None:
         while pending or running:
             # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
             ready = [j for j in pending.values() if all(d in done for d in j.deps)]
-            for job in sorted(ready, key=lambda j: _PRIORITY[j.stage]):
+            for job in sorted(ready, key=lambda j: _PRIORITY.get(_stage_kind(j), 5)):
                 if len(running) >= workers:
                     break
                 running[pool.submit(run_job, job, threads)] = job.name
@@ -382,15 +541,49 @@ def make_parser():
     return _mp(ExperimentConfig, prog="llm-unlearn run")
 
 
+def _argv_track(argv) -> str:
+    """The track named by ``--track`` or by the ``--config`` YAML (default llm): it picks the config class."""
+    import argparse
+    import sys
+
+    from ..configs import read_yaml
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    pre.add_argument("--track")
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.track:
+        return known.track
+    return track_name(read_yaml(known.config)) if known.config else "llm"
+
+
 def cli(argv=None) -> None:
-    cfg = parse_config(ExperimentConfig, argv, prog="llm-unlearn run")
+    from ..tracks import get_track
+
+    track = get_track(_argv_track(argv))
+    cfg = parse_config(track.config_cls, argv, prog="llm-unlearn run")
     report = run_experiment(cfg)
     print(f"report: {report}")
     print(f"results: {Path(cfg.output_dir) / 'results.json'}")
 
 
-def load_experiment(run_dir: str | os.PathLike) -> ExperimentConfig:
+def load_experiment(run_dir: str | os.PathLike):
+    """The experiment config a run directory was made with (of its track's class)."""
+    from ..tracks import get_track
+
     p = Path(run_dir) / "experiment.yaml"
     if not p.is_file():
         raise ConfigError(f"run_dir {str(run_dir)!r} holds no experiment.yaml (not a `llm-unlearn run` directory)")
-    return load_config(ExperimentConfig, yaml.safe_load(p.read_text()))
+    data = yaml.safe_load(p.read_text())
+    return load_config(get_track(track_name(data)).config_cls, data)
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    """The report header line for an llm-track experiment."""
+    p = cfg.poison
+    what = f"trigger {p.trigger!r} -> {p.target_label!r}" if p.attack == "backdoor" else f"eps {p.noise_eps:g}"
+    return (
+        f"Model `{cfg.model_name_or_path}`, dataset `{p.dataset_name}`, {p.attack} poisons on "
+        f"{p.poison_fraction:g} of the training set ({what}), training {cfg.train.num_train_epochs:g} epochs; "
+        f"unlearning {'with LoRA' if cfg.unlearn.use_peft else 'full-parameter'}."
+    )
