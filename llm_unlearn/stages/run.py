@@ -521,15 +521,33 @@ class SuiteConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
 
+def suite_paths(configs: list[str], suite_file: str | os.PathLike | None) -> list[Path]:
+    """Experiment files of a suite: a relative path is looked up next to the suite file first (so a suite recipe can
+    name its siblings), then relative to the working directory."""
+    out = []
+    for c in configs:
+        p = Path(c)
+        if not p.is_absolute() and suite_file is not None and (Path(suite_file).parent / p).is_file():
+            p = Path(suite_file).parent / p
+        out.append(p)
+    return out
+
+
 def suite_cli(argv=None) -> None:
+    import argparse
+    import sys
+
     from ..configs import read_yaml
 
     sc = parse_config(SuiteConfig, argv, prog="llm-unlearn suite")
     if sc.output_dir is None:
         raise ConfigError("output_dir is required")
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    suite_file = pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0].config
     cfgs = [
-        _resolve(read_yaml(c) | {"output_dir": str(Path(sc.output_dir) / Path(c).stem), "overwrite": sc.overwrite})
-        for c in sc.configs
+        _resolve(read_yaml(c) | {"output_dir": str(Path(sc.output_dir) / c.stem), "overwrite": sc.overwrite})
+        for c in suite_paths(sc.configs, suite_file)
     ]
     for report in run_experiments(cfgs, sc.workers):
         print(f"report: {report}")
