@@ -296,6 +296,8 @@ def _leaf_type(cls, dotted: str):
 
 def build_config(cls: type[T], data: dict | None = None, **overrides) -> T:
     """Python-API twin of ``parse_config``: a mapping (e.g. from YAML) plus keyword overrides, validated."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping of keys to values, got {data!r}")
     merged = dict(data or {})
     merged.update(overrides)
     cfg = load_config(cls, merged)
