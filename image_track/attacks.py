@@ -158,9 +158,8 @@ def gradient_matching(surrogate, base_x, labels, target_grad, cfg, generator) ->
             with torch.no_grad():  # project: l_inf ball and the pixel box
                 delta.clamp_(-eps, eps)
                 delta.copy_((base_x + delta).clamp(0, 1) - base_x)
-        with torch.no_grad():
-            loss = F.cross_entropy(surrogate(pixel_values=base_x + delta).logits.float(), labels)
         with torch.enable_grad():
+            loss = F.cross_entropy(surrogate(pixel_values=base_x + delta.detach()).logits.float(), labels)
             final = float(1 - F.cosine_similarity(_flat_grad(loss, params), target_grad, dim=0))
         if final < best_loss:
             best, best_loss = delta.detach().clone(), final
@@ -303,8 +302,7 @@ def gradient_canceling(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
         opt.step()
         with torch.no_grad():
             px.clamp_(0, 1)
-    with torch.no_grad():
-        g_p = _total_grad(model, px.detach(), labels, params)
+    g_p = _total_grad(model, px.detach(), labels, params).detach()
     residual = float(((g_clean + g_p) / n + wd_term).norm())
     start = float((g_clean / n + wd_term).norm())
     info = {

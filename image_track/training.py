@@ -82,7 +82,7 @@ def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int) -
             sched.step()
             step += 1
             compute += len(idx)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         epoch_loss = sum(losses) / len(losses)
     model.eval()
     return {
