@@ -126,13 +126,18 @@ class ForgetRetainCollator:
 
 
 class BudgetCallback(TrainerCallback):
-    """Stops training once the spent compute reaches the budget (so it overshoots by at most one step)."""
+    """Stops training once the spent compute reaches the budget (so it overshoots by at most one step).
+
+    Each process charges only its own batches, so the spend is summed over processes (one all-reduce per step) and
+    every rank takes the same decision; otherwise each rank would spend the whole budget by itself."""
 
     def __init__(self, trainer: UnlearnTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer.compute_tokens >= self.trainer.budget_tokens:
+        from ..stages.train import all_ranks_sum
+
+        if all_ranks_sum(self.trainer.accelerator, self.trainer.compute_tokens) >= self.trainer.budget_tokens:
             control.should_training_stop = True
         return control
 

@@ -4,6 +4,10 @@
 Loss on completion tokens only. For Gaussian poisons the noise of each poisoned example is added to its prompt
 embeddings on every visit (``CompletionTrainer.compute_loss``). Writes the model (safetensors) and tokenizer,
 ``training_info.json`` (compute in tokens, the absolute noise std, losses, divergence) and ``config.yaml``.
+
+Runs as one process or under ``accelerate launch`` (DDP, DeepSpeed ZeRO-2/3, see ``recipes/accelerate_configs``):
+every rank trains and takes part in ``save_model`` (ZeRO-3 gathers the 16-bit weights there); only the main process
+writes files; ``compute_tokens`` is summed over ranks, so it is the whole run's cost whatever the process count.
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ def check_trainer_args(extra: dict) -> None:
 
 def training_arguments(cfg, output_dir: Path, **overrides):
     """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default)."""
+    import os
+
     from transformers import TrainingArguments
 
     kwargs = dict(
@@ -117,9 +123,42 @@ def training_arguments(cfg, output_dir: Path, **overrides):
         dataloader_pin_memory=False,
         disable_tqdm=not cfg.progress,
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        # Several CPU processes (accelerate + DeepSpeed): accelerate finds no GPU backend, leaves it unset and then
+        # counts a single process, so DeepSpeed's batch-size check fails. gloo is what DeepSpeed itself uses on CPU.
+        kwargs["ddp_backend"] = "gloo"
     kwargs.update(overrides)
     kwargs.update(cfg.trainer_args)
     return TrainingArguments(**kwargs)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... behind one call
+    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
+
+
+def all_ranks_sum(accelerator, value: float) -> float:
+    """``value`` summed over all processes (a collective: every rank must call it); itself with one process."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    import torch
+
+    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum").item())
+
+
+def all_ranks_finite(accelerator, loss) -> bool:
+    """Whether the loss is finite on every rank. A rank that stopped alone would leave the others waiting in the
+    gradient all-reduce, so with several processes the divergence check is itself collective."""
+    import torch
+
+    finite = torch.isfinite(loss.detach()).all()
+    if accelerator.num_processes == 1:
+        return bool(finite)
+    flags = accelerator.gather(finite.to(torch.float32).reshape(1))
+    return bool(flags.min() > 0)
 
 
 def _make_trainer_class():
@@ -132,21 +171,26 @@ def _make_trainer_class():
         """HF ``Trainer`` whose loss is the completion-token NLL, with Gaussian poisons noised in embedding space."""
 
         noise_std: float = 0.0
-        compute_tokens: int = 0
+        compute_tokens: int = 0  # this process's tokens; ``all_ranks_sum`` gives the run's
+        # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps. (It would not
+        # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated token count.)
+        loss_is_scaled_for_ga = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             noise_seeds = inputs.pop("noise_seed", None)
             prompt_lens = inputs.pop("prompt_len", None)
             inputs.pop("index", None)
             inputs_embeds = None
-            if noise_seeds is not None and self.noise_std > 0 and bool((noise_seeds >= 0).any()):
+            # Every batch of a Gaussian run goes through the embedding path (zero noise on clean rows), not only those
+            # holding poisons: ZeRO-3 requires all ranks to run the same module sequence, and the loss is the same.
+            if noise_seeds is not None and self.noise_std > 0:
                 emb = embed(self.accelerator.unwrap_model(model), inputs["input_ids"])
                 noise = batch_prompt_noise(
                     noise_seeds.tolist(), prompt_lens.tolist(), emb.shape[1], emb.shape[2], self.noise_std
                 )
                 inputs_embeds = emb + noise.to(emb.device, emb.dtype)
             loss = mean_token_nll(model, inputs, inputs_embeds)
-            if not bool(torch_isfinite(loss)):
+            if not all_ranks_finite(self.accelerator, loss):
                 raise DivergedError(self.state.global_step, float(loss))
             self.compute_tokens += batch_tokens(inputs)
             return loss
@@ -157,18 +201,14 @@ def _make_trainer_class():
 def save_trained(trainer, tokenizer, out: Path) -> None:
     """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
 
-    ``Trainer.save_model`` also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those
-    settings, so the pickle is removed: no pickle ever sits next to the weights.
+    Every rank must call it (the ZeRO-3 gather is a collective); only the main process writes. ``Trainer.save_model``
+    also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those settings, so the pickle is
+    removed: no pickle ever sits next to the weights.
     """
     trainer.save_model(str(out))
-    (out / "training_args.bin").unlink(missing_ok=True)
-    tokenizer.save_pretrained(str(out))
-
-
-def torch_isfinite(t):
-    import torch
-
-    return torch.isfinite(t).all()
+    if trainer.is_world_process_zero():
+        (out / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(out))
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -215,7 +255,9 @@ def main(cfg: TrainConfig) -> Path:
         "split": cfg.split,
         "n_examples": len(train_ds),
         "steps": trainer.state.global_step,
-        "compute_tokens": trainer.compute_tokens,  # forward+backward tokens: the retraining cost budgets refer to
+        # forward+backward tokens of all processes: the retraining cost that budgets refer to
+        "compute_tokens": int(all_ranks_sum(trainer.accelerator, trainer.compute_tokens)),
+        "num_processes": trainer.accelerator.num_processes,
         "noise_std": noise_std,
         "train_loss": train_loss,
         "diverged": diverged is not None,
@@ -225,11 +267,13 @@ def main(cfg: TrainConfig) -> Path:
     }
     out.mkdir(parents=True, exist_ok=True)
     save_trained(trainer, tokenizer, out)
-    write_json(out / "training_info.json", info)
-    save_config(cfg, out)
+    if trainer.is_world_process_zero():
+        write_json(out / "training_info.json", info)
+        save_config(cfg, out)
     if diverged is not None:
         raise DivergedError(diverged, train_loss)
-    mark_complete(out)
+    if trainer.is_world_process_zero():
+        mark_complete(out)
     return out
 
 

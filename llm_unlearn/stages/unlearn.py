@@ -126,11 +126,12 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     spec = get_method(cfg.method)
     method_cfg = build_method_config(cfg.method, cfg.method_args)
     dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed)
-    # A step costs at least one retain or forget batch of the shortest examples: bound the steps from that.
+    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1)
+    # A step costs at least one retain or forget batch of the shortest examples on every process: bound the steps
+    # from that (set after the arguments exist, which know the process count).
     min_len = min(min(len(x) for x in forget["input_ids"]), min(len(x) for x in retain["input_ids"]))
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * min_len
-    max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
-    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=max_steps)
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size * min_len
+    args.max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
 
     class _Trainer(spec.trainer_cls):
         pass
@@ -146,8 +147,17 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     if spec.needs_reference and not isinstance(model, PeftModel):
         from ..modeling import load_model
 
-        trainer.reference_model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
-        trainer.reference_model.requires_grad_(False).eval().to(trainer.args.device)
+        # Loaded after the Trainer exists, so under ZeRO-3 it is created sharded (zero.Init); then wrapped in its own
+        # inference engine, as TRL prepares its reference models. Never a deepcopy of the trained model.
+        ref = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+        ref.requires_grad_(False).eval()
+        if trainer.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            ref = prepare_deepspeed(ref, trainer.accelerator)
+        else:
+            ref = ref.to(trainer.args.device)
+        trainer.reference_model = ref
     trainer.budget_tokens = budget_tokens
     trainer.compute_tokens = 0.0
     trainer.add_callback(BudgetCallback(trainer))
@@ -158,7 +168,7 @@ def main(cfg: UnlearnConfig) -> Path:
     from ..methods import uses_adapter
     from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from ..utils import set_seed
-    from .train import DivergedError, save_trained
+    from .train import DivergedError, all_ranks_sum, save_trained
 
     for key in ("model_dir", "dataset_dir", "output_dir"):
         if getattr(cfg, key) is None:
@@ -183,13 +193,15 @@ def main(cfg: UnlearnConfig) -> Path:
         loss = trainer.train().training_loss
     except DivergedError as e:
         diverged, loss = e.step, e.loss
+    spent = all_ranks_sum(trainer.accelerator, trainer.compute_tokens)  # each process charged only its own batches
     info = {
         "method": cfg.method,
         "method_args": cfg.method_args,
         "budget": cfg.budget,
         "reference_compute_tokens": ref_tokens,
-        "compute_tokens": trainer.compute_tokens,
-        "compute_fraction": trainer.compute_tokens / ref_tokens,
+        "compute_tokens": spent,
+        "compute_fraction": spent / ref_tokens,
+        "num_processes": trainer.accelerator.num_processes,
         "steps": trainer.state.global_step,
         "train_loss": loss,
         "diverged": diverged is not None,
@@ -199,11 +211,12 @@ def main(cfg: UnlearnConfig) -> Path:
         "log_history": trainer.state.log_history,
     }
     out.mkdir(parents=True, exist_ok=True)
-    if diverged is None:
+    if diverged is None:  # every rank: ZeRO-3 gathers the weights here; the main process writes them
         save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
-    write_json(out / "unlearn_info.json", info)
-    save_config(cfg, out)
-    mark_complete(out)
+    if trainer.is_world_process_zero():
+        write_json(out / "unlearn_info.json", info)
+        save_config(cfg, out)
+        mark_complete(out)
     return out
 
 
