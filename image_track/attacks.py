@@ -194,7 +194,14 @@ def witches_brew(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
             f"poison.num_targets={cfg.poison.num_targets}: only {len(cands)} correctly classified test images "
             f"of class {target_class}"
         )
-    targets = torch.as_tensor(sorted(rng.sample(cands, cfg.poison.num_targets)))
+    if cfg.poison.target_selection == "low_margin":  # closest to flipping: logit(true) - logit(adv) smallest
+        from .training import logits_of
+
+        lg = logits_of(surrogate, clean.test_x[cands])
+        margin = lg[:, target_class] - lg[:, adv_class]
+        targets = torch.as_tensor(sorted(cands[i] for i in margin.argsort()[: cfg.poison.num_targets].tolist()))
+    else:
+        targets = torch.as_tensor(sorted(rng.sample(cands, cfg.poison.num_targets)))
     pool = [i for i in range(n) if int(clean.train_y[i]) == adv_class]
     if k > len(pool):
         raise ConfigError(f"poison.poison_fraction asks for {k} poisons of class {adv_class}, which has {len(pool)}")

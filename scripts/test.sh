@@ -6,5 +6,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m ruff check llm_unlearn tests
+.venv/bin/python -m ruff check llm_unlearn image_track tests
 .venv/bin/python -m pytest -q "$@"

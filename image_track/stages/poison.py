@@ -1,7 +1,8 @@
 """Image stage 1: load the clean images, run one attack, write ``data.safetensors`` + ``manifest.json``.
 
 Witches' Brew and Gradient Canceling craft their poisons on a surrogate: the same architecture trained on the clean
-training set with the same recipe, from an initialisation of its own (seed + 10,000), so the victim never shares it.
+training set with the same recipe, from an initialisation of its own (seed + ``surrogate_seed_offset``, default
+10,000, so the victim never shares it; 0 models an attacker who knows the victim's initialisation).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from llm_unlearn.utils import is_complete, mark_complete, write_json
 from ..data import DataConfig
 from ..models import ModelConfig
 from ..training import TrainSection
-
-SURROGATE_SEED_OFFSET = 10_000
 
 
 @dataclass
@@ -58,6 +57,20 @@ class PoisonSection:
         default=None,
         metadata={
             "help": "witches_brew: the class the targets should get (null: drawn); the poisons are of this class"
+        },
+    )
+    target_selection: Literal["random", "low_margin"] = field(
+        default="random",
+        metadata={
+            "help": "witches_brew: random correctly classified targets, or those with the smallest surrogate "
+            "margin to adv_class (an attacker's free choice; easier on small models)"
+        },
+    )
+    surrogate_seed_offset: int = field(
+        default=10_000,
+        metadata={
+            "help": "witches_brew/gradient_canceling: the surrogate is initialised with seed + this; 0 = the "
+            "attacker knows the victim's initialisation (a stronger threat model than the paper's)"
         },
     )
     corruption_radius: float = field(
@@ -130,8 +143,9 @@ def main(cfg: ImagePoisonConfig) -> Path:
     if cfg.poison.attack in NEEDS_SURROGATE:
 
         def surrogate():
-            s = build_model(cfg.model, list(xtr.shape[1:]), k, mean, std, seed=cfg.seed + SURROGATE_SEED_OFFSET)
-            fit(s, xtr, ytr, cfg.train, seed=cfg.seed + SURROGATE_SEED_OFFSET)
+            sseed = cfg.seed + cfg.poison.surrogate_seed_offset
+            s = build_model(cfg.model, list(xtr.shape[1:]), k, mean, std, seed=sseed)
+            fit(s, xtr, ytr, cfg.train, seed=sseed)
             return s
 
         poisoned = attack(cfg, clean, rng, surrogate)
