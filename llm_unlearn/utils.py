@@ -98,3 +98,72 @@ def environment_info(seeds: list[int] | None = None) -> dict:
         "git_commit": commit,
         "seeds": list(seeds) if seeds is not None else None,
     }
+
+
+# --- Resuming a training stage from its last Trainer checkpoint ---
+
+CHECKPOINT_STATE = "llm_unlearn_state-rank{rank}.json"
+
+
+def latest_checkpoint(trainer_dir: str | os.PathLike, rank: int = 0) -> tuple[str | None, dict]:
+    """The newest ``checkpoint-<step>`` under ``trainer_dir`` whose save finished, and our state saved with it.
+
+    The Trainer writes a checkpoint's files one by one; our state file is written after all of them (``on_save``), so
+    its presence is what marks a checkpoint complete. A checkpoint cut short by a kill is ignored.
+    """
+    best: tuple[int, Path] | None = None
+    for p in Path(trainer_dir).glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if step.isdigit() and (p / CHECKPOINT_STATE.format(rank=rank)).is_file():
+            if best is None or int(step) > best[0]:
+                best = (int(step), p)
+    if best is None:
+        return None, {}
+    return str(best[1]), read_json(best[1] / CHECKPOINT_STATE.format(rank=rank))
+
+
+def checkpoint_state_callback(get_state):
+    """A ``TrainerCallback`` that saves ``get_state()`` (e.g. the compute counter) into every checkpoint, last."""
+    from transformers import TrainerCallback
+
+    class SaveStateCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / CHECKPOINT_STATE.format(rank=args.process_index), get_state())
+            return control
+
+    return SaveStateCallback()
+
+
+def epoch_seeded_sampler(n: int, seed: int, batch_size: int, lengths: list[int] | None = None):
+    """A training-order sampler whose permutation depends only on (seed, epoch), never on the global RNG state.
+
+    HF's samplers draw from the global torch RNG when an epoch starts; a run resumed from a checkpoint restores that
+    RNG at the checkpoint's step, not at the epoch's start, so it would see other batches than the uninterrupted run.
+    With ``lengths`` it groups examples of similar length into batches (HF's ``get_length_grouped_indices``).
+    The Trainer (through accelerate) calls ``set_epoch`` before each epoch, also after skipping ahead on resume.
+    """
+    import numpy as np
+    import torch
+
+    class EpochSeededSampler(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+
+        def __len__(self) -> int:
+            return n
+
+        def __iter__(self):
+            state = np.random.SeedSequence([int(seed) % 2**63, self.epoch]).generate_state(2, dtype=np.uint32)
+            g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            if lengths is None:
+                return iter(torch.randperm(n, generator=g).tolist())
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            return iter(get_length_grouped_indices(lengths, batch_size, generator=g))
+
+    return EpochSeededSampler()

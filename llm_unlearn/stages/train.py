@@ -64,11 +64,20 @@ class TrainConfig:
     )
     logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "save a Trainer checkpoint every N steps so a killed run resumes from the last one instead of "
+            "starting over (0: no checkpoints); checkpoints are deleted when the stage completes"
+        },
+    )
     trainer_args: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "extra transformers.TrainingArguments (e.g. deepspeed, fsdp)"}
     )
 
     def validate(self) -> None:
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
         if self.num_train_epochs <= 0:
             raise ConfigError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
@@ -176,6 +185,17 @@ def _make_trainer_class():
         # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated token count.)
         loss_is_scaled_for_ga = False
 
+        def _get_train_sampler(self, train_dataset=None):
+            # Order from (seed, epoch) alone: a run resumed from a checkpoint then sees the batches an uninterrupted
+            # run would (HF's samplers draw from the global RNG, which resuming restores at the checkpoint's step).
+            from ..utils import epoch_seeded_sampler
+
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            by_length = self.args.train_sampling_strategy == "group_by_length"
+            lengths = [len(x) for x in ds["input_ids"]] if by_length else None
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return epoch_seeded_sampler(len(ds), self.args.seed, batch, lengths)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             noise_seeds = inputs.pop("noise_seed", None)
             prompt_lens = inputs.pop("prompt_len", None)
@@ -236,18 +256,22 @@ def main(cfg: TrainConfig) -> Path:
 
     trainer_cls = _make_trainer_class()
     sampling = "group_by_length" if cfg.group_by_length else "random"
+    ckpt = dict(save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2) if cfg.save_steps else {}
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(cfg, out, num_train_epochs=cfg.num_train_epochs, train_sampling_strategy=sampling),
+        args=training_arguments(
+            cfg, out, num_train_epochs=cfg.num_train_epochs, train_sampling_strategy=sampling, **ckpt
+        ),
         train_dataset=train_ds,
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
     trainer.noise_std = noise_std
+    resume = _resume_point(trainer, cfg)
     start = time.perf_counter()
     diverged = None
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=resume)
         train_loss = result.training_loss
     except DivergedError as e:
         diverged, train_loss = e.step, e.loss
@@ -263,10 +287,15 @@ def main(cfg: TrainConfig) -> Path:
         "diverged": diverged is not None,
         "diverged_step": diverged,
         "wall_seconds": time.perf_counter() - start,
+        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
     out.mkdir(parents=True, exist_ok=True)
     save_trained(trainer, tokenizer, out)
+    if trainer.is_world_process_zero():  # checkpoints hold pickles (optimizer.pt, ...) and are no longer needed
+        import shutil
+
+        shutil.rmtree(out / "trainer", ignore_errors=True)
     if trainer.is_world_process_zero():
         write_json(out / "training_info.json", info)
         save_config(cfg, out)
@@ -275,6 +304,20 @@ def main(cfg: TrainConfig) -> Path:
     if trainer.is_world_process_zero():
         mark_complete(out)
     return out
+
+
+def _resume_point(trainer, cfg: TrainConfig) -> str | None:
+    """With ``save_steps``: the last complete checkpoint to resume from (its compute counter restored), and a callback
+    that records the counter in every new checkpoint."""
+    from ..utils import checkpoint_state_callback, latest_checkpoint
+
+    if not cfg.save_steps:
+        return None
+    trainer.add_callback(checkpoint_state_callback(lambda: {"compute_tokens": trainer.compute_tokens}))
+    path, state = latest_checkpoint(trainer.args.output_dir, trainer.args.process_index)
+    if path is not None:
+        trainer.compute_tokens = state["compute_tokens"]
+    return path
 
 
 def make_parser():

@@ -1,0 +1,209 @@
+"""Reliability: CPU runs are deterministic, a `run` killed with SIGKILL at random moments and restarted with the same
+command ends with the same results as an uninterrupted run, and a training stage resumes from its last Trainer
+checkpoint to exactly the model an uninterrupted run trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXPERIMENT = {
+    "seeds": [0],
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 1,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 400,
+        "corpus_reviews": 300,
+    },
+    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
+    # save_steps: kills during a training resume from its checkpoints, so the loop below exercises that path too
+    "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False, "save_steps": 3},
+    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+    "eval": {"fresh_noise_draws": 3},
+    "methods": ["gd", "ga"],
+    "budgets": [0.2],
+    "diagnostics": False,
+    "workers": 1,
+}
+
+
+def _child_env() -> dict:
+    import torch
+
+    # Same thread count as this process: CPU float reductions may depend on it.
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+
+
+def _metrics(run_dir: Path) -> dict:
+    """Every row's metrics except timings, keyed by model."""
+    res = json.loads((run_dir / "results.json").read_text())
+    return {
+        (r["method"], r["budget"], r["seed"]): {k: v for k, v in r["metrics"].items() if not k.endswith("_seconds")}
+        for r in res["rows"]
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    from llm_unlearn import run_experiment
+
+    out = tmp_path_factory.mktemp("reference")
+    run_experiment(EXPERIMENT, output_dir=str(out))
+    return out
+
+
+def test_same_config_and_seed_give_identical_metrics(reference, tmp_path):
+    from llm_unlearn import run_experiment
+
+    run_experiment(EXPERIMENT, output_dir=str(tmp_path / "again"))
+    first, second = _metrics(reference), _metrics(tmp_path / "again")
+    assert first == second
+    assert {m for m, _, _ in first} == {"initial", "retrain", "gd", "ga"}
+
+
+def _kill_after(proc, out: Path, n_complete: int, delay: float) -> bool:
+    """SIGKILL ``proc``'s process group ``delay`` s after ``n_complete`` stages finished; False if it exited first."""
+    deadline = None
+    while proc.poll() is None:
+        if deadline is None and len(list(out.rglob(".complete"))) >= n_complete:
+            deadline = time.monotonic() + delay
+        if deadline is not None and time.monotonic() >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a crash or an OOM kill would
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigkill_at_random_moments_then_rerun_gives_same_results(reference, tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(EXPERIMENT))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "llm_unlearn", "run", "--config", str(config), "--output_dir", str(out)]
+    rng = random.Random(6)
+    # Kill points: after a random number of finished stages (of 10), plus a random delay into the next one(s), so the
+    # kills land inside different stages (training steps, checkpoint saves, evaluation, writing results).
+    points = [(k, rng.uniform(0.0, 2.5)) for k in sorted(rng.sample(range(0, 9), 3))]
+    killed_at = []
+    for n_complete, delay in points:
+        proc = subprocess.Popen(
+            cmd, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        if _kill_after(proc, out, n_complete, delay):
+            killed_at.append(len(list(out.rglob(".complete"))))
+    proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(killed_at) >= 2, killed_at  # the kill points were reached before the run could finish
+    assert _metrics(out) == _metrics(reference)
+    for stage in ("poison", "initial", "retrain", "unlearn/gd_b0.2", "unlearn/ga_b0.2", "eval/ga_b0.2"):
+        assert (out / "seed_0" / stage / ".complete").is_file(), stage
+    assert not list(out.rglob("checkpoint-*")), "training checkpoints must be removed when a stage completes"
+
+
+KILL_AT_STEP = textwrap.dedent(
+    """
+    import os, signal, sys
+    import transformers
+    from llm_unlearn.stages.train import TrainConfig, main
+
+    step = transformers.Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: as a crash would leave it
+        return step(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = training_step
+    main(TrainConfig(**__import__("json").loads(sys.argv[1])))
+    """
+)
+
+
+def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gaussian_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from llm_unlearn.stages.train import TrainConfig, main
+    from llm_unlearn.utils import read_json
+
+    def cfg(name):
+        # 120 examples / batch 16 = 8 steps an epoch, 3 epochs; checkpoints every 4 steps
+        return dict(
+            model_name_or_path=tiny_dir,
+            dataset_dir=gaussian_dir,
+            output_dir=str(tmp_path / name),
+            num_train_epochs=3,
+            per_device_train_batch_size=16,
+            save_steps=4,
+            progress=False,
+        )
+
+    main(TrainConfig(**cfg("straight")))
+    # Killed at step 10, mid-way through the second epoch: the last complete checkpoint is step 8.
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, json.dumps(cfg("resumed")), "10"],
+        env=_child_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+    resumed = tmp_path / "resumed"
+    assert (resumed / "trainer" / "checkpoint-8").is_dir() and not (resumed / ".complete").exists()
+    main(TrainConfig(**cfg("resumed")))
+
+    info, ref_info = read_json(resumed / "training_info.json"), read_json(tmp_path / "straight" / "training_info.json")
+    assert info["resumed_from_step"] == 8 and ref_info["resumed_from_step"] is None
+    assert info["steps"] == ref_info["steps"] == 24
+    assert info["compute_tokens"] == ref_info["compute_tokens"]
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for d in (resumed, tmp_path / "straight"):
+        assert not (d / "trainer").exists(), "checkpoints are removed at the end"
+        assert not [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    from llm_unlearn.utils import CHECKPOINT_STATE, latest_checkpoint, write_json
+
+    for step, complete in ((4, True), (8, True), (12, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+        if complete:
+            write_json(d / CHECKPOINT_STATE.format(rank=0), {"compute_tokens": step * 100})
+    path, state = latest_checkpoint(tmp_path)
+    assert path == str(tmp_path / "checkpoint-8") and state == {"compute_tokens": 800}
+    assert latest_checkpoint(tmp_path / "nothing") == (None, {})
+
+
+def test_epoch_seeded_order_ignores_the_global_rng():
+    import torch
+
+    from llm_unlearn.utils import epoch_seeded_sampler
+
+    lengths = [random.Random(i).randrange(5, 40) for i in range(50)]
+    s = epoch_seeded_sampler(50, seed=3, batch_size=8, lengths=lengths)
+    s.set_epoch(1)
+    first = list(s)
+    torch.manual_seed(int(time.time()))
+    torch.rand(10)
+    assert list(s) == first and sorted(first) == list(range(50))
+    s.set_epoch(2)
+    assert list(s) != first
+    plain = epoch_seeded_sampler(50, seed=3, batch_size=8)
+    assert sorted(plain) == list(range(50)) and list(plain) == list(plain)
