@@ -207,3 +207,27 @@ def test_epoch_seeded_order_ignores_the_global_rng():
     assert list(s) != first
     plain = epoch_seeded_sampler(50, seed=3, batch_size=8)
     assert sorted(plain) == list(range(50)) and list(plain) == list(plain)
+
+
+def test_a_diverging_method_is_marked_and_the_grid_goes_on(tmp_path):
+    """GA at an absurd learning rate overflows to NaN/Inf: its row says so (with the step), no weights are saved for it,
+    its evaluation is skipped, the report lists it, and the other methods' rows are complete."""
+    from llm_unlearn import run_experiment
+
+    exp = {
+        **EXPERIMENT,
+        "train": {**EXPERIMENT["train"], "num_train_epochs": 1, "save_steps": 0},
+        "methods": ["ga", "gd"],
+        "budgets": [0.5],
+        "grid": {"ga": {"learning_rate": [1e30]}},
+    }
+    report = run_experiment(exp, output_dir=str(tmp_path))
+    rows = {r["method"]: r["metrics"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    ga, gd = rows["ga"], rows["gd"]
+    assert ga["diverged"] is True and isinstance(ga["diverged_step"], int) and ga["diverged_step"] >= 0
+    assert gd["diverged"] is False and isinstance(gd["clean_accuracy"], float) and isinstance(gd["gus_z"], float)
+    ga_dir = tmp_path / "seed_0" / "unlearn" / "ga_b0.5_learning_rate1e+30"
+    assert (ga_dir / ".complete").is_file() and not list(ga_dir.glob("*.safetensors"))
+    assert not (tmp_path / "seed_0" / "eval" / ga_dir.name / "eval_results.json").exists()
+    table_row = next(line for line in report.read_text().splitlines() if line.startswith("| ga"))
+    assert table_row.rstrip(" |").endswith("1/1"), table_row  # the diverged column counts the seeds that diverged
