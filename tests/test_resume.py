@@ -210,8 +210,8 @@ def test_epoch_seeded_order_ignores_the_global_rng():
 
 
 def test_a_diverging_method_is_marked_and_the_grid_goes_on(tmp_path):
-    """GA at an absurd learning rate overflows to NaN/Inf: its row says so (with the step), no weights are saved for it,
-    its evaluation is skipped, the report lists it, and the other methods' rows are complete."""
+    """GA at an absurd learning rate overflows to NaN/Inf: its row says so (with the step), no weights are saved,
+    its evaluation is skipped, the report counts it, and the other methods' rows are complete."""
     from llm_unlearn import run_experiment
 
     exp = {
