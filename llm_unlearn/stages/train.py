@@ -170,6 +170,19 @@ def all_ranks_finite(accelerator, loss) -> bool:
     return bool(flags.min() > 0)
 
 
+def load_whole_model(path: str, cfg):
+    """The model a stage trains, loaded with all its tensors even when an earlier ``TrainingArguments`` in this process
+    registered a ZeRO-3 config (``from_pretrained`` would then create sharded, empty parameters). Vocabulary checks,
+    the embedding RMS and the methods' model hooks need the whole tensors; DeepSpeed shards the model when training
+    starts. (Reference models are different: loaded after the Trainer, they are meant to be created sharded.)"""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from ..modeling import load_model
+
+    unset_hf_deepspeed_config()
+    return load_model(path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -233,7 +246,7 @@ def save_trained(trainer, tokenizer, out: Path) -> None:
 
 def main(cfg: TrainConfig) -> Path:
     from ..attacks.gaussian import embedding_rms
-    from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
+    from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..tasks.causal_lm import CompletionCollator
     from ..utils import set_seed
 
@@ -246,7 +259,7 @@ def main(cfg: TrainConfig) -> Path:
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
-    model = load_model(cfg.model_name_or_path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+    model = load_whole_model(cfg.model_name_or_path, cfg)
     check_vocab(model, tokenizer)
     train_ds = tokenize_split(dd[cfg.split], tokenizer, cfg.max_length)
 

@@ -166,9 +166,9 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 
 def main(cfg: UnlearnConfig) -> Path:
     from ..methods import uses_adapter
-    from ..modeling import check_vocab, load_dataset_dir, load_model, load_tokenizer, tokenize_split
+    from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..utils import set_seed
-    from .train import DivergedError, all_ranks_sum, save_trained
+    from .train import DivergedError, all_ranks_sum, load_whole_model, save_trained
 
     for key in ("model_dir", "dataset_dir", "output_dir"):
         if getattr(cfg, key) is None:
@@ -180,7 +180,7 @@ def main(cfg: UnlearnConfig) -> Path:
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
-    model = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+    model = load_whole_model(cfg.model_dir, cfg)
     check_vocab(model, tokenizer)
     model = prepare_model(cfg, model)
     forget = tokenize_split(dd["forget"], tokenizer, cfg.max_length)
