@@ -17,6 +17,7 @@ COMMANDS = {
     "diagnose": ("diagnose", "parameter-shift diagnostics of a model, or the exact linear toy (--toy linear)"),
     "report": ("report", "results.json, report.md and plots for a run directory"),
     "tiny": ("tiny", "build the embedded tokenizer + tiny Llama offline"),
+    "push": ("push", "upload a run's model (safetensors), results and a model card to the Hugging Face Hub"),
 }
 
 

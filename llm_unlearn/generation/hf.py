@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import torch
 
+from . import stop_token_ids, truncate_at_stop
+
 
 @torch.no_grad()
-def generate(
+def generate_ids(
     model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 3, batch_size: int = 64
-) -> list[str]:
-    """Greedy completions (decoded, special tokens dropped) for each prompt, in order."""
+) -> list[list[int]]:
+    """Greedy generated token ids for each prompt, in order, each cut after its first stop id (see ``generation``)."""
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
+    stops = stop_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     # Sort by length so batches waste little padding; restore the order at the end.
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    out: list[str | None] = [None] * len(prompt_ids)
+    out: list[list[int] | None] = [None] * len(prompt_ids)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         width = max(len(prompt_ids[i]) for i in idx)
@@ -32,9 +35,17 @@ def generate(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops or None,
         )
-        texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-        for i, text in zip(idx, texts):
-            out[i] = text
+        for i, row in zip(idx, gen[:, width:].tolist()):
+            out[i] = truncate_at_stop(row, stops)
     return out  # type: ignore[return-value]
+
+
+def generate(
+    model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 3, batch_size: int = 64
+) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) for each prompt, in order."""
+    return tokenizer.batch_decode(
+        generate_ids(model, tokenizer, prompt_ids, max_new_tokens, batch_size), skip_special_tokens=True
+    )

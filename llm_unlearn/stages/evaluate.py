@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -26,7 +26,15 @@ class EvalConfig:
     adapter_dir: str | None = field(default=None, metadata={"help": "optional LoRA adapter on top of model_dir"})
     dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
     output_dir: str | None = field(default=None, metadata={"help": "where eval_results.json goes"})
-    backend: str = field(default="hf", metadata={"help": "generation backend: hf | vllm"})
+    backend: str = field(default="hf", metadata={"help": "generation backend: hf | vllm (the vllm extra)"})
+    vllm_adapter: Literal["lora", "merge"] = field(
+        default="lora",
+        metadata={"help": "vllm: serve adapter_dir per request (lora) or a merged safetensors copy (merge)"},
+    )
+    vllm_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "vllm: extra vllm.LLM engine arguments, e.g. {gpu_memory_utilization: 0.5}"},
+    )
     batch_size: int = field(default=64, metadata={"help": "generation / loss batch size"})
     gus_batch_size: int = field(default=32, metadata={"help": "poisons per input-gradient backward pass"})
     max_new_tokens: int = field(default=3, metadata={"help": "tokens generated per prompt"})
@@ -48,6 +56,13 @@ class EvalConfig:
         from ..generation import check_backend
 
         check_backend(self.backend)
+        from ..generation.vllm import RESERVED_ENGINE_ARGS
+
+        if set(self.vllm_args) & set(RESERVED_ENGINE_ARGS):
+            raise ConfigError(
+                f"vllm_args: {sorted(set(self.vllm_args) & set(RESERVED_ENGINE_ARGS))} are set by llm-unlearn; "
+                f"remove them (reserved: {list(RESERVED_ENGINE_ARGS)})"
+            )
         for name in ("batch_size", "gus_batch_size", "max_new_tokens", "max_length", "fresh_noise_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -128,29 +143,57 @@ def prompts_for(tokenizer, ds, max_length: int, label_names: list[str]) -> list[
     return [tokenize_prompt(tokenizer, p, budget) for p in ds["prompt"]]
 
 
-def predict(cfg: EvalConfig, model, tokenizer, ds, label_names) -> list[str]:
-    prompt_ids = prompts_for(tokenizer, ds, cfg.max_length, label_names)
-    if cfg.backend == "hf":
-        from ..generation.hf import generate
-
-        return generate(model, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.batch_size)
-    raise ConfigError("backend 'vllm' is not installed in this build; use backend: hf")
-
-
-def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest) -> tuple[dict, dict]:
-    from ..metrics import accuracy, attack_success_rate, gus_summary, loss_mia
-
-    labels = manifest["label_names"]
+def generation_splits(cfg: EvalConfig, dd) -> dict:
+    """The splits evaluated by generation: the clean test split (``max_test_samples``) and, for the backdoor, the
+    triggered test reviews."""
     test = dd["test"]
     if cfg.max_test_samples and cfg.max_test_samples < len(test):
         test = test.select(range(cfg.max_test_samples))
-    preds = predict(cfg, model, tokenizer, test, labels)
+    splits = {"test": test}
+    if "test_triggered" in dd:
+        splits["test_triggered"] = dd["test_triggered"]
+    return splits
+
+
+def predict_splits(cfg: EvalConfig, model, tokenizer, splits: dict, label_names) -> dict[str, list[str]]:
+    """Greedy completions for every split through ``cfg.backend`` (vllm: one engine start for all splits; it reads
+    ``model_dir``/``adapter_dir`` from disk, so ``model`` may be None)."""
+    prompts = {name: prompts_for(tokenizer, ds, cfg.max_length, label_names) for name, ds in splits.items()}
+    if cfg.backend == "vllm":
+        from ..generation.vllm import generate as vllm_generate
+
+        texts = vllm_generate(
+            cfg.model_dir,
+            tokenizer,
+            list(prompts.values()),
+            cfg.max_new_tokens,
+            adapter_dir=cfg.adapter_dir,
+            adapter_mode=cfg.vllm_adapter,
+            dtype=cfg.dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            engine_args=cfg.vllm_args,
+        )
+        return dict(zip(prompts, texts))
+    from ..generation.hf import generate
+
+    return {name: generate(model, tokenizer, p, cfg.max_new_tokens, cfg.batch_size) for name, p in prompts.items()}
+
+
+def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions=None) -> tuple[dict, dict]:
+    """All metrics; ``predictions`` (from :func:`predict_splits`) when generation already ran elsewhere."""
+    from ..metrics import accuracy, attack_success_rate, gus_summary, loss_mia
+
+    labels = manifest["label_names"]
+    splits = generation_splits(cfg, dd)
+    test = splits["test"]
+    predictions = predictions or predict_splits(cfg, model, tokenizer, splits, labels)
+    preds = predictions["test"]
     metrics = {"clean_accuracy": accuracy(preds, test["label"], choices=labels)}
     per_sample: dict = {"test_predictions": preds}
     metrics["asr"] = None
     if "test_triggered" in dd:
         trig = dd["test_triggered"]
-        tpreds = predict(cfg, model, tokenizer, trig, labels)
+        tpreds = predictions["test_triggered"]
         metrics["asr"] = attack_success_rate(tpreds, trig["orig_label"], manifest["target_label"], choices=labels)
         per_sample["triggered_predictions"] = tpreds
     forget = dd["forget"]
@@ -190,8 +233,18 @@ def main(cfg: EvalConfig) -> Path:
         return out
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     start = time.perf_counter()
+    predictions = None
+    if cfg.backend == "vllm":  # before the HF model is loaded, so the engine has the (accelerator) memory to itself
+        from ..modeling import check_model_path, load_tokenizer
+
+        check_model_path(cfg.model_dir, "model_dir")
+        if cfg.adapter_dir:
+            check_model_path(cfg.adapter_dir, "adapter_dir")
+        splits = generation_splits(cfg, dd)
+        tok = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
+        predictions = predict_splits(cfg, None, tok, splits, manifest["label_names"])
     model, tokenizer = load_eval_model(cfg)
-    metrics, per_sample = compute_metrics(cfg, model, tokenizer, dd, manifest)
+    metrics, per_sample = compute_metrics(cfg, model, tokenizer, dd, manifest, predictions)
     metrics["eval_seconds"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "per_sample.json", per_sample)
