@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -160,6 +161,10 @@ def test_missing_vllm_is_a_config_error_with_install_hint(monkeypatch):
     with pytest.raises(ConfigError, match=r"not installed; install the vllm extra.*uninstall -y torchvision"):
         EvalConfig(backend="vllm").validate()
     EvalConfig(backend="hf").validate()
+    # vllm in another environment (GPU vllm pins its own torch): only that interpreter must exist.
+    EvalConfig(backend="vllm", vllm_python=sys.executable).validate()
+    with pytest.raises(ConfigError, match="vllm_python: '/nonexistent/python' is not an executable"):
+        EvalConfig(backend="vllm", vllm_python="/nonexistent/python").validate()
 
 
 def test_reserved_vllm_args_are_refused():

@@ -18,8 +18,9 @@ VLLM_INSTALL_HINT = (
 )
 
 
-def check_backend(name: str) -> None:
-    """Unknown backend, or ``vllm`` without the package installed: a ConfigError before any work starts."""
+def check_backend(name: str, vllm_python: str | None = None) -> None:
+    """Unknown backend, or ``vllm`` without the package installed (here, or no ``vllm_python`` interpreter there):
+    a ConfigError before any work starts."""
     import importlib.util
 
     from ..configs import ConfigError
@@ -27,6 +28,13 @@ def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ConfigError(f"backend: unknown generation backend {name!r}; choose from {list(BACKENDS)}")
     # find_spec is a cheap presence check (importing vllm takes ~15 s); a broken build is caught by the worker.
+    if name == "vllm" and vllm_python is not None:
+        import os
+        import shutil
+
+        if not (os.access(vllm_python, os.X_OK) or shutil.which(vllm_python)):
+            raise ConfigError(f"vllm_python: {vllm_python!r} is not an executable python interpreter")
+        return
     if name == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"backend: 'vllm' is not installed; {VLLM_INSTALL_HINT}")
 

@@ -112,8 +112,12 @@ def generate_ids(
     seed: int = 0,
     trust_remote_code: bool = False,
     engine_args: dict | None = None,
+    python: str | None = None,
 ) -> list[list[list[int]]]:
     """Greedy generated ids for each prompt of each set (one engine start for all of them).
+
+    ``python`` runs the worker under another environment's interpreter (one with vllm and this package installed,
+    e.g. ``pip install vllm && pip install --no-deps -e .`` on a GPU machine); default: this interpreter.
 
     ``use_adapter[i]`` says whether set ``i`` runs through the LoRA adapter in ``adapter_dir`` (default: every set
     does when an adapter is given); the others run on the base model of the same engine.
@@ -158,7 +162,7 @@ def generate_ids(
         logger.info("vLLM: %d prompts in a worker process (engine start takes a while)", len(all_prompts))
         with open(log, "w") as log_f:
             proc = subprocess.run(
-                [sys.executable, "-m", "llm_unlearn.generation.vllm", str(req), str(res)],
+                [python or sys.executable, "-m", "llm_unlearn.generation.vllm", str(req), str(res)],
                 stdout=log_f,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -188,6 +192,7 @@ def generate(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     engine_args: dict | None = None,
+    python: str | None = None,
 ) -> list[list[str]]:
     """Decoded greedy completions for each prompt set, through ``adapter_dir`` if given (``adapter_mode``: ``lora``
     serves it per request, ``merge`` serves a merged copy)."""
@@ -210,6 +215,7 @@ def generate(
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             engine_args=engine_args,
+            python=python,
         )
     return [tokenizer.batch_decode(s, skip_special_tokens=True) for s in ids]
 

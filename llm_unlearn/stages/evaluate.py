@@ -35,6 +35,12 @@ class EvalConfig:
         default_factory=dict,
         metadata={"help": "vllm: extra vllm.LLM engine arguments, e.g. {gpu_memory_utilization: 0.5}"},
     )
+    vllm_python: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm: python of another environment that has vllm (GPU vllm pins its own torch); null: this"
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "generation / loss batch size"})
     gus_batch_size: int = field(default=32, metadata={"help": "poisons per input-gradient backward pass"})
     max_new_tokens: int = field(default=3, metadata={"help": "tokens generated per prompt"})
@@ -55,7 +61,7 @@ class EvalConfig:
     def validate(self) -> None:
         from ..generation import check_backend
 
-        check_backend(self.backend)
+        check_backend(self.backend, self.vllm_python)
         from ..generation.vllm import RESERVED_ENGINE_ARGS
 
         if set(self.vllm_args) & set(RESERVED_ENGINE_ARGS):
@@ -172,6 +178,7 @@ def predict_splits(cfg: EvalConfig, model, tokenizer, splits: dict, label_names)
             dtype=cfg.dtype,
             trust_remote_code=cfg.trust_remote_code,
             engine_args=cfg.vllm_args,
+            python=cfg.vllm_python,
         )
         return dict(zip(prompts, texts))
     from ..generation.hf import generate
