@@ -13,6 +13,8 @@ from llm_unlearn.stages.train import TrainConfig
 from llm_unlearn.stages.unlearn import UnlearnConfig
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))
+# accelerate launch configs are not experiments: tests/test_distributed.py loads them with accelerate's own loader.
+EXPERIMENT_RECIPES = [p for p in RECIPES if "accelerate_configs" not in p.parts]
 
 
 def test_unknown_key_is_named_with_suggestion():
@@ -94,11 +96,18 @@ def test_missing_config_file():
         parse_config(TrainConfig, ["--config", "/nonexistent/x.yaml"])
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(p.parents[1])) for p in RECIPES])
-def test_every_recipe_parses(path):
+@pytest.mark.parametrize(
+    "path", EXPERIMENT_RECIPES, ids=[str(p.relative_to(p.parents[1])) for p in EXPERIMENT_RECIPES]
+)
+def test_every_recipe_parses(path, monkeypatch):
     data = yaml.safe_load(path.read_text())
-    if "accelerate_configs" in path.parts:
-        pytest.skip("accelerate configs are parsed by accelerate")
+    if (data.get("eval") or {}).get("backend") == "vllm":
+        # Recipes for GPU machines name the vllm backend, whose validation asks whether vllm is installed; CI has no
+        # vllm, so answer "installed" for it alone: every other key is still checked.
+        import importlib.util
+
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else find_spec(n, *a))
     from llm_unlearn.stages.run import SuiteConfig, suite_paths, track_name
     from llm_unlearn.tracks import get_track
 
@@ -115,3 +124,8 @@ def test_every_recipe_parses(path):
 def test_there_are_recipes():
     names = {p.name for p in RECIPES}
     assert {"llm_gaussian.yaml", "llm_backdoor.yaml"} <= names
+    for scale in ("gpt2-medium-imdb", "llama-3.2-1b-imdb"):  # the real-scale recipes, each with its hardware line
+        for attack in ("gaussian", "backdoor"):
+            path = Path(__file__).parents[1] / "recipes" / scale / f"{attack}.yaml"
+            assert path.read_text().startswith("# Hardware:"), path
+            assert yaml.safe_load(path.read_text())["poison"]["attack"] == attack
