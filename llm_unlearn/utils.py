@@ -28,6 +28,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def is_atomic_tmp(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file :func:`atomic_write_text` left behind (the writer was killed)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

@@ -231,3 +231,20 @@ def test_a_diverging_method_is_marked_and_the_grid_goes_on(tmp_path):
     assert not (tmp_path / "seed_0" / "eval" / ga_dir.name / "eval_results.json").exists()
     table_row = next(line for line in report.read_text().splitlines() if line.startswith("| ga"))
     assert table_row.rstrip(" |").endswith("1/1"), table_row  # the diverged column counts the seeds that diverged
+
+
+def test_a_kill_during_the_first_experiment_yaml_write_does_not_block_the_rerun(tmp_path):
+    """SIGKILL between the temp file and the rename of the very first write leaves only ``.experiment.yaml.*.tmp``:
+    the rerun must accept that dir as empty (a foreign file is still refused)."""
+    from llm_unlearn import ConfigError, build_config
+    from llm_unlearn.stages.run import ExperimentConfig, check_output_dir
+
+    cfg = build_config(ExperimentConfig, {**EXPERIMENT, "output_dir": str(tmp_path / "out")})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".experiment.yaml.k1ll3d.tmp").write_text("seeds: [")
+    check_output_dir(cfg)
+    assert (tmp_path / "out" / "experiment.yaml").is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        check_output_dir(build_config(ExperimentConfig, {**EXPERIMENT, "output_dir": str(tmp_path / "other")}))

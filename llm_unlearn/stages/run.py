@@ -24,7 +24,7 @@ import yaml
 
 from ..configs import ConfigError, load_config, parse_config, to_dict
 from ..testing import TinyModelConfig
-from ..utils import atomic_write_text, is_complete
+from ..utils import atomic_write_text, is_atomic_tmp, is_complete
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
@@ -371,7 +371,7 @@ def check_output_dir(cfg: ExperimentConfig) -> Path:
                 f"output_dir {cfg.output_dir!r} holds a different experiment (see its experiment.yaml); "
                 "choose another output_dir or pass --overwrite true"
             )
-    elif any(root.iterdir()) and not cfg.overwrite:
+    elif any(not is_atomic_tmp(p) for p in root.iterdir()) and not cfg.overwrite:  # a kill mid-write leaves a .tmp
         raise ConfigError(
             f"output_dir {cfg.output_dir!r} is not empty and holds no experiment.yaml; use --overwrite true"
         )
