@@ -188,7 +188,7 @@ def card_data(info: ModelInfo, repo_id: str, base_repo_id: str | None = None):
 def _fmt(v) -> str:
     if v is None:
         return "–"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v + 0.0:.4g}" if isinstance(v, float) else str(v)  # + 0.0: no "-0"
 
 
 def render_card(info: ModelInfo, repo_id: str, base_repo_id: str | None = None) -> str:
@@ -196,6 +196,7 @@ def render_card(info: ModelInfo, repo_id: str, base_repo_id: str | None = None) 
     data = card_data(info, repo_id, base_repo_id)
     exp, man, row = info.experiment, info.manifest, info.row
     poison, method = exp.get("poison", {}), row.get("method")
+    args = row.get("metrics", {}).get("method_args")
     what = {
         "initial": "the **initial** model: fine-tuned on the poisoned training set",
         "retrain": "the **gold (retrained)** model: fine-tuned on the retain set only (the poisons removed)",
@@ -216,7 +217,7 @@ def render_card(info: ModelInfo, repo_id: str, base_repo_id: str | None = None) 
         f"| pretrained model | `{exp.get('model_name_or_path')}` |",
         f"| dataset | `{poison.get('dataset_name')}` |",
         f"| attack | {man['attack']} on {poison.get('poison_fraction')} of the training set ({attack}) |",
-        f"| method | {method} {json.dumps(row.get('metrics', {}).get('method_args') or {})} |",
+        f"| method | {method}{' ' + json.dumps(args) if args else ''} |",
         f"| budget | {_fmt(row.get('budget'))} of the retraining compute "
         f"(spent: {_fmt(row.get('metrics', {}).get('compute_fraction'))}) |",
         f"| seed | {info.seed} (run seeds: {exp.get('seeds')}) |",
