@@ -1,0 +1,59 @@
+"""Shared helpers of the benchmarks: timing (medians of repeats), the machine description, the tiny LLM set-up."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+
+def timeit(fn, repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs), and all the times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), {gpu}"
+
+
+def tiny_llm(seed: int = 0, **shape):
+    """The embedded tokenizer and a random-init tiny Llama (the default shape unless overridden)."""
+    from llm_unlearn.testing import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
+
+    cfg = TinyModelConfig(**shape)
+    tok = build_tiny_tokenizer(cfg.vocab_size, cfg.corpus_reviews)
+    return tok, build_tiny_model(tok, cfg, seed=seed).eval()
+
+
+def review_rows(n: int, seed: int = 0, min_sentences: int = 1, max_sentences: int = 2) -> list[dict]:
+    """``n`` prompt/completion rows of the embedded reviews, formatted as the poison stage formats them."""
+    from llm_unlearn.tasks.reviews import generate_reviews
+
+    rows = generate_reviews(n, seed=seed, min_sentences=min_sentences, max_sentences=max_sentences)
+    return [{"prompt": f"Review: {r['text']}\nSentiment:", "completion": f" {r['label']}"} for r in rows]
+
+
+def print_table(title: str, rows: list[tuple], header: tuple) -> None:
+    print(f"\n{title}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
