@@ -37,6 +37,26 @@ CLASSES = [
     DiagnoseConfig,
 ]
 
+
+def _image_track_configs() -> list[type]:
+    """The image track's configs go through the same loader: fuzz them too when that package is installed."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("image_track") is None:
+        return []
+    names = {
+        "image_track.track": "ImageExperimentConfig",
+        "image_track.stages.poison": "ImagePoisonConfig",
+        "image_track.stages.train": "ImageTrainConfig",
+        "image_track.stages.unlearn": "ImageUnlearnConfig",
+        "image_track.stages.evaluate": "ImageEvalConfig",
+    }
+    return [getattr(importlib.import_module(m), c) for m, c in names.items()]
+
+
+CLASSES += _image_track_configs()
+
 SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
 )
