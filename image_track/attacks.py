@@ -245,59 +245,42 @@ def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
     return _flat_grad(loss, params, create_graph=create_graph)
 
 
-def gradient_canceling(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
-    """1. theta_clean: the linear classifier trained on the clean set. 2. theta_tgt: gradient-based parameter
-    corruption, ascent on the clean loss within ||theta - theta_clean|| <= radius * ||theta_clean||. 3. Poisons
-    (``poison_fraction`` of n, started from random clean images, labels allotted to the classes theta_tgt
-    over-predicts) minimise ||(G_clean + G_poison) / N + wd * theta_tgt||^2 at theta_tgt, so that training on the
-    union with weight decay wd is stationary at theta_tgt."""
-    from .training import accuracy, device
-
-    if cfg.model.arch != "linear":
-        raise ConfigError(
-            "poison.attack gradient_canceling needs model.arch: linear (the attack solves for the "
-            "poisons of a convex linear classifier; the issue's 'linear head over frozen features')"
-        )
-    dev = device()
-    model = surrogate_factory().to(dev).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    theta_clean = [p.detach().clone() for p in params]
-    x, y = clean.train_x.to(dev), clean.train_y.to(dev)
-    n = len(y)
-    k = _count(cfg, n, 1, "gradient_canceling")
-    clean_acc = accuracy(model, clean.test_x, clean.test_y)
-    # 2. parameter corruption (normalised gradient ascent, projected onto the ball around theta_clean).
-    ref_norm = math.sqrt(sum(float(t.square().sum()) for t in theta_clean))
-    radius = cfg.poison.corruption_radius * ref_norm
-    for _ in range(cfg.poison.corruption_steps):
+def _corrupt(model, params, theta_clean, x, y, radius: float, steps: int) -> None:
+    """GradPC: normalised gradient ascent on the clean loss, projected onto ||theta - theta_clean|| <= radius."""
+    with torch.no_grad():
+        for p, t in zip(params, theta_clean):
+            p.copy_(t)
+    for _ in range(steps):
         g = torch.autograd.grad(F.cross_entropy(model(pixel_values=x).logits.float(), y), params)
         gnorm = math.sqrt(sum(float(t.square().sum()) for t in g)) or 1.0
         with torch.no_grad():
             for p, gi in zip(params, g):
-                p.add_(gi, alpha=radius / cfg.poison.corruption_steps * 4 / gnorm)
+                p.add_(gi, alpha=radius / steps * 4 / gnorm)
             dist = math.sqrt(sum(float((p - t).square().sum()) for p, t in zip(params, theta_clean)))
             if dist > radius:
                 for p, t in zip(params, theta_clean):
                     p.copy_(t + (p - t) * (radius / dist))
-    target_acc = accuracy(model, clean.test_x, clean.test_y)
-    # 3. poisons: labels go to the classes theta_tgt over-predicts (their clean gradient pushes those classes down,
-    # poisons labelled with them push back up), in proportion to the excess.
+
+
+def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, label_seed: int, dev):
+    """Poisons (started from the clean rows ``idx``, pixels in [0, 1]) minimising ||(G_clean + G_poison) / n + wd *
+    theta_tgt||^2 at the model's current (target) parameters. Returns (poisons, labels, residual, start norm)."""
+    n, k = len(y), len(idx)
+    # Labels go to the classes theta_tgt over-predicts (their clean gradient pushes those classes down, poisons
+    # labelled with them push back up), in proportion to the excess.
     with torch.no_grad():
         probs = torch.softmax(model(pixel_values=x).logits.float(), -1)
     excess = (probs.sum(0) - torch.bincount(y, minlength=clean.num_classes).float()).clamp_min(0).cpu()
     if float(excess.sum()) == 0:
         excess = torch.ones(clean.num_classes)
     labels = torch.multinomial(
-        excess / excess.sum(), k, replacement=True, generator=torch.Generator().manual_seed(rng.randrange(2**31))
+        excess / excess.sum(), k, replacement=True, generator=torch.Generator().manual_seed(label_seed)
     ).to(dev)
-    # The poisons take the place of k training rows (forget set); the clean part is the other rows (retain set).
-    idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[idx] = False
     px = clean.train_x[idx].clone().to(dev).requires_grad_(True)
     with torch.enable_grad():
-        g_clean = _total_grad(model, x[keep.to(dev)], y[keep.to(dev)], params).detach()
-    # Stationarity of SGD on the mean loss with weight decay wd: (G_clean + G_poison) / n + wd * theta = 0.
+        g_clean = _total_grad(model, x[keep], y[keep], params).detach()
+    # Stationarity of SGD on the mean loss with weight decay wd: (G_clean + G_poison) / n + wd * theta = 0 (torch's
+    # SGD decays every parameter, the bias included, so every parameter carries the wd term).
     wd_term = cfg.train.weight_decay * torch.cat([p.detach().reshape(-1) for p in params])
     opt = torch.optim.Adam([px], lr=cfg.poison.gc_lr)
     for _ in range(cfg.poison.gc_steps):
@@ -312,14 +295,68 @@ def gradient_canceling(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
     g_p = _total_grad(model, px.detach(), labels, params).detach()
     residual = float(((g_clean + g_p) / n + wd_term).norm())
     start = float((g_clean / n + wd_term).norm())
-    info = {
-        "clean_surrogate_accuracy": clean_acc,
-        "target_accuracy": target_acc,
-        "corruption_radius": cfg.poison.corruption_radius,
-        "gradient_norm_before": start,
-        "gradient_norm_after": residual,
-    }
-    return Poisoned(idx, px.detach().cpu(), labels.cpu(), "clean_accuracy", info=info)
+    return px.detach(), labels, residual, start
+
+
+def gradient_canceling(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
+    """1. theta_clean: the linear classifier trained on the clean set. 2. theta_tgt: gradient-based parameter
+    corruption, ascent on the clean loss within ||theta - theta_clean|| <= radius * ||theta_clean||. 3. Poisons
+    (``poison_fraction`` of n, started from random clean images, labels allotted to the classes theta_tgt
+    over-predicts) minimise ||(G_clean + G_poison) / N + wd * theta_tgt||^2 at theta_tgt, so that training on the
+    union with weight decay wd is stationary at theta_tgt.
+
+    With several ``corruption_radii`` the attacker picks its target the way Lu et al. pick among GradPC targets of
+    different strength: farther targets have lower accuracy but a larger clean gradient than ``poison_fraction``
+    poisons can cancel (the reachability threshold), so it crafts poisons for each radius, trains the victim's
+    recipe (from its surrogate's initialisation) on clean + poisons and keeps the radius whose model is least
+    accurate on the attacker's clean training rows (never the test set)."""
+    from .models import build_model
+    from .training import accuracy, device, fit
+
+    if cfg.model.arch != "linear":
+        raise ConfigError(
+            "poison.attack gradient_canceling needs model.arch: linear (the attack solves for the "
+            "poisons of a convex linear classifier; the issue's 'linear head over frozen features')"
+        )
+    dev = device()
+    model = surrogate_factory().to(dev).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    theta_clean = [p.detach().clone() for p in params]
+    x, y = clean.train_x.to(dev), clean.train_y.to(dev)
+    n = len(y)
+    k = _count(cfg, n, 1, "gradient_canceling")
+    clean_acc = accuracy(model, clean.test_x, clean.test_y)
+    # The poisons take the place of k training rows (forget set); the clean part is the other rows (retain set).
+    idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[idx] = False
+    label_seed = rng.randrange(2**31)
+    ref_norm = math.sqrt(sum(float(t.square().sum()) for t in theta_clean))
+    radii = list(cfg.poison.corruption_radii) or [cfg.poison.corruption_radius]
+    candidates = []
+    for r in radii:
+        _corrupt(model, params, theta_clean, x, y, r * ref_norm, cfg.poison.corruption_steps)
+        target_acc = accuracy(model, clean.test_x, clean.test_y)
+        px, labels, residual, start = _cancel(model, params, x, y, keep.to(dev), idx, clean, cfg, label_seed, dev)
+        cand = {
+            "corruption_radius": r,
+            "target_accuracy": target_acc,
+            "gradient_norm_before": start,
+            "gradient_norm_after": residual,
+        }
+        if len(radii) > 1:  # simulate the victim: the attacker knows the training recipe, not the victim's seed
+            sim_seed = cfg.seed + cfg.poison.surrogate_seed_offset
+            sx, sy = clean.train_x.clone(), clean.train_y.clone()
+            sx[idx], sy[idx] = px.cpu(), labels.cpu()
+            sim = build_model(cfg.model, list(sx.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=sim_seed)
+            fit(sim, sx, sy, cfg.train, seed=sim_seed)
+            cand["simulated_train_accuracy"] = accuracy(sim, clean.train_x[keep], clean.train_y[keep])
+        candidates.append((cand, px.cpu(), labels.cpu()))
+    best = min(candidates, key=lambda c: c[0].get("simulated_train_accuracy", 0.0))
+    info = {"clean_surrogate_accuracy": clean_acc, **best[0]}
+    if len(radii) > 1:
+        info["candidates"] = [c[0] for c in candidates]
+    return Poisoned(idx, best[1], best[2], "clean_accuracy", info=info)
 
 
 ATTACKS = {

@@ -103,6 +103,29 @@ def test_gradient_canceling_reduces_the_gradient_and_needs_linear(clean):
         _run(_cfg(attack="gradient_canceling"), clean)
 
 
+def test_gradient_canceling_picks_the_least_accurate_simulated_target(clean):
+    cfg = ImagePoisonConfig(
+        poison=PoisonSection(
+            attack="gradient_canceling",
+            poison_fraction=0.05,
+            gc_steps=20,
+            corruption_steps=10,
+            corruption_radii=[0.05, 0.3],
+        ),
+        model=ModelConfig(arch="linear"),
+        train=TrainSection(epochs=5, batch_size=32, learning_rate=0.05, weight_decay=0.02),
+    )
+    p = _run(cfg, clean)
+    cands = p.info["candidates"]
+    assert [c["corruption_radius"] for c in cands] == [0.05, 0.3]
+    assert p.info["simulated_train_accuracy"] == min(c["simulated_train_accuracy"] for c in cands)
+    assert p.info["corruption_radius"] in (0.05, 0.3)
+    assert cands[1]["target_accuracy"] < cands[0]["target_accuracy"]  # the farther target is the worse one
+    assert p.images.min() >= 0 and p.images.max() <= 1 and len(p.indices) == round(0.05 * len(clean.train_y))
+    with pytest.raises(ConfigError, match="corruption_radii"):
+        PoisonSection(attack="gradient_canceling", corruption_radii=[0.1, 0.0]).validate()
+
+
 def test_poison_stage_roundtrip(tmp_path):
     from image_track.data import load_dataset_dir, splits
     from image_track.stages.poison import main

@@ -77,6 +77,14 @@ class PoisonSection:
         default=0.5,
         metadata={"help": "gradient_canceling: ||theta_tgt - theta_clean|| as a fraction of ||theta_clean||"},
     )
+    corruption_radii: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "gradient_canceling: candidate radii (empty: corruption_radius alone); the attacker crafts "
+            "poisons for each, trains the training recipe on clean + poisons and keeps the least accurate on its "
+            "clean training rows (farther targets are less reachable)"
+        },
+    )
     corruption_steps: int = field(default=100, metadata={"help": "gradient_canceling: parameter-corruption steps"})
     gc_steps: int = field(default=500, metadata={"help": "gradient_canceling: poison optimisation steps (Adam)"})
     gc_lr: float = field(default=0.05, metadata={"help": "gradient_canceling: Adam step size on the poison pixels"})
@@ -90,6 +98,8 @@ class PoisonSection:
         for name in ("patch_size", "steps", "restarts", "num_targets", "corruption_steps", "gc_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"poison.{name} must be >= 1, got {getattr(self, name)}")
+        if any(not r > 0 for r in self.corruption_radii):
+            raise ConfigError(f"poison.corruption_radii must all be > 0, got {self.corruption_radii}")
         if self.eps > 1:
             raise ConfigError(f"poison.eps is in pixel units (pixels in [0, 1]): must be <= 1, got {self.eps}")
 
