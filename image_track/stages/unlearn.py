@@ -97,7 +97,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     trainer = _Trainer(
         model=model,
         args=args,
-        train_dataset=ForgetRetainDataset(forget, retain, seed=cfg.seed),
+        train_dataset=ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget),
         data_collator=ForgetRetainCollator(collate=task.collator()),
     )
     if spec.needs_reference:  # a separate frozen load of the initial weights, never a deepcopy

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..stages.train import DivergedError
+from ..stages.train import DivergedError, all_ranks_finite
 from ..tasks import causal_lm
 
 FORWARD_ONLY_COST = 1.0 / 3.0
@@ -95,21 +95,26 @@ def task_of(model) -> CausalLMTask:
 class ForgetRetainDataset(torch.utils.data.Dataset):
     """One item per retain example, paired with a forget example drawn by a seeded shuffle (cycled).
 
-    An epoch walks the retain set once; the forget set, usually far smaller, is revisited many times.
+    An epoch walks the retain set once; the forget set, usually far smaller, is revisited many times. Methods that
+    never read the forget set (GD, NGD, CF-k, EU-k) pass ``with_forget=False``: fetching and collating it would be
+    pure overhead (most of the Trainer's extra cost over a bare loop at batch 32, per bench/unlearn_step.py).
     """
 
-    def __init__(self, forget, retain, seed: int = 0):
+    def __init__(self, forget, retain, seed: int = 0, with_forget: bool = True):
         if len(forget) == 0 or len(retain) == 0:
             raise ValueError(f"forget ({len(forget)}) and retain ({len(retain)}) sets must be non-empty")
         self.forget, self.retain = forget, retain
         order = list(range(len(forget)))
         random.Random(seed).shuffle(order)
         self.forget_order = order
+        self.with_forget = with_forget
 
     def __len__(self) -> int:
         return len(self.retain)
 
     def __getitem__(self, i: int) -> dict:
+        if not self.with_forget:
+            return {"retain": self.retain[i]}
         return {"retain": self.retain[i], "forget": self.forget[self.forget_order[i % len(self.forget)]]}
 
 
@@ -122,7 +127,10 @@ class ForgetRetainCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         collate = self.collate or causal_lm.CompletionCollator(self.pad_token_id)
-        return {"forget": collate([x["forget"] for x in items]), "retain": collate([x["retain"] for x in items])}
+        out = {"retain": collate([x["retain"] for x in items])}
+        if "forget" in items[0]:
+            out["forget"] = collate([x["forget"] for x in items])
+        return out
 
 
 class BudgetCallback(TrainerCallback):
@@ -151,6 +159,8 @@ class UnlearnTrainer(Trainer):
     # Full-parameter runs of methods with ``needs_reference``: a frozen ``from_pretrained`` copy of the initial model
     # (never ``deepcopy``: it breaks under ZeRO-3). LoRA runs need no copy: the adapter is switched off instead.
     reference_model = None
+    # False for methods whose loss never reads the forget batch: the dataset then skips it.
+    reads_forget = True
     # How batches are read (loss, cost, log-probs, blocks): the causal-LM task unless the model names its own.
     task = None
 
@@ -185,9 +195,9 @@ class UnlearnTrainer(Trainer):
         raise NotImplementedError
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = self.task.model_inputs(inputs["forget"])
+        forget = self.task.model_inputs(inputs["forget"]) if "forget" in inputs else None
         retain = self.task.model_inputs(inputs["retain"])
         loss = self.unlearn_loss(model, forget, retain)
-        if not bool(torch.isfinite(loss).all()):
+        if not all_ranks_finite(self.accelerator, loss):  # collective: a rank stopping alone would hang the rest
             raise DivergedError(self.state.global_step, float(loss))
         return loss

@@ -17,5 +17,7 @@ def gd_loss(retain_nll):
 
 
 class GDTrainer(UnlearnTrainer):
+    reads_forget = False
+
     def unlearn_loss(self, model, forget, retain):
         return gd_loss(self.nll(model, retain))

@@ -42,6 +42,8 @@ class _NoiseCallback(TrainerCallback):
 
 
 class NGDTrainer(UnlearnTrainer):
+    reads_forget = False
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(_NoiseCallback(self.method_cfg.sigma, self.args.seed))

@@ -125,7 +125,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 
     spec = get_method(cfg.method)
     method_cfg = build_method_config(cfg.method, cfg.method_args)
-    dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed)
+    dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget)
     args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1)
     # A step costs at least one retain or forget batch of the shortest examples on every process: bound the steps
     # from that (set after the arguments exist, which know the process count).
