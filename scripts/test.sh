@@ -14,5 +14,5 @@ if [ "${LLM_UNLEARN_SKIP_VLLM:-0}" != 1 ] && ! .venv/bin/python -m pip show -q v
     .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m ruff check llm_unlearn image_track tests
+.venv/bin/python -m ruff check llm_unlearn image_track tests bench
 .venv/bin/python -m pytest -q "$@"
