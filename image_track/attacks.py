@@ -14,6 +14,7 @@ and attack extras for the evaluation (triggered test images, Witches' Brew targe
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -134,11 +135,21 @@ def _flat_grad(loss, params, create_graph=False) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def gradient_matching(surrogate, base_x, labels, target_grad, cfg, generator) -> tuple[torch.Tensor, float]:
-    """Perturbations delta (||delta||_inf <= eps, base + delta in [0, 1]) minimising 1 - cos(grad of the poison batch
-    loss, target_grad), by signed Adam (the gradient's sign is fed to Adam) with ``restarts`` random starts; the
-    step size decays 10x at 3/8, 5/8 and 7/8 of the steps as in the reference code. Returns (delta, best loss)."""
-    params = [p for p in surrogate.parameters() if p.requires_grad]
+def gradient_matching(surrogates, base_x, labels, target_grads, cfg, generator) -> tuple[torch.Tensor, float]:
+    """Perturbations delta (||delta||_inf <= eps, base + delta in [0, 1]) minimising the mean over the surrogates of
+    1 - cos(grad of the poison batch loss, target grad) (Geiping et al.'s ensemble form; one surrogate is the plain
+    attack), by signed Adam (the gradient's sign is fed to Adam) with ``restarts`` random starts; the step size
+    decays 10x at 3/8, 5/8 and 7/8 of the steps as in the reference code. Returns (delta, best loss)."""
+    params = [[p for p in s.parameters() if p.requires_grad] for s in surrogates]
+
+    def matching_loss(delta, create_graph):
+        total = 0.0
+        for s, ps, tg in zip(surrogates, params, target_grads):
+            loss = F.cross_entropy(s(pixel_values=base_x + delta).logits.float(), labels)
+            g = _flat_grad(loss, ps, create_graph=create_graph)
+            total = total + (1 - F.cosine_similarity(g, tg, dim=0))
+        return total / len(surrogates)
+
     eps, best, best_loss = cfg.eps, None, math.inf
     for _ in range(cfg.restarts):
         delta = ((torch.rand(base_x.shape, generator=generator) * 2 - 1) * eps).to(base_x.device)
@@ -147,9 +158,7 @@ def gradient_matching(surrogate, base_x, labels, target_grad, cfg, generator) ->
         milestones = [int(cfg.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
         for _step in range(cfg.steps):
-            loss = F.cross_entropy(surrogate(pixel_values=base_x + delta).logits.float(), labels)
-            g = _flat_grad(loss, params, create_graph=True)
-            obj = 1 - F.cosine_similarity(g, target_grad, dim=0)
+            obj = matching_loss(delta, create_graph=True)
             (gd,) = torch.autograd.grad(obj, delta)
             opt.zero_grad()
             delta.grad = gd.sign()
@@ -159,8 +168,7 @@ def gradient_matching(surrogate, base_x, labels, target_grad, cfg, generator) ->
                 delta.clamp_(-eps, eps)
                 delta.copy_((base_x + delta).clamp(0, 1) - base_x)
         with torch.enable_grad():
-            loss = F.cross_entropy(surrogate(pixel_values=base_x + delta.detach()).logits.float(), labels)
-            final = float(1 - F.cosine_similarity(_flat_grad(loss, params), target_grad, dim=0))
+            final = float(matching_loss(delta.detach(), create_graph=False))
         if final < best_loss:
             best, best_loss = delta.detach().clone(), final
     return best, best_loss
@@ -172,7 +180,19 @@ def witches_brew(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
     k_cls = clean.num_classes
     n = len(clean.train_y)
     k = _count(cfg, n, 1, "witches_brew")
-    surrogate = surrogate_factory()
+    epochs = sorted(set(cfg.poison.match_epochs))
+    if any(not 1 <= e <= cfg.train.epochs for e in epochs):
+        raise ConfigError(f"poison.match_epochs must lie in [1, train.epochs={cfg.train.epochs}], got {epochs}")
+    snapshots = {}
+    if epochs:
+
+        def keep_checkpoint(epoch, model):
+            if epoch in epochs and epoch != cfg.train.epochs:  # the final model is the surrogate itself
+                snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        surrogate = surrogate_factory(on_epoch_end=keep_checkpoint)
+    else:
+        surrogate = surrogate_factory()
     test_pred = predict(surrogate, clean.test_x)
     classes = list(range(k_cls))
     target_class = cfg.poison.target_class if cfg.poison.target_class is not None else rng.choice(classes)
@@ -207,16 +227,22 @@ def witches_brew(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
         raise ConfigError(f"poison.poison_fraction asks for {k} poisons of class {adv_class}, which has {len(pool)}")
     idx = torch.as_tensor(sorted(rng.sample(pool, k)))
     dev = device()
-    surrogate.to(dev).eval()
-    params = [p for p in surrogate.parameters() if p.requires_grad]
+    surrogates = [surrogate.to(dev).eval()]
+    for epoch in sorted(snapshots):
+        m = copy.deepcopy(surrogate)
+        m.load_state_dict(snapshots[epoch])
+        surrogates.append(m.eval())
     tx = clean.test_x[targets].to(dev)
     adv = torch.full((len(targets),), adv_class, dtype=torch.long, device=dev)
+    target_grads = []
     with torch.enable_grad():
-        target_grad = _flat_grad(F.cross_entropy(surrogate(pixel_values=tx).logits.float(), adv), params).detach()
+        for s in surrogates:
+            ps = [p for p in s.parameters() if p.requires_grad]
+            target_grads.append(_flat_grad(F.cross_entropy(s(pixel_values=tx).logits.float(), adv), ps).detach())
     base = clean.train_x[idx].to(dev)
     labels = clean.train_y[idx].to(dev)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
-    delta, loss = gradient_matching(surrogate, base, labels, target_grad, cfg.poison, g)
+    delta, loss = gradient_matching(surrogates, base, labels, target_grads, cfg.poison, g)
     images = (base + delta).cpu()
     keep = torch.ones(len(clean.test_y), dtype=torch.bool)
     keep[targets] = False  # targets are scored on their own, not in clean accuracy
@@ -233,6 +259,7 @@ def witches_brew(cfg, clean: Clean, rng, surrogate_factory) -> Poisoned:
         "adv_class": int(adv_class),
         "target_test_rows": targets.tolist(),
         "matching_loss": loss,
+        "match_epochs": sorted(snapshots) + [cfg.train.epochs],
     }
     return Poisoned(
         idx, images, clean.train_y[idx].clone(), "poison_success", extras=extras, test_keep=keep, info=info

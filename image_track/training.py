@@ -45,9 +45,10 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int) -> dict:
+def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int, on_epoch_end=None) -> dict:
     """Train ``model`` in place on (x, y); returns steps, compute (examples through forward+backward), final-epoch
-    loss and wall seconds. Raises :class:`DivergedError` on a non-finite loss."""
+    loss and wall seconds. Raises :class:`DivergedError` on a non-finite loss. ``on_epoch_end(epoch, model)`` (epochs
+    from 1) lets an attacker keep checkpoints of its surrogate's trajectory."""
     from .data import make_augment
 
     dev = device()
@@ -65,7 +66,7 @@ def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int) -
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     start, step, compute, epoch_loss = time.perf_counter(), 0, 0, float("nan")
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         perm = torch.randperm(len(y), generator=g).to(dev)
         losses = []
         for i in range(0, len(y), cfg.batch_size):
@@ -84,6 +85,8 @@ def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int) -
             compute += len(idx)
             losses.append(float(loss.detach()))
         epoch_loss = sum(losses) / len(losses)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
     model.eval()
     return {
         "steps": step,

@@ -34,9 +34,9 @@ def _run(cfg, clean, seed=0):
     attack = ATTACKS[cfg.poison.attack]
     if cfg.poison.attack in ("witches_brew", "gradient_canceling"):
 
-        def surrogate():
+        def surrogate(on_epoch_end=None):
             m = build_model(cfg.model, list(clean.train_x.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=1)
-            fit(m, clean.train_x, clean.train_y, cfg.train, seed=1)
+            fit(m, clean.train_x, clean.train_y, cfg.train, seed=1, on_epoch_end=on_epoch_end)
             return m
 
         return attack(cfg, clean, random.Random(seed), surrogate)
@@ -86,6 +86,18 @@ def test_witches_brew_eps_box_clean_labels_and_determinism(clean):
     assert not p.test_keep[p.info["target_test_rows"]].any()  # targets leave the clean test set
     q = _run(cfg, clean)
     assert torch.equal(p.images, q.images) and torch.equal(p.indices, q.indices)
+
+
+def test_witches_brew_trajectory_ensemble_keeps_the_budget(clean):
+    cfg = _cfg(
+        attack="witches_brew", poison_fraction=0.05, eps=0.1, steps=3, restarts=1, num_targets=1, match_epochs=[1, 5]
+    )
+    p = _run(cfg, clean)
+    assert p.info["match_epochs"] == [1, 5, TINY_TRAIN.epochs]  # two checkpoints + the final surrogate
+    assert float((p.images - clean.train_x[p.indices]).abs().max()) <= 0.1 + 1e-6
+    assert torch.equal(p.labels, clean.train_y[p.indices])  # still clean-label
+    with pytest.raises(ConfigError, match="match_epochs"):
+        _run(_cfg(attack="witches_brew", poison_fraction=0.05, steps=1, restarts=1, match_epochs=[99]), clean)
 
 
 def test_gradient_canceling_reduces_the_gradient_and_needs_linear(clean):

@@ -66,6 +66,13 @@ class PoisonSection:
             "margin to adv_class (an attacker's free choice; easier on small models)"
         },
     )
+    match_epochs: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "witches_brew: also match gradients on the surrogate's checkpoints after these epochs (an "
+            "ensemble along the training trajectory the victim will follow); empty: the final surrogate only"
+        },
+    )
     surrogate_seed_offset: int = field(
         default=10_000,
         metadata={
@@ -152,10 +159,10 @@ def main(cfg: ImagePoisonConfig) -> Path:
     attack = ATTACKS[cfg.poison.attack]
     if cfg.poison.attack in NEEDS_SURROGATE:
 
-        def surrogate():
+        def surrogate(on_epoch_end=None):
             sseed = cfg.seed + cfg.poison.surrogate_seed_offset
             s = build_model(cfg.model, list(xtr.shape[1:]), k, mean, std, seed=sseed)
-            fit(s, xtr, ytr, cfg.train, seed=sseed)
+            fit(s, xtr, ytr, cfg.train, seed=sseed, on_epoch_end=on_epoch_end)
             return s
 
         poisoned = attack(cfg, clean, rng, surrogate)
