@@ -50,7 +50,7 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.image_size is not None and self.image_size < 4:
-            raise ConfigError(f"data.image_size must be >= 4 or null, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 4 (pixels per side) or null, got {self.image_size}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("max_train_samples", "max_test_samples"):

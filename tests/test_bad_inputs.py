@@ -4,7 +4,7 @@
 - fail before any expensive work (the job graph, ``Trainer.train`` and the tiny-model build are booby-trapped),
 - leave the file system exactly as it was (no half-written output dir).
 
-Image-track cases (e.g. an image size that does not match the model) belong here too once ``image_track`` lands.
+Image-track cases go through the same ``run`` (a YAML with ``track: image``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,26 @@ CASES = [
     ),
     case("run_owned_key_as_flag", ["run", "--train.output_dir", "x"], r"unknown argument '--train\.output_dir'"),
     case("output_dir_missing", ["run"], r"output_dir is required", out=False),
+    # --- the image track, reached through the same `run` (its YAML says track: image)
+    case("unknown_track", ["run", "--track", "video"], r"unknown track 'video'; choose from \['image', 'llm'\]"),
+    case(
+        "image_size_too_small",
+        ["run", "--config", "{tmp}/img.yaml"],
+        r"data: image_size must be >= 4",
+        {"img.yaml": "track: image\ndata: {image_size: 2}\n"},
+    ),
+    case(
+        "image_unknown_arch",
+        ["run", "--config", "{tmp}/img.yaml"],
+        r"model\.arch: 'vit' is not allowed; choose from \['cnn', 'resnet18', 'mlp', 'linear'\]",
+        {"img.yaml": "track: image\nmodel: {arch: vit}\n"},
+    ),
+    case(
+        "image_attack_model_mismatch",
+        ["run", "--config", "{tmp}/img.yaml"],
+        r"gradient_canceling needs model\.arch: linear",
+        {"img.yaml": "track: image\npoison: {attack: gradient_canceling}\nmodel: {arch: cnn}\n"},
+    ),
     # --- data files
     case(
         "train_file_missing",
