@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import TINY_SHAPE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY = {
-    "hidden_size": 64,
-    "num_attention_heads": 1,
-    "num_hidden_layers": 1,
-    "intermediate_size": 128,
-    "vocab_size": 400,
-    "corpus_reviews": 300,
-}
+TINY = TINY_SHAPE
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+# The test suite's tiny model: one layer, one head of 64 (vLLM's CPU backend rejects smaller heads), seconds to train.
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "num_attention_heads": 1,
+    "num_hidden_layers": 1,
+    "intermediate_size": 128,
+    "vocab_size": 400,
+    "corpus_reviews": 300,
+}
+
 
 def make_unlearn_trainer(
     model_dir, dataset_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2, **overrides

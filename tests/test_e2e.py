@@ -9,17 +9,11 @@ import sys
 import pytest
 
 from llm_unlearn.methods import METHODS
+from helpers import TINY_SHAPE
 
 TINY_EXPERIMENT = {
     "seeds": [0],
-    "tiny": {
-        "hidden_size": 64,
-        "num_attention_heads": 1,
-        "num_hidden_layers": 1,
-        "intermediate_size": 128,
-        "vocab_size": 400,
-        "corpus_reviews": 300,
-    },
+    "tiny": dict(TINY_SHAPE),
     "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
     "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
     "unlearn": {"per_device_train_batch_size": 8, "progress": False},

@@ -16,17 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY_SHAPE
 
 EXPERIMENT = {
     "seeds": [0],
-    "tiny": {
-        "hidden_size": 64,
-        "num_attention_heads": 1,
-        "num_hidden_layers": 1,
-        "intermediate_size": 128,
-        "vocab_size": 400,
-        "corpus_reviews": 300,
-    },
+    "tiny": dict(TINY_SHAPE),
     "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
     # save_steps: kills during a training resume from its checkpoints, so the loop below exercises that path too
     "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False, "save_steps": 3},

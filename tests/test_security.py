@@ -12,6 +12,7 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+from helpers import TINY_SHAPE
 
 ROOT = Path(__file__).parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
@@ -56,14 +57,7 @@ def tiny_run(tmp_path_factory):
         run_experiment(
             {
                 "seeds": [0],
-                "tiny": {
-                    "hidden_size": 64,
-                    "num_attention_heads": 1,
-                    "num_hidden_layers": 1,
-                    "intermediate_size": 128,
-                    "vocab_size": 400,
-                    "corpus_reviews": 300,
-                },
+                "tiny": dict(TINY_SHAPE),
                 "poison": {"poison_fraction": 0.1, "embedded_n_train": 60, "embedded_n_test": 20},
                 # save_steps: the Trainer's checkpoints (optimizer.pt, rng_state.pth) must be gone at the end
                 "train": {
