@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.stages.run import ProtocolConfig
 from llm_unlearn.tracks import Track
 
 from .data import DataConfig
@@ -45,14 +45,12 @@ RUN_OWNED = (
 
 
 @dataclass
-class ImageExperimentConfig:
+class ImageExperimentConfig(ProtocolConfig):
     """The protocol on image classifiers: poison, train initial + gold, unlearn (methods x budgets x grid), eval."""
 
     CLI_EXCLUDE = tuple(f"{sec}.{n}" for sec, names in RUN_OWNED for n in names)
 
     track: str = field(default="image", metadata={"help": "image (this config)"})
-    output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the clean images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     poison: PoisonSection = field(default_factory=PoisonSection, metadata={"help": "the attack"})
@@ -60,33 +58,7 @@ class ImageExperimentConfig:
         default_factory=TrainSection, metadata={"help": "initial/gold (and surrogate) training"}
     )
     unlearn: ImageUnlearnConfig = field(default_factory=ImageUnlearnConfig, metadata={"help": "unlearning settings"})
-    methods: list[str] = field(
-        default_factory=lambda: ["gd", "ngd", "ga", "neggrad_plus"], metadata={"help": "METHODS keys"}
-    )
-    method_args: dict[str, dict[str, Any]] = field(
-        default_factory=dict, metadata={"help": "per-method knobs, e.g. {neggrad_plus: {beta: 0.95}}"}
-    )
-    grid: dict[str, dict[str, list]] = field(
-        default_factory=dict,
-        metadata={
-            "help": "per-method hyper-parameter grids over unlearn keys or method_args keys, e.g. "
-            "{ga: {learning_rate: [1e-3, 1e-2]}}; every combination runs"
-        },
-    )
-    budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
-    selection_tolerance: float = field(
-        default=0.02,
-        metadata={
-            "help": "the report picks, per method and budget, the grid point with the most gap closed among "
-            "those whose mean clean accuracy is within this of the initial model's"
-        },
-    )
-    diagnostics: bool = field(
-        default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
-    )
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
-    workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
-    overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
     def validate(self) -> None:
         from llm_unlearn.stages.run import check_experiment

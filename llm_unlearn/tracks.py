@@ -25,8 +25,8 @@ ENTRY_POINT_GROUP = "llm_unlearn.tracks"
 @dataclass(frozen=True)
 class Track:
     name: str
-    # Experiment dataclass with at least: track, output_dir, seeds, methods, method_args, grid, budgets,
-    # selection_tolerance, workers, overwrite. The report reads only those plus the artifacts above.
+    # Experiment dataclass: a subclass of llm_unlearn.stages.run.ProtocolConfig (seeds, methods, grid, budgets, ...)
+    # plus the track's own sections. The report reads only those fields plus the artifacts above.
     config_cls: type
     plan: Callable  # (config) -> list[llm_unlearn.stages.run.Job]
     describe: Callable  # (config) -> one markdown line for the report header (model, data, poison settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 # The test suite's tiny model: one layer, one head of 64 (vLLM's CPU backend rejects smaller heads), seconds to train.
 TINY_SHAPE = {
     "hidden_size": 64,
@@ -38,3 +40,25 @@ def make_unlearn_trainer(
     forget = tokenize_split(dd["forget"], tok, 256)
     retain = tokenize_split(dd["retain"], tok, 256)
     return build_trainer(cfg, model, tok, forget, retain, budget_tokens), model
+
+
+# A stand-in stage for orchestrator tests: ``Job(stage="helpers", config=FakeStageConfig(...))`` runs ``main``.
+@dataclasses.dataclass
+class FakeStageConfig:
+    output_dir: str
+    value: int = 0
+    log: str | None = None  # a file each run appends its output_dir to
+
+
+def main(cfg: FakeStageConfig):
+    from pathlib import Path
+
+    from llm_unlearn.configs import save_config
+    from llm_unlearn.utils import mark_complete
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.log:
+        with open(cfg.log, "a") as f:
+            f.write(Path(cfg.output_dir).name + "\n")
+    save_config(cfg, cfg.output_dir)
+    mark_complete(cfg.output_dir)

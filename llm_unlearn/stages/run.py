@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,19 +38,13 @@ EMBEDDED_TINY = "embedded:tiny-llama"
 
 
 @dataclass
-class ExperimentConfig:
-    """The protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
+class ProtocolConfig:
+    """The fields every track's experiment config shares (and the report reads): the grid, selection and execution.
+    A track's config subclasses it and adds its own sections (model, poison, train, unlearn, eval)."""
 
-    track: str = field(default="llm", metadata={"help": "llm (this config) or an installed track, e.g. image"})
+    track: str = field(default="llm", metadata={"help": "which track's config this is (llm, or e.g. image)"})
     output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
-    model_name_or_path: str = field(
-        default=EMBEDDED_TINY, metadata={"help": f"{EMBEDDED_TINY} (built offline per seed), a model dir or Hub id"}
-    )
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "shape of the embedded model"})
-    poison: PoisonConfig = field(default_factory=PoisonConfig, metadata={"help": "poison stage settings"})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "initial and gold training settings"})
-    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "shared unlearning settings"})
     methods: list[str] = field(
         default_factory=lambda: ["gd", "ngd", "ga", "neggrad_plus"], metadata={"help": "METHODS keys to run"}
     )
@@ -74,9 +69,23 @@ class ExperimentConfig:
     diagnostics: bool = field(
         default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
     )
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation settings"})
     workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
     overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
+
+
+@dataclass
+class ExperimentConfig(ProtocolConfig):
+    """The protocol for one attack: poison, train initial + gold, unlearn (methods x budgets), evaluate, report."""
+
+    track: str = field(default="llm", metadata={"help": "llm (this config) or an installed track, e.g. image"})
+    model_name_or_path: str = field(
+        default=EMBEDDED_TINY, metadata={"help": f"{EMBEDDED_TINY} (built offline per seed), a model dir or Hub id"}
+    )
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "shape of the embedded model"})
+    poison: PoisonConfig = field(default_factory=PoisonConfig, metadata={"help": "poison stage settings"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "initial and gold training settings"})
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "shared unlearning settings"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation settings"})
 
     def validate(self) -> None:
         if self.track != "llm":
@@ -331,6 +340,7 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
         out = job.config["output_dir"]
         if not is_complete(out):
             save_tiny(out, job.config["tiny"], seed=job.config["seed"])
+            atomic_write_text(Path(out) / "config.yaml", yaml.safe_dump(_normalized(job.config), sort_keys=False))
             mark_complete(out)
         return job.name, time.perf_counter() - start, None
     module = importlib.import_module(job.stage)
@@ -338,6 +348,50 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
         return job.name, 0.0, "diverged"
     module.main(job.config)
     return job.name, time.perf_counter() - start, None
+
+
+def _normalized(cfg) -> Any:
+    """A config as its saved config.yaml reads back (dataclasses -> dicts, tuples -> lists)."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    if isinstance(data, dict):
+        data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in data.items()}
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
+
+
+def _config_changed(job: Job) -> bool:
+    """Whether a complete output dir was made with another config than the job's (a dir without config.yaml, from
+    an older version, counts as unchanged)."""
+    saved = Path(_output_dir(job)) / "config.yaml"
+    if not saved.is_file():
+        return False
+    return not _same(_content(yaml.safe_load(saved.read_text())), _content(_normalized(job.config)))
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal on the keys both sides have: a key one side lacks is a field added or removed by another version of
+    llm-unlearn, whose default kept the old behaviour (otherwise completed work would be redone on every upgrade)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(_same(old[k], new[k]) for k in old.keys() & new.keys())
+    return old == new
+
+
+def _content(cfg: Any) -> Any:
+    """What a stage config says apart from where it reads and writes: ``*_dir`` keys are the run's layout (a run
+    dir reached through another path, or moved, is the same run); a change of its inputs' content is caught through
+    the dependencies instead. A user's local ``model_name_or_path`` is compared resolved."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = {}
+    for k, v in cfg.items():
+        if k.endswith("_dir"):
+            continue
+        if k == "model_name_or_path" and isinstance(v, str) and os.path.isdir(v):
+            p = Path(v).resolve()
+            if p.name == "base" and p.parent.name.startswith("seed_"):
+                continue  # the embedded base model: a job of this run, checked through the dependency
+            v = str(p)
+        out[k] = _content(v)
+    return out
 
 
 def _stage_kind(job: Job) -> str:
@@ -459,11 +513,19 @@ def execute(jobs: list[Job], workers: int) -> None:
     pending = {j.name: j for j in jobs}
     done: set[str] = set()
     bar = tqdm(total=len(jobs), desc="grid", unit="job")
-    for j in jobs:  # resume: complete outputs are skipped up front
-        if is_complete(_output_dir(j)):
-            done.add(j.name)
-            pending.pop(j.name)
-            bar.update()
+    stale: set[str] = set()
+    for j in jobs:  # resume: complete outputs are skipped up front (jobs come in dependency order)
+        if not is_complete(_output_dir(j)):
+            continue
+        if _config_changed(j) or any(d in stale for d in j.deps):
+            # An --overwrite run with a changed config: the old output (and everything built on it) is redone.
+            logger.warning("%s: its config or an input changed since it ran; redoing it", j.name)
+            shutil.rmtree(_output_dir(j))
+            stale.add(j.name)
+            continue
+        done.add(j.name)
+        pending.pop(j.name)
+        bar.update()
     if workers == 1:
         while pending:
             job = next(j for j in pending.values() if all(d in done for d in j.deps))

@@ -1,0 +1,43 @@
+"""The orchestrator's resume rule: complete outputs are skipped, unless their config changed (an --overwrite run
+with other settings), in which case they and everything built on them are redone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import FakeStageConfig
+
+from llm_unlearn.stages.run import Job, execute
+
+
+def _jobs(tmp_path: Path, a_value: int, c_value: int) -> list[Job]:
+    log = str(tmp_path / "log")
+    return [
+        Job("a", "helpers", FakeStageConfig(str(tmp_path / "a"), a_value, log), []),
+        Job("b", "helpers", FakeStageConfig(str(tmp_path / "b"), 0, log), ["a"]),  # same config, input a
+        Job("c", "helpers", FakeStageConfig(str(tmp_path / "c"), c_value, log), []),
+        Job("d", "helpers", FakeStageConfig(str(tmp_path / "d"), 0, log), []),
+    ]
+
+
+def _ran(tmp_path: Path) -> list[str]:
+    log = tmp_path / "log"
+    out = sorted(log.read_text().split()) if log.is_file() else []
+    log.unlink(missing_ok=True)
+    return out
+
+
+def test_complete_outputs_are_skipped(tmp_path):
+    execute(_jobs(tmp_path, 1, 1), workers=1)
+    assert _ran(tmp_path) == ["a", "b", "c", "d"]
+    execute(_jobs(tmp_path, 1, 1), workers=1)
+    assert _ran(tmp_path) == []
+
+
+def test_changed_config_redoes_the_job_and_its_dependents(tmp_path):
+    execute(_jobs(tmp_path, 1, 1), workers=1)
+    _ran(tmp_path)
+    execute(_jobs(tmp_path, 2, 1), workers=1)  # a changed: a and b (built on a) rerun; c, d are kept
+    assert _ran(tmp_path) == ["a", "b"]
+    execute(_jobs(tmp_path, 2, 5), workers=1)
+    assert _ran(tmp_path) == ["c"]
