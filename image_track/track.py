@@ -143,11 +143,21 @@ def describe(cfg: ImageExperimentConfig) -> str:
         "gaussian": f"eps {p.noise_eps:g} (pixels in [0, 1])",
         "badnets": f"{p.patch_size}x{p.patch_size} patch -> class {p.target_label}",
         "witches_brew": f"l_inf eps {p.eps:.4g}, {p.steps} steps x {p.restarts} restarts, {p.num_targets} target(s)",
-        "gradient_canceling": f"corruption radius {p.corruption_radius:g}, {p.gc_steps} poison steps",
+        "gradient_canceling": (
+            f"corruption radius picked by the attacker from {p.corruption_radii}"
+            if p.corruption_radii
+            else f"corruption radius {p.corruption_radius:g}"
+        )
+        + f", {p.gc_steps} poison steps",
     }[p.attack]
     size = f", resized to {dcfg.image_size}x{dcfg.image_size}" if dcfg.image_size else ""
+    shape = {
+        "cnn": f" (width {cfg.model.width}, hidden {cfg.model.hidden})",
+        "resnet18": f" (width {cfg.model.width})",
+        "mlp": f" (hidden {cfg.model.hidden})",
+    }.get(cfg.model.arch, "")
     return (
-        f"Model `{cfg.model.arch}` (width {cfg.model.width}), dataset `{dcfg.dataset_name}`{size}, {p.attack} poisons "
+        f"Model `{cfg.model.arch}`{shape}, dataset `{dcfg.dataset_name}`{size}, {p.attack} poisons "
         f"on {p.poison_fraction:g} of the training set ({what}), training {cfg.train.epochs} epochs SGD; unlearning "
         f"full-parameter ({cfg.unlearn.optim}, lr {cfg.unlearn.learning_rate:g})."
     )
