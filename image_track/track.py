@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.stages.run import ProtocolConfig
+from llm_unlearn.protocol import ProtocolConfig
 from llm_unlearn.tracks import Track
 
 from .data import DataConfig
@@ -61,7 +61,7 @@ class ImageExperimentConfig(ProtocolConfig):
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
 
     def validate(self) -> None:
-        from llm_unlearn.stages.run import check_experiment
+        from llm_unlearn.protocol import check_experiment
 
         if self.track != "image":
             raise ConfigError(f"track: this is the image track's config, got track={self.track!r}")
@@ -75,7 +75,8 @@ class ImageExperimentConfig(ProtocolConfig):
 
 def plan(cfg: ImageExperimentConfig) -> list:
     """The DAG of image stage jobs for the whole grid."""
-    from llm_unlearn.stages.run import Job, unlearn_variants
+    from llm_unlearn.protocol import unlearn_variants
+    from llm_unlearn.scheduler import Job
 
     from .stages.diagnose import ImageDiagnoseConfig
     from .stages.poison import ImagePoisonConfig

@@ -25,10 +25,10 @@ ENTRY_POINT_GROUP = "llm_unlearn.tracks"
 @dataclass(frozen=True)
 class Track:
     name: str
-    # Experiment dataclass: a subclass of llm_unlearn.stages.run.ProtocolConfig (seeds, methods, grid, budgets, ...)
+    # Experiment dataclass: a subclass of llm_unlearn.protocol.ProtocolConfig (seeds, methods, grid, budgets, ...)
     # plus the track's own sections. The report reads only those fields plus the artifacts above.
     config_cls: type
-    plan: Callable  # (config) -> list[llm_unlearn.stages.run.Job]
+    plan: Callable  # (config) -> list[llm_unlearn.scheduler.Job]
     describe: Callable  # (config) -> one markdown line for the report header (model, data, poison settings)
 
 

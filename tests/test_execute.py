@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import FakeStageConfig
 
-from llm_unlearn.stages.run import Job, execute
+from llm_unlearn.scheduler import Job, execute
 
 
 def _jobs(tmp_path: Path, a_value: int, c_value: int) -> list[Job]:

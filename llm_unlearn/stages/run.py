@@ -2,8 +2,9 @@
 
 For every seed: poison -> train the initial model (poisoned set) and the gold model (retain set, same
 initialisation) -> for every method x budget: unlearn -> evaluate initial, gold and every unlearned model -> report.
-The grid is a small DAG of stage jobs run by ``workers`` processes; a job whose output dir is complete is skipped,
-which is how a killed run resumes. Layout under ``output_dir``::
+The grid is a small DAG of stage jobs run by ``workers`` processes (``llm_unlearn/scheduler.py``); a job whose
+output dir is complete is skipped, which is how a killed run resumes. The fields and grid logic every track shares
+live in ``llm_unlearn/protocol.py``. Layout under ``output_dir``::
 
     experiment.yaml  results.json  report.md  *.png
     seed_<s>/base/ poison/ initial/ retrain/ unlearn/<method>_b<budget>/ eval/<model>/
@@ -14,18 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from ..configs import ConfigError, load_config, parse_config, to_dict
+from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
+from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
 from ..testing import TinyModelConfig
-from ..utils import atomic_write_text, is_atomic_tmp, is_complete
+from ..utils import atomic_write_text, is_atomic_tmp
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
@@ -35,42 +34,6 @@ from .unlearn import UnlearnConfig
 logger = logging.getLogger(__name__)
 
 EMBEDDED_TINY = "embedded:tiny-llama"
-
-
-@dataclass
-class ProtocolConfig:
-    """The fields every track's experiment config shares (and the report reads): the grid, selection and execution.
-    A track's config subclasses it and adds its own sections (model, poison, train, unlearn, eval)."""
-
-    track: str = field(default="llm", metadata={"help": "which track's config this is (llm, or e.g. image)"})
-    output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
-    methods: list[str] = field(
-        default_factory=lambda: ["gd", "ngd", "ga", "neggrad_plus"], metadata={"help": "METHODS keys to run"}
-    )
-    method_args: dict[str, dict[str, Any]] = field(
-        default_factory=dict, metadata={"help": "per-method knobs, e.g. {neggrad_plus: {beta: 0.95}}"}
-    )
-    grid: dict[str, dict[str, list]] = field(
-        default_factory=dict,
-        metadata={
-            "help": "per-method hyper-parameter grids over unlearn keys or method_args keys, e.g. "
-            "{npo: {learning_rate: [1e-4, 1e-3], beta: [0.1, 0.5]}}; every combination runs"
-        },
-    )
-    budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
-    selection_tolerance: float = field(
-        default=0.02,
-        metadata={
-            "help": "the report picks, per method and budget, the grid point with the most gap closed among those "
-            "whose mean clean accuracy is within this of the initial model's (0.02 = 2 points)"
-        },
-    )
-    diagnostics: bool = field(
-        default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
-    )
-    workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
-    overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
 
 @dataclass
@@ -99,129 +62,6 @@ class ExperimentConfig(ProtocolConfig):
             logger.warning("the embedded tiny model's tokenizer was trained on the embedded reviews only")
 
 
-def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
-    """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
-    stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
-    from ..methods import build_method_config
-
-    if not cfg.seeds:
-        raise ConfigError("seeds must hold at least one seed")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"seeds must be distinct, got {cfg.seeds}")
-    if not cfg.methods:
-        raise ConfigError("methods must name at least one METHODS key")
-    if len(set(cfg.methods)) != len(cfg.methods):
-        raise ConfigError(f"methods must be distinct, got {cfg.methods}")
-    for m in cfg.methods:
-        build_method_config(m, cfg.method_args.get(m))
-    for section in ("method_args", "grid"):
-        for m in getattr(cfg, section):
-            if m not in cfg.methods:
-                raise ConfigError(f"{section}.{m}: {m!r} is not in methods={cfg.methods}")
-    if not cfg.budgets or any(not 0 < b <= 1 for b in cfg.budgets):
-        raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {cfg.budgets}")
-    if len(set(cfg.budgets)) != len(cfg.budgets):
-        raise ConfigError(f"budgets must be distinct, got {cfg.budgets}")
-    if not 0 <= cfg.selection_tolerance <= 1:
-        raise ConfigError(
-            f"selection_tolerance must be in [0, 1] (fraction of accuracy), got {cfg.selection_tolerance}"
-        )
-    if cfg.workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
-    for section, names in run_owned:
-        sub = getattr(cfg, section)
-        for name in names:
-            if getattr(sub, name) != _default(type(sub), name):
-                raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
-    # Building every variant validates each grid value against its dataclass (types, ranges) before any work.
-    for v in unlearn_variants(cfg, unlearn_cls, run_owned):
-        build_method_config(v.method, v.method_args)
-        dataclasses.replace(cfg.unlearn, **v.overrides).validate()
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One unlearning run of the grid (per seed): a method, a budget and one point of the method's grid."""
-
-    method: str
-    budget: float
-    overrides: dict  # unlearn-config keys (e.g. learning_rate)
-    method_args: dict  # method_args merged with the grid point's method keys
-    model_id: str  # its directory name under unlearn/ and eval/
-
-
-def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, set]:
-    from ..methods import get_method
-
-    owned = {n for sec, names in run_owned if sec == "unlearn" for n in names}
-    unlearn_keys = {f.name for f in dataclasses.fields(unlearn_cls)} - owned
-    method_keys = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
-    for k in keys:
-        if k in unlearn_keys and k in method_keys:
-            raise ConfigError(f"grid.{method}.{k}: ambiguous, {k!r} is both an unlearn key and a {method} key")
-        if k not in unlearn_keys | method_keys:
-            raise ConfigError(
-                f"grid.{method}.{k}: unknown key; choose from the unlearn keys {sorted(unlearn_keys)} or "
-                f"{method}'s method_args {sorted(method_keys)}"
-            )
-    return unlearn_keys, method_keys
-
-
-def _coerce_field(cls: type, name: str, value, key: str):
-    import typing
-
-    from ..configs import _coerce
-
-    return _coerce(value, typing.get_type_hints(cls)[name], key)
-
-
-def _fmt_value(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v).replace("/", "-").replace(" ", "")
-
-
-def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
-    """methods x budgets x each method's grid (cartesian product), in config order; model ids are
-    ``<method>_b<budget>`` plus ``_<key><value>`` per grid key, identical across tracks."""
-    import itertools
-
-    from ..methods import get_method
-
-    out = []
-    for method in cfg.methods:
-        grid = cfg.grid.get(method) or {}
-        if not isinstance(grid, dict):
-            raise ConfigError(f"grid.{method}: expected a mapping of key -> list of values, got {grid!r}")
-        unlearn_keys, _ = _grid_keys(method, grid, unlearn_cls, run_owned)
-        for k, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"grid.{method}.{k}: expected a non-empty list of values, got {values!r}")
-            if len({repr(v) for v in values}) != len(values):
-                raise ConfigError(f"grid.{method}.{k}: values must be distinct, got {values}")
-        keys = list(grid)
-        spec_cls = get_method(method).config_cls
-        typed = {  # YAML 1.1 reads 1e-4 as a string: coerce through the field's annotation like any config value
-            k: [_coerce_field(unlearn_cls if k in unlearn_keys else spec_cls, k, v, f"grid.{method}.{k}") for v in vs]
-            for k, vs in grid.items()
-        }
-        for budget in cfg.budgets:
-            for point in itertools.product(*(typed[k] for k in keys)):
-                chosen = dict(zip(keys, point))
-                mid = model_id(method, budget) + "".join(f"_{k}{_fmt_value(v)}" for k, v in chosen.items())
-                out.append(
-                    Variant(
-                        method=method,
-                        budget=budget,
-                        overrides={k: v for k, v in chosen.items() if k in unlearn_keys},
-                        method_args={
-                            **cfg.method_args.get(method, {}),
-                            **{k: v for k, v in chosen.items() if k not in unlearn_keys},
-                        },
-                        model_id=mid,
-                    )
-                )
-    return out
-
-
 # Stage keys that `run` fills in for every job: setting them in an experiment config is an error.
 RUN_OWNED = (
     ("poison", ("output_dir", "seed")),
@@ -232,24 +72,7 @@ RUN_OWNED = (
 ExperimentConfig.CLI_EXCLUDE = frozenset(f"{sec}.{n}" for sec, names in RUN_OWNED for n in names)
 
 
-def _default(cls, name):
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def model_id(method: str, budget: float) -> str:
-    return f"{method}_b{budget:g}"
-
-
 _STAGES = "llm_unlearn.stages."
-
-
-@dataclass
-class Job:
-    name: str
-    stage: str  # dotted module path whose ``main(config)`` runs the job, or "tiny" (the embedded base model)
-    config: Any
-    deps: list[str]
 
 
 def plan(cfg: ExperimentConfig) -> list[Job]:
@@ -318,93 +141,6 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                 )
                 jobs.append(Job(f"s{seed}/diag/{v.model_id}", _STAGES + "diagnose", dc, [unlearn_job]))
     return jobs
-
-
-def _output_dir(job: Job) -> str:
-    return job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir
-
-
-def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | None]:
-    """Run one stage job (in this process or a worker); returns (name, seconds, diverged-or-skipped note)."""
-    import importlib
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    if job.stage == "tiny":
-        from ..testing import save_tiny
-        from ..utils import mark_complete
-
-        out = job.config["output_dir"]
-        if not is_complete(out):
-            save_tiny(out, job.config["tiny"], seed=job.config["seed"])
-            atomic_write_text(Path(out) / "config.yaml", yaml.safe_dump(_normalized(job.config), sort_keys=False))
-            mark_complete(out)
-        return job.name, time.perf_counter() - start, None
-    module = importlib.import_module(job.stage)
-    if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
-        return job.name, 0.0, "diverged"
-    module.main(job.config)
-    return job.name, time.perf_counter() - start, None
-
-
-def _normalized(cfg) -> Any:
-    """A config as its saved config.yaml reads back (dataclasses -> dicts, tuples -> lists)."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    if isinstance(data, dict):
-        data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in data.items()}
-    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
-
-
-def _config_changed(job: Job) -> bool:
-    """Whether a complete output dir was made with another config than the job's (a dir without config.yaml, from
-    an older version, counts as unchanged)."""
-    saved = Path(_output_dir(job)) / "config.yaml"
-    if not saved.is_file():
-        return False
-    return not _same(_content(yaml.safe_load(saved.read_text())), _content(_normalized(job.config)))
-
-
-def _same(old: Any, new: Any) -> bool:
-    """Equal on the keys both sides have: a key one side lacks is a field added or removed by another version of
-    llm-unlearn, whose default kept the old behaviour (otherwise completed work would be redone on every upgrade)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return all(_same(old[k], new[k]) for k in old.keys() & new.keys())
-    return old == new
-
-
-def _content(cfg: Any) -> Any:
-    """What a stage config says apart from where it reads and writes: ``*_dir`` keys are the run's layout (a run
-    dir reached through another path, or moved, is the same run); a change of its inputs' content is caught through
-    the dependencies instead. A user's local ``model_name_or_path`` is compared resolved."""
-    if not isinstance(cfg, dict):
-        return cfg
-    out = {}
-    for k, v in cfg.items():
-        if k.endswith("_dir"):
-            continue
-        if k == "model_name_or_path" and isinstance(v, str) and os.path.isdir(v):
-            p = Path(v).resolve()
-            if p.name == "base" and p.parent.name.startswith("seed_"):
-                continue  # the embedded base model: a job of this run, checked through the dependency
-            v = str(p)
-        out[k] = _content(v)
-    return out
-
-
-def _stage_kind(job: Job) -> str:
-    return job.stage.rsplit(".", 1)[-1]
-
-
-def _diverged_unlearn(ec) -> bool:
-    """Whether the model an eval/diagnose job reads is an unlearning run that diverged (and saved no weights)."""
-    from ..utils import read_json
-
-    src = getattr(ec, "adapter_dir", None) or ec.model_dir
-    info = Path(src) / "unlearn_info.json"
-    return info.is_file() and read_json(info).get("diverged", False)
 
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
@@ -501,67 +237,6 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             jobs.append(job)
     execute(jobs, workers or max(c.workers for c in cfgs))
     return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
-
-
-_PRIORITY = {"tiny": 0, "poison": 0, "train": 1, "unlearn": 2, "evaluate": 3, "diagnose": 4}
-
-
-def execute(jobs: list[Job], workers: int) -> None:
-    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time."""
-    from tqdm.auto import tqdm
-
-    pending = {j.name: j for j in jobs}
-    done: set[str] = set()
-    bar = tqdm(total=len(jobs), desc="grid", unit="job")
-    stale: set[str] = set()
-    for j in jobs:  # resume: complete outputs are skipped up front (jobs come in dependency order)
-        if not is_complete(_output_dir(j)):
-            continue
-        if _config_changed(j) or any(d in stale for d in j.deps):
-            # An --overwrite run with a changed config: the old output (and everything built on it) is redone.
-            logger.warning("%s: its config or an input changed since it ran; redoing it", j.name)
-            shutil.rmtree(_output_dir(j))
-            stale.add(j.name)
-            continue
-        done.add(j.name)
-        pending.pop(j.name)
-        bar.update()
-    if workers == 1:
-        while pending:
-            job = next(j for j in pending.values() if all(d in done for d in j.deps))
-            name, secs, note = run_job(job)
-            logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
-            done.add(name)
-            pending.pop(name)
-            bar.update()
-        bar.close()
-        return
-    import multiprocessing as mp
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    running = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        while pending or running:
-            # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
-            ready = [j for j in pending.values() if all(d in done for d in j.deps)]
-            for job in sorted(ready, key=lambda j: _PRIORITY.get(_stage_kind(j), 5)):
-                if len(running) >= workers:
-                    break
-                running[pool.submit(run_job, job, threads)] = job.name
-                pending.pop(job.name)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                name = running.pop(fut)
-                try:
-                    _, secs, note = fut.result()
-                except BaseException:
-                    for f in running:
-                        f.cancel()
-                    raise
-                logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
-                done.add(name)
-                bar.update()
-    bar.close()
 
 
 @dataclass

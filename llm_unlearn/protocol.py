@@ -1,0 +1,182 @@
+"""What every track's experiment shares: the grid, its validation and its expansion into unlearning variants.
+
+A track's experiment config subclasses :class:`ProtocolConfig` and adds its own sections; ``check_experiment``
+validates the shared fields (every grid value against its dataclass, before any work); ``unlearn_variants`` expands
+methods x budgets x each method's grid into the model ids every track uses for ``unlearn/<id>`` and ``eval/<id>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .configs import ConfigError
+
+
+@dataclass
+class ProtocolConfig:
+    """The fields every track's experiment config shares (and the report reads): the grid, selection and execution.
+    A track's config subclasses it and adds its own sections (model, poison, train, unlearn, eval)."""
+
+    track: str = field(default="llm", metadata={"help": "which track's config this is (llm, or e.g. image)"})
+    output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
+    methods: list[str] = field(
+        default_factory=lambda: ["gd", "ngd", "ga", "neggrad_plus"], metadata={"help": "METHODS keys to run"}
+    )
+    method_args: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": "per-method knobs, e.g. {neggrad_plus: {beta: 0.95}}"}
+    )
+    grid: dict[str, dict[str, list]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-method hyper-parameter grids over unlearn keys or method_args keys, e.g. "
+            "{npo: {learning_rate: [1e-4, 1e-3], beta: [0.1, 0.5]}}; every combination runs"
+        },
+    )
+    budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
+    selection_tolerance: float = field(
+        default=0.02,
+        metadata={
+            "help": "the report picks, per method and budget, the grid point with the most gap closed among those "
+            "whose mean clean accuracy is within this of the initial model's (0.02 = 2 points)"
+        },
+    )
+    diagnostics: bool = field(
+        default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
+    )
+    workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
+    overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
+
+
+def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
+    """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
+    stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
+    from .methods import build_method_config
+
+    if not cfg.seeds:
+        raise ConfigError("seeds must hold at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds must be distinct, got {cfg.seeds}")
+    if not cfg.methods:
+        raise ConfigError("methods must name at least one METHODS key")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"methods must be distinct, got {cfg.methods}")
+    for m in cfg.methods:
+        build_method_config(m, cfg.method_args.get(m))
+    for section in ("method_args", "grid"):
+        for m in getattr(cfg, section):
+            if m not in cfg.methods:
+                raise ConfigError(f"{section}.{m}: {m!r} is not in methods={cfg.methods}")
+    if not cfg.budgets or any(not 0 < b <= 1 for b in cfg.budgets):
+        raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {cfg.budgets}")
+    if len(set(cfg.budgets)) != len(cfg.budgets):
+        raise ConfigError(f"budgets must be distinct, got {cfg.budgets}")
+    if not 0 <= cfg.selection_tolerance <= 1:
+        raise ConfigError(
+            f"selection_tolerance must be in [0, 1] (fraction of accuracy), got {cfg.selection_tolerance}"
+        )
+    if cfg.workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
+    for section, names in run_owned:
+        sub = getattr(cfg, section)
+        for name in names:
+            if getattr(sub, name) != _default(type(sub), name):
+                raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
+    # Building every variant validates each grid value against its dataclass (types, ranges) before any work.
+    for v in unlearn_variants(cfg, unlearn_cls, run_owned):
+        build_method_config(v.method, v.method_args)
+        dataclasses.replace(cfg.unlearn, **v.overrides).validate()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One unlearning run of the grid (per seed): a method, a budget and one point of the method's grid."""
+
+    method: str
+    budget: float
+    overrides: dict  # unlearn-config keys (e.g. learning_rate)
+    method_args: dict  # method_args merged with the grid point's method keys
+    model_id: str  # its directory name under unlearn/ and eval/
+
+
+def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, set]:
+    from .methods import get_method
+
+    owned = {n for sec, names in run_owned if sec == "unlearn" for n in names}
+    unlearn_keys = {f.name for f in dataclasses.fields(unlearn_cls)} - owned
+    method_keys = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    for k in keys:
+        if k in unlearn_keys and k in method_keys:
+            raise ConfigError(f"grid.{method}.{k}: ambiguous, {k!r} is both an unlearn key and a {method} key")
+        if k not in unlearn_keys | method_keys:
+            raise ConfigError(
+                f"grid.{method}.{k}: unknown key; choose from the unlearn keys {sorted(unlearn_keys)} or "
+                f"{method}'s method_args {sorted(method_keys)}"
+            )
+    return unlearn_keys, method_keys
+
+
+def _coerce_field(cls: type, name: str, value, key: str):
+    import typing
+
+    from .configs import _coerce
+
+    return _coerce(value, typing.get_type_hints(cls)[name], key)
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).replace("/", "-").replace(" ", "")
+
+
+def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
+    """methods x budgets x each method's grid (cartesian product), in config order; model ids are
+    ``<method>_b<budget>`` plus ``_<key><value>`` per grid key, identical across tracks."""
+    import itertools
+
+    from .methods import get_method
+
+    out = []
+    for method in cfg.methods:
+        grid = cfg.grid.get(method) or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"grid.{method}: expected a mapping of key -> list of values, got {grid!r}")
+        unlearn_keys, _ = _grid_keys(method, grid, unlearn_cls, run_owned)
+        for k, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid.{method}.{k}: expected a non-empty list of values, got {values!r}")
+            if len({repr(v) for v in values}) != len(values):
+                raise ConfigError(f"grid.{method}.{k}: values must be distinct, got {values}")
+        keys = list(grid)
+        spec_cls = get_method(method).config_cls
+        typed = {  # YAML 1.1 reads 1e-4 as a string: coerce through the field's annotation like any config value
+            k: [_coerce_field(unlearn_cls if k in unlearn_keys else spec_cls, k, v, f"grid.{method}.{k}") for v in vs]
+            for k, vs in grid.items()
+        }
+        for budget in cfg.budgets:
+            for point in itertools.product(*(typed[k] for k in keys)):
+                chosen = dict(zip(keys, point))
+                mid = model_id(method, budget) + "".join(f"_{k}{_fmt_value(v)}" for k, v in chosen.items())
+                out.append(
+                    Variant(
+                        method=method,
+                        budget=budget,
+                        overrides={k: v for k, v in chosen.items() if k in unlearn_keys},
+                        method_args={
+                            **cfg.method_args.get(method, {}),
+                            **{k: v for k, v in chosen.items() if k not in unlearn_keys},
+                        },
+                        model_id=mid,
+                    )
+                )
+    return out
+
+
+def _default(cls, name):
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def model_id(method: str, budget: float) -> str:
+    return f"{method}_b{budget:g}"
