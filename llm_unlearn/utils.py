@@ -50,6 +50,20 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
+def finish_stage(output_dir: str | os.PathLike, cfg, records: dict) -> Path:
+    """The end of every stage: its JSON records (file name -> object), its resolved ``config.yaml``, and last the
+    ``.complete`` marker, each written atomically, so a kill at any point leaves a dir that ``run`` redoes."""
+    from .configs import save_config
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, obj in records.items():
+        write_json(out / name, obj)
+    save_config(cfg, out)
+    mark_complete(out)
+    return out
+
+
 def mark_complete(output_dir: str | os.PathLike) -> None:
     """A stage's output dir counts as complete only once this marker exists (written last)."""
     atomic_write_text(Path(output_dir) / COMPLETE_MARKER, "ok\n")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_unlearn.configs import ConfigError, save_config
-from llm_unlearn.utils import is_complete, mark_complete, write_json
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.utils import finish_stage, is_complete
 
 
 @dataclass
@@ -37,8 +37,5 @@ def main(cfg: ImageDiagnoseConfig) -> dict:
         return {n: p.detach() for n, p in load_model(d).named_parameters()}
 
     res = shift_diagnostics(params(cfg.initial_dir), params(cfg.retrain_dir), params(cfg.model_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "diagnostics.json", res)
-    save_config(cfg, out)
-    mark_complete(out)
+    finish_stage(out, cfg, {"diagnostics.json": res})
     return res

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.configs import ConfigError, parse_config, save_config
-from llm_unlearn.utils import is_complete, mark_complete, write_json
+from llm_unlearn.configs import ConfigError, parse_config
+from llm_unlearn.utils import finish_stage, is_complete
 
 GUS_KEYS = ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z")
 
@@ -121,12 +121,7 @@ def main(cfg: ImageEvalConfig) -> Path:
     tensors, manifest = load_dataset_dir(cfg.dataset_dir)
     metrics, per_sample = compute_metrics(cfg, load_model(cfg.model_dir), tensors, manifest)
     metrics["eval_seconds"] = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "per_sample.json", per_sample)
-    write_json(out / "eval_results.json", metrics)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    return finish_stage(out, cfg, {"per_sample.json": per_sample, "eval_results.json": metrics})
 
 
 def make_parser():

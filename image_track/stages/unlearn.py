@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llm_unlearn.configs import ConfigError, parse_config, save_config
-from llm_unlearn.utils import is_complete, mark_complete, write_json
+from llm_unlearn.configs import ConfigError, parse_config
+from llm_unlearn.utils import finish_stage, is_complete
 
 
 @dataclass
@@ -175,10 +175,7 @@ def main(cfg: ImageUnlearnConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if diverged is None:
         save_model(trainer.model.cpu(), out)
-    write_json(out / "unlearn_info.json", info)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    return finish_stage(out, cfg, {"unlearn_info.json": info})
 
 
 def make_parser():

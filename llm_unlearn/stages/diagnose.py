@@ -17,8 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..configs import ConfigError, parse_config, save_config
-from ..utils import is_complete, mark_complete, write_json
+from ..configs import ConfigError, parse_config
+from ..utils import finish_stage, is_complete
 
 
 @dataclass
@@ -165,10 +165,7 @@ def main(cfg: DiagnoseConfig) -> dict:
         return read_json(out / "diagnostics.json")
     res = linear_toy(cfg) if cfg.toy == "linear" else model_diagnostics(cfg)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "diagnostics.json", res)
-        save_config(cfg, out)
-        mark_complete(out)
+        finish_stage(out, cfg, {"diagnostics.json": res})
     return res
 
 

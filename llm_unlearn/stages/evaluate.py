@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..configs import ConfigError, parse_config, save_config
-from ..utils import is_complete, mark_complete, write_json
+from ..configs import ConfigError, parse_config
+from ..utils import finish_stage, is_complete
 
 
 @dataclass
@@ -253,12 +253,7 @@ def main(cfg: EvalConfig) -> Path:
     model, tokenizer = load_eval_model(cfg)
     metrics, per_sample = compute_metrics(cfg, model, tokenizer, dd, manifest, predictions)
     metrics["eval_seconds"] = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "per_sample.json", per_sample)
-    write_json(out / "eval_results.json", metrics)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    return finish_stage(out, cfg, {"per_sample.json": per_sample, "eval_results.json": metrics})
 
 
 def make_parser():

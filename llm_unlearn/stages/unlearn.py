@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..configs import ConfigError, parse_config, save_config
-from ..utils import is_complete, mark_complete, read_json, write_json
+from ..configs import ConfigError, parse_config
+from ..utils import finish_stage, is_complete, read_json
 
 
 @dataclass
@@ -214,9 +214,7 @@ def main(cfg: UnlearnConfig) -> Path:
     if diverged is None:  # every rank: ZeRO-3 gathers the weights here; the main process writes them
         save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
     if trainer.is_world_process_zero():
-        write_json(out / "unlearn_info.json", info)
-        save_config(cfg, out)
-        mark_complete(out)
+        finish_stage(out, cfg, {"unlearn_info.json": info})
     return out
 
 
