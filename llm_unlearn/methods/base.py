@@ -169,6 +169,14 @@ class UnlearnTrainer(Trainer):
         if self.task is None:
             self.task = task_of(self.model)
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Order from (seed, epoch) alone, as in training: a run resumed from a checkpoint then replays the batches an
+        # uninterrupted run would (HF's default sampler draws from the global RNG, restored at the checkpoint's step).
+        from ..utils import epoch_seeded_sampler
+
+        ds = self.train_dataset if train_dataset is None else train_dataset
+        return epoch_seeded_sampler(len(ds), self.args.seed, self.args.train_batch_size)
+
     @contextlib.contextmanager
     def reference(self, model):
         """Yield the frozen initial model for forward passes (no grad): ``model`` with its LoRA adapter disabled, or

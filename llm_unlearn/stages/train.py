@@ -269,7 +269,7 @@ def main(cfg: TrainConfig) -> Path:
 
     trainer_cls = _make_trainer_class()
     sampling = "group_by_length" if cfg.group_by_length else "random"
-    ckpt = dict(save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2) if cfg.save_steps else {}
+    ckpt = checkpoint_arguments(cfg.save_steps)
     trainer = trainer_cls(
         model=model,
         args=training_arguments(
@@ -280,7 +280,7 @@ def main(cfg: TrainConfig) -> Path:
         processing_class=tokenizer,
     )
     trainer.noise_std = noise_std
-    resume = _resume_point(trainer, cfg)
+    resume = resume_point(trainer, cfg)
     start = time.perf_counter()
     diverged = None
     try:
@@ -319,9 +319,14 @@ def main(cfg: TrainConfig) -> Path:
     return out
 
 
-def _resume_point(trainer, cfg: TrainConfig) -> str | None:
-    """With ``save_steps``: the last complete checkpoint to resume from (its compute counter restored), and a callback
-    that records the counter in every new checkpoint."""
+def checkpoint_arguments(save_steps: int) -> dict:
+    """TrainingArguments for periodic checkpoints (none with 0); the last two are kept, and removed at the end."""
+    return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=2) if save_steps else {}
+
+
+def resume_point(trainer, cfg) -> str | None:
+    """With ``cfg.save_steps``: the last complete checkpoint to resume from (the trainer's compute counter restored),
+    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages."""
     from ..utils import checkpoint_state_callback, latest_checkpoint
 
     if not cfg.save_steps:
