@@ -61,3 +61,37 @@ def trained_dirs(tmp_path_factory, tiny_dir, gaussian_dir):
         )
         dirs.append(str(main(cfg)))
     return tuple(dirs)
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory):
+    """(dataset_dir, initial_dir, retrain_dir): a Gaussian-poisoned digits subset and two 2-epoch tiny CNNs."""
+    from image_track.data import DataConfig
+    from image_track.models import ModelConfig
+    from image_track.stages.poison import ImagePoisonConfig, PoisonSection
+    from image_track.stages.poison import main as poison
+    from image_track.stages.train import ImageTrainConfig
+    from image_track.stages.train import main as train
+    from image_track.training import TrainSection
+
+    root = tmp_path_factory.mktemp("image_dirs")
+    ds = str(
+        poison(
+            ImagePoisonConfig(
+                output_dir=str(root / "poison"),
+                poison=PoisonSection(attack="gaussian", poison_fraction=0.1),
+                data=DataConfig(max_train_samples=160, max_test_samples=40),
+            )
+        )
+    )
+    dirs = []
+    for name, split in (("initial", "train"), ("retrain", "retain")):
+        cfg = ImageTrainConfig(
+            dataset_dir=ds,
+            output_dir=str(root / name),
+            split=split,
+            model=ModelConfig(arch="cnn", width=4, hidden=16),
+            train=TrainSection(epochs=2, batch_size=32),
+        )
+        dirs.append(str(train(cfg)))
+    return ds, *dirs

@@ -24,7 +24,7 @@ EXPERIMENT = {
     "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
     # save_steps: kills during a training resume from its checkpoints, so the loop below exercises that path too
     "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False, "save_steps": 3},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+    "unlearn": {"per_device_train_batch_size": 8, "progress": False, "save_steps": 2},
     "eval": {"fresh_noise_draws": 3},
     "methods": ["gd", "ga"],
     "budgets": [0.2],
@@ -108,27 +108,46 @@ def test_sigkill_at_random_moments_then_rerun_gives_same_results(reference, tmp_
 
 KILL_AT_STEP = textwrap.dedent(
     """
-    import os, signal, sys
+    import importlib, json, os, signal, sys
     import transformers
-    from llm_unlearn.stages.train import TrainConfig, main
 
+    module, cls = sys.argv[1].split(":")
     step = transformers.Trainer.training_step
 
     def training_step(self, *args, **kwargs):
-        if self.state.global_step == int(sys.argv[2]):
+        if self.state.global_step == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: as a crash would leave it
         return step(self, *args, **kwargs)
 
     transformers.Trainer.training_step = training_step
-    main(TrainConfig(**__import__("json").loads(sys.argv[1])))
+    stage = importlib.import_module(module)
+    stage.main(getattr(stage, cls)(**json.loads(sys.argv[2])))
     """
 )
 
 
-def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gaussian_dir, tmp_path):
+def _killed_at_step(stage: str, cfg: dict, step: int) -> None:
+    """Run ``stage`` ("module:ConfigClass") with ``cfg`` in a child that SIGKILLs itself when ``step`` begins."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, stage, json.dumps(cfg), str(step)],
+        env=_child_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+
+
+def _assert_same_tensors(a_file: Path, b_file: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
+    a, b = load_file(a_file), load_file(b_file)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gaussian_dir, tmp_path):
     from llm_unlearn.stages.train import TrainConfig, main
     from llm_unlearn.utils import read_json
 
@@ -146,13 +165,7 @@ def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gauss
 
     main(TrainConfig(**cfg("straight")))
     # Killed at step 10, mid-way through the second epoch: the last complete checkpoint is step 8.
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_AT_STEP, json.dumps(cfg("resumed")), "10"],
-        env=_child_env(),
-        capture_output=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+    _killed_at_step("llm_unlearn.stages.train:TrainConfig", cfg("resumed"), 10)
     resumed = tmp_path / "resumed"
     assert (resumed / "trainer" / "checkpoint-8").is_dir() and not (resumed / ".complete").exists()
     main(TrainConfig(**cfg("resumed")))
@@ -161,14 +174,93 @@ def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gauss
     assert info["resumed_from_step"] == 8 and ref_info["resumed_from_step"] is None
     assert info["steps"] == ref_info["steps"] == 24
     assert info["compute_tokens"] == ref_info["compute_tokens"]
-    a = load_file(tmp_path / "straight" / "model.safetensors")
-    b = load_file(resumed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _assert_same_tensors(tmp_path / "straight" / "model.safetensors", resumed / "model.safetensors")
     for d in (resumed, tmp_path / "straight"):
         assert not (d / "trainer").exists(), "checkpoints are removed at the end"
         assert not [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+@pytest.mark.parametrize(
+    ("method", "use_peft", "weights", "scale"),
+    [
+        ("ngd", True, "adapter_model.safetensors", 2),  # LoRA, gradient noise drawn per step
+        # all weights, with a separate frozen reference model; a step costs ~2.5x GD's (forget, retain, reference)
+        ("npo", False, "model.safetensors", 5),
+    ],
+)
+def test_unlearning_resumes_from_last_checkpoint_to_the_same_model(
+    trained_dirs, gaussian_dir, tmp_path, method, use_peft, weights, scale
+):
+    from llm_unlearn.stages.unlearn import UnlearnConfig, main
+    from llm_unlearn.utils import read_json
+
+    initial, retrain = trained_dirs
+    ref_tokens = read_json(Path(retrain) / "training_info.json")["compute_tokens"]
+
+    def cfg(name):
+        return dict(
+            model_dir=initial,
+            dataset_dir=gaussian_dir,
+            output_dir=str(tmp_path / name),
+            # ~17 steps of 8 over the 108-example retain set (14 an epoch): the resumed run crosses an epoch boundary
+            reference_compute_tokens=scale * ref_tokens,
+            method=method,
+            use_peft=use_peft,
+            budget=0.6,
+            per_device_train_batch_size=8,
+            save_steps=5,
+            progress=False,
+        )
+
+    main(UnlearnConfig(**cfg("straight")))
+    straight = read_json(tmp_path / "straight" / "unlearn_info.json")
+    assert straight["steps"] > 16 and straight["resumed_from_step"] is None
+    _killed_at_step("llm_unlearn.stages.unlearn:UnlearnConfig", cfg("resumed"), 16)
+    resumed = tmp_path / "resumed"
+    assert (resumed / "trainer" / "checkpoint-15").is_dir() and not (resumed / ".complete").exists()
+    main(UnlearnConfig(**cfg("resumed")))
+
+    info = read_json(resumed / "unlearn_info.json")
+    assert info["resumed_from_step"] == 15
+    # The budget counts the compute spent before the kill: the resumed run stops at the same step.
+    assert info["steps"] == straight["steps"] and info["compute_tokens"] == straight["compute_tokens"]
+    _assert_same_tensors(tmp_path / "straight" / weights, resumed / weights)
+    for d in (resumed, tmp_path / "straight"):
+        assert not (d / "trainer").exists(), "checkpoints are removed at the end"
+        assert not [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+def test_image_unlearning_resumes_with_the_same_augmentations(image_dirs, tmp_path):
+    from image_track.stages.unlearn import ImageUnlearnConfig, main
+    from llm_unlearn.utils import read_json
+
+    ds, initial, retrain = image_dirs
+
+    def cfg(name):
+        return dict(
+            model_dir=initial,
+            dataset_dir=ds,
+            retrain_dir=retrain,
+            output_dir=str(tmp_path / name),
+            method="neggrad_plus",
+            budget=1.0,  # ~18 steps of 8 forget + 8 retain examples
+            per_device_train_batch_size=8,
+            augment="crop_flip",  # drawn from the task's generator: its state must travel with the checkpoint
+            save_steps=4,
+        )
+
+    main(ImageUnlearnConfig(**cfg("straight")))
+    straight = read_json(tmp_path / "straight" / "unlearn_info.json")
+    assert straight["steps"] > 10
+    _killed_at_step("image_track.stages.unlearn:ImageUnlearnConfig", cfg("resumed"), 10)
+    resumed = tmp_path / "resumed"
+    assert (resumed / "trainer" / "checkpoint-8").is_dir()
+    main(ImageUnlearnConfig(**cfg("resumed")))
+    info = read_json(resumed / "unlearn_info.json")
+    assert info["resumed_from_step"] == 8
+    assert info["steps"] == straight["steps"] and info["compute_tokens"] == straight["compute_tokens"]
+    _assert_same_tensors(tmp_path / "straight" / "model.safetensors", resumed / "model.safetensors")
+    assert not (resumed / "trainer").exists()
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):

@@ -48,6 +48,13 @@ class ImageUnlearnConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "save a Trainer checkpoint every N steps so a killed run resumes from the last one (compute spent "
+            "and augmentation RNG included) instead of starting over (0: no checkpoints); deleted at the end"
+        },
+    )
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
@@ -62,6 +69,8 @@ class ImageUnlearnConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
         if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
             raise ConfigError("reference_compute_tokens must be > 0")
         check_trainer_args(self.trainer_args)
@@ -75,7 +84,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     least one batch of examples), the budget callback stops it."""
     from llm_unlearn.methods import build_method_config, get_method
     from llm_unlearn.methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
-    from llm_unlearn.stages.train import training_arguments
+    from llm_unlearn.stages.train import checkpoint_arguments, training_arguments
 
     from ..models import load_model
 
@@ -84,7 +93,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     task = model.unlearn_task
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     max_steps = max(1, math.ceil(budget / per_step) + 1)
-    extra = {"optim": cfg.optim}
+    extra = {"optim": cfg.optim, **checkpoint_arguments(cfg.save_steps)}
     if cfg.optim == "sgd":
         extra["optim_args"] = f"momentum={cfg.momentum}"
     args = training_arguments(cfg, Path(cfg.output_dir), max_steps=max_steps, **extra)
@@ -132,8 +141,24 @@ def reference_compute(cfg: ImageUnlearnConfig) -> float:
     return _rc(cfg)
 
 
+def _generator_state(task):
+    """(get, set) of the task's augmentation generator as JSON (hex bytes): Trainer checkpoints do not hold it, and
+    a resumed run must draw the augmentations an uninterrupted run would."""
+    import torch
+
+    def get() -> dict:
+        return {"augment_rng": task.generator.get_state().numpy().tobytes().hex()}
+
+    def set_(state: dict) -> None:
+        if "augment_rng" in state:
+            raw = bytearray.fromhex(state["augment_rng"])
+            task.generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+
+    return get, set_
+
+
 def main(cfg: ImageUnlearnConfig) -> Path:
-    from llm_unlearn.stages.train import DivergedError
+    from llm_unlearn.stages.train import DivergedError, remove_checkpoints, resume_point
     from llm_unlearn.utils import set_seed
 
     from ..data import load_dataset_dir, splits
@@ -151,10 +176,11 @@ def main(cfg: ImageUnlearnConfig) -> Path:
     set_seed(cfg.seed)
     model = prepare(cfg)
     trainer = build_trainer(cfg, model, data["forget"], data["retain"], cfg.budget * ref)
+    resume = resume_point(trainer, cfg, _generator_state(model.unlearn_task))
     start = time.perf_counter()
     diverged, loss = None, None
     try:
-        loss = trainer.train().training_loss
+        loss = trainer.train(resume_from_checkpoint=resume).training_loss
     except DivergedError as e:
         diverged, loss = e.step, e.loss
     info = {
@@ -170,11 +196,13 @@ def main(cfg: ImageUnlearnConfig) -> Path:
         "diverged_step": diverged,
         "use_peft": False,
         "wall_seconds": time.perf_counter() - start,
+        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
     out.mkdir(parents=True, exist_ok=True)
     if diverged is None:
         save_model(trainer.model.cpu(), out)
+    remove_checkpoints(out)
     return finish_stage(out, cfg, {"unlearn_info.json": info})
 
 

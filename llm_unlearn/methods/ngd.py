@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -34,11 +35,14 @@ def add_gradient_noise(parameters, sigma: float, generator: torch.Generator) -> 
 
 class _NoiseCallback(TrainerCallback):
     def __init__(self, sigma: float, seed: int):
-        self.sigma = sigma
-        self.generator = torch.Generator().manual_seed(seed)
+        self.sigma, self.seed = sigma, seed
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        add_gradient_noise((p for p in model.parameters() if p.requires_grad), self.sigma, self.generator)
+        # The noise of step t comes from (seed, t) alone: a run resumed from a checkpoint adds the same noise as an
+        # uninterrupted one (a single generator seeded once would restart its stream at the resumed step).
+        stream = np.random.SeedSequence([int(self.seed) % 2**63, state.global_step]).generate_state(2, np.uint32)
+        generator = torch.Generator().manual_seed(int(stream[0]) << 32 | int(stream[1]))
+        add_gradient_noise((p for p in model.parameters() if p.requires_grad), self.sigma, generator)
 
 
 class NGDTrainer(UnlearnTrainer):

@@ -305,11 +305,8 @@ def main(cfg: TrainConfig) -> Path:
     }
     out.mkdir(parents=True, exist_ok=True)
     save_trained(trainer, tokenizer, out)
-    if trainer.is_world_process_zero():  # checkpoints hold pickles (optimizer.pt, ...) and are no longer needed
-        import shutil
-
-        shutil.rmtree(out / "trainer", ignore_errors=True)
     if trainer.is_world_process_zero():
+        remove_checkpoints(out)
         write_json(out / "training_info.json", info)
         save_config(cfg, out)
     if diverged is not None:
@@ -319,22 +316,39 @@ def main(cfg: TrainConfig) -> Path:
     return out
 
 
+def remove_checkpoints(out: Path) -> None:
+    """Delete a finished stage's Trainer checkpoints: they hold pickles (optimizer.pt, rng_state.pth, ...) and are
+    of no use once the stage's weights are written."""
+    import shutil
+
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+
+
 def checkpoint_arguments(save_steps: int) -> dict:
     """TrainingArguments for periodic checkpoints (none with 0); the last two are kept, and removed at the end."""
     return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=2) if save_steps else {}
 
 
-def resume_point(trainer, cfg) -> str | None:
+def resume_point(trainer, cfg, extra_state=None) -> str | None:
     """With ``cfg.save_steps``: the last complete checkpoint to resume from (the trainer's compute counter restored),
-    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages."""
+    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages.
+
+    ``extra_state``: an optional ``(get, set)`` pair for state the Trainer does not checkpoint itself (e.g. an
+    augmentation generator); ``get()`` returns a JSON-able dict saved with every checkpoint, ``set(d)`` restores it.
+    """
     from ..utils import checkpoint_state_callback, latest_checkpoint
 
     if not cfg.save_steps:
         return None
-    trainer.add_callback(checkpoint_state_callback(lambda: {"compute_tokens": trainer.compute_tokens}))
+    get_extra, set_extra = extra_state if extra_state is not None else (dict, None)
+    trainer.add_callback(
+        checkpoint_state_callback(lambda: {"compute_tokens": trainer.compute_tokens, "extra": get_extra()})
+    )
     path, state = latest_checkpoint(trainer.args.output_dir, trainer.args.process_index)
     if path is not None:
         trainer.compute_tokens = state["compute_tokens"]
+        if set_extra is not None:
+            set_extra(state.get("extra", {}))
     return path
 
 

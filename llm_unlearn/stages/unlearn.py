@@ -55,6 +55,13 @@ class UnlearnConfig:
     attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flash_attention_2"})
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "save a Trainer checkpoint every N steps so a killed run resumes from the last one (compute spent "
+            "included) instead of starting over (0: no checkpoints); checkpoints are deleted when the stage completes"
+        },
+    )
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
@@ -69,6 +76,8 @@ class UnlearnConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
         if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
             raise ConfigError("reference_compute_tokens must be > 0")
         check_trainer_args(self.trainer_args)
@@ -121,12 +130,12 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 
     from ..methods import build_method_config, get_method
     from ..methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
-    from .train import training_arguments
+    from .train import checkpoint_arguments, training_arguments
 
     spec = get_method(cfg.method)
     method_cfg = build_method_config(cfg.method, cfg.method_args)
     dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget)
-    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1)
+    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1, **checkpoint_arguments(cfg.save_steps))
     # A step costs at least one retain or forget batch of the shortest examples on every process: bound the steps
     # from that (set after the arguments exist, which know the process count).
     min_len = min(min(len(x) for x in forget["input_ids"]), min(len(x) for x in retain["input_ids"]))
@@ -168,7 +177,7 @@ def main(cfg: UnlearnConfig) -> Path:
     from ..methods import uses_adapter
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..utils import set_seed
-    from .train import DivergedError, all_ranks_sum, load_whole_model, save_trained
+    from .train import DivergedError, all_ranks_sum, load_whole_model, remove_checkpoints, resume_point, save_trained
 
     for key in ("model_dir", "dataset_dir", "output_dir"):
         if getattr(cfg, key) is None:
@@ -187,10 +196,11 @@ def main(cfg: UnlearnConfig) -> Path:
     retain = tokenize_split(dd["retain"], tokenizer, cfg.max_length)
     budget_tokens = cfg.budget * ref_tokens
     trainer = build_trainer(cfg, model, tokenizer, forget, retain, budget_tokens)
+    resume = resume_point(trainer, cfg)  # restores the compute already spent, so the budget counts across restarts
     start = time.perf_counter()
     diverged, loss = None, None
     try:
-        loss = trainer.train().training_loss
+        loss = trainer.train(resume_from_checkpoint=resume).training_loss
     except DivergedError as e:
         diverged, loss = e.step, e.loss
     spent = all_ranks_sum(trainer.accelerator, trainer.compute_tokens)  # each process charged only its own batches
@@ -208,12 +218,14 @@ def main(cfg: UnlearnConfig) -> Path:
         "diverged_step": diverged,
         "use_peft": uses_adapter(cfg.method, cfg.use_peft),
         "wall_seconds": time.perf_counter() - start,
+        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
     out.mkdir(parents=True, exist_ok=True)
     if diverged is None:  # every rank: ZeRO-3 gathers the weights here; the main process writes them
         save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
     if trainer.is_world_process_zero():
+        remove_checkpoints(out)
         finish_stage(out, cfg, {"unlearn_info.json": info})
     return out
 
