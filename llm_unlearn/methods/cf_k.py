@@ -86,11 +86,45 @@ def top_modules(model, layer_ids: list[int]) -> list[torch.nn.Module]:
     return modules
 
 
+def _stay_in_eval(module, args) -> None:
+    """Forward pre-hook of a frozen module: back to eval mode before every call."""
+    module.eval()
+
+
+def frozen_subtrees(model, modules: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """The largest submodules of ``model`` that neither are nor contain one of ``modules``. A container
+    (``ModuleList``/``ModuleDict``) is never called itself, so its children are returned instead."""
+    trainable = {id(m) for m in modules}
+    out = []
+
+    def visit(m: torch.nn.Module) -> None:
+        if id(m) in trainable:
+            return
+        if not isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)) and not any(
+            id(x) in trainable for x in m.modules()
+        ):
+            out.append(m)
+            return
+        for child in m.children():
+            visit(child)
+
+    visit(model)
+    return out
+
+
 def train_only(model, modules: list[torch.nn.Module]):
-    """Full-parameter: freeze every parameter, then unfreeze those of ``modules``."""
+    """Full-parameter: freeze every parameter, then unfreeze those of ``modules``.
+
+    What is frozen also stays in eval mode: requires_grad=False stops the gradient, not the running statistics of a
+    BatchNorm in train mode (nor dropout), so a frozen block of a classifier would keep changing. The Trainer calls
+    ``model.train()`` at every step, so eval mode is restored by a forward pre-hook on each frozen subtree, right
+    before it runs, rather than set once."""
     model.requires_grad_(False)
     for m in modules:
         m.requires_grad_(True)
+    for m in frozen_subtrees(model, modules):
+        m.eval()
+        m.register_forward_pre_hook(_stay_in_eval)
     return model
 
 

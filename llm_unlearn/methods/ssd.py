@@ -17,7 +17,7 @@ import torch
 from transformers.trainer_utils import TrainOutput
 
 from ..configs import ConfigError
-from ..stages.train import DivergedError
+from ..stages.train import DivergedError, all_ranks_finite, all_ranks_sum
 from .base import UnlearnTrainer
 
 
@@ -62,7 +62,9 @@ class SSDTrainer(UnlearnTrainer):
         batches, loss_sum = 0, 0.0
         epochs = itertools.chain.from_iterable(self.get_train_dataloader() for _ in itertools.count())
         for inputs in epochs:
-            if batches >= limit or self.compute_tokens >= self.budget_tokens:
+            # Each process charges only its own batches: the budget is checked on the sum over processes (collective,
+            # so every rank stops at the same batch), as BudgetCallback does for the trained methods.
+            if batches >= limit or all_ranks_sum(self.accelerator, self.compute_tokens) >= self.budget_tokens:
                 break
             inputs = self._prepare_inputs(inputs)
             model.zero_grad(set_to_none=True)
@@ -76,10 +78,10 @@ class SSDTrainer(UnlearnTrainer):
             for acc, p in zip(imp_d, params):
                 if p.grad is not None:
                     acc.add_(p.grad.float().square())
-            loss = float(p_f * f_nll.detach() + (1.0 - p_f) * r_nll.detach())
-            if not torch.isfinite(torch.tensor(loss)):
-                raise DivergedError(batches, loss)
-            loss_sum += loss
+            loss = p_f * f_nll.detach() + (1.0 - p_f) * r_nll.detach()
+            if not all_ranks_finite(self.accelerator, loss):  # collective: a rank stopping alone would hang the rest
+                raise DivergedError(batches, float(loss))
+            loss_sum += float(loss)
             batches += 1
         model.zero_grad(set_to_none=True)
         if self.accelerator.num_processes > 1:  # every rank must dampen the same entries
