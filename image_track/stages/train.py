@@ -1,6 +1,10 @@
 """Image stage 2: train the initial model (split ``train``, poisons included) or the gold model (split ``retain``)
 from the same seeded initialisation. Writes ``model.safetensors`` + ``model_config.json``, ``training_info.json``
-(``compute_tokens`` = examples through forward+backward: the 100 % of unlearning budgets) and ``config.yaml``."""
+(``compute_tokens`` = examples through forward+backward: the 100 % of unlearning budgets) and ``config.yaml``.
+
+With ``train.save_epochs`` it checkpoints into ``<output_dir>/checkpoints`` and a rerun after a kill resumes from the
+last checkpoint (``resumed_from_epoch`` in ``training_info.json``); the checkpoints are deleted once the model is
+written."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from llm_unlearn.utils import is_complete, mark_complete, write_json
 
 from ..models import ModelConfig
 from ..training import TrainSection
+
+CHECKPOINTS = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<epoch>, while the stage runs
 
 
 @dataclass
@@ -33,7 +39,7 @@ class ImageTrainConfig:
 def main(cfg: ImageTrainConfig) -> Path:
     from ..data import load_dataset_dir, splits
     from ..models import build_model, save_model
-    from ..training import fit
+    from ..training import fit, remove_checkpoints
 
     for key in ("dataset_dir", "output_dir"):
         if getattr(cfg, key) is None:
@@ -47,8 +53,9 @@ def main(cfg: ImageTrainConfig) -> Path:
         cfg.model, manifest["image_shape"], manifest["num_classes"], manifest["mean"], manifest["std"], seed=cfg.seed
     )
     diverged, info = None, {}
+    checkpoints = out / CHECKPOINTS
     try:
-        info = fit(model, data.images, data.labels, cfg.train, seed=cfg.seed)
+        info = fit(model, data.images, data.labels, cfg.train, seed=cfg.seed, checkpoint_dir=checkpoints)
     except DivergedError as e:
         diverged = e
     info = {
@@ -60,12 +67,14 @@ def main(cfg: ImageTrainConfig) -> Path:
         "train_loss": info.get("train_loss", diverged.loss if diverged else None),
         "diverged": diverged is not None,
         "diverged_step": diverged.step if diverged else None,
-        "wall_seconds": info.get("wall_seconds", 0.0),
+        "wall_seconds": info.get("wall_seconds", 0.0),  # resumed: summed over runs, less the work a kill lost
+        "resumed_from_epoch": info.get("resumed_from_epoch"),  # the checkpoint this run started from (None: scratch)
     }
     out.mkdir(parents=True, exist_ok=True)
     save_model(model.cpu(), out)
     write_json(out / "training_info.json", info)
     save_config(cfg, out)
+    remove_checkpoints(checkpoints)  # also after a divergence: the rerun trains from scratch, as without them
     if diverged is not None:
         raise diverged
     mark_complete(out)
