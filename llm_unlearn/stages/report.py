@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import ConfigError, parse_config
-from ..utils import atomic_write_text, environment_info, read_json, write_json
+from ..utils import atomic_savefig, atomic_write_text, environment_info, read_json, write_json
 
 
 @dataclass
@@ -323,7 +323,7 @@ def plot_gap_closed(rows, out: Path) -> Path:
     )
     fig.tight_layout()
     path = out / "gap_closed.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -357,7 +357,7 @@ def plot_gus_hist(run_dir: Path, exp, rows, out: Path) -> Path:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "gus_hist.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

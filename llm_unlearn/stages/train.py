@@ -234,14 +234,24 @@ def _make_trainer_class():
 def save_trained(trainer, tokenizer, out: Path) -> None:
     """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
 
-    Every rank must call it (the ZeRO-3 gather is a collective); only the main process writes. ``Trainer.save_model``
-    also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those settings, so the pickle is
-    removed: no pickle ever sits next to the weights.
+    Every rank must call it (the ZeRO-3 gather is a collective); only the main process writes. The files are written
+    into a staging dir and then renamed into ``out`` one by one, so a kill never leaves a half-written weight file.
+    ``Trainer.save_model`` also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those
+    settings, so the pickle is removed: no pickle ever sits next to the weights.
     """
-    trainer.save_model(str(out))
+    import os
+    import shutil
+
+    staging = out / ".weights.tmp"  # a name utils.is_atomic_tmp recognises as a leftover of a killed write
     if trainer.is_world_process_zero():
-        (out / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(str(out))
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(staging))
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+        staging.rmdir()
 
 
 def main(cfg: TrainConfig) -> Path:
