@@ -198,7 +198,9 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     if flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x
+    # The crop's gather leaves the batch channels-last in memory; this torch CPU build's conv backward has been seen
+    # to corrupt memory on such input for narrow ResNets (width 2-4), so hand the model a contiguous batch.
+    return x.contiguous()
 
 
 Augment = Literal["none", "crop_flip"]

@@ -87,15 +87,21 @@ def _same(old: Any, new: Any) -> bool:
     return old == new
 
 
+# Keys that change how a stage runs, never what it computes: checkpoint frequency (a resumed run is bit-identical to
+# an uninterrupted one) and the progress bar. Turning checkpoints on for a long run must not redo its finished stages.
+HOW_NOT_WHAT = frozenset({"save_steps", "save_epochs", "progress"})
+
+
 def _content(cfg: Any) -> Any:
     """What a stage config says apart from where it reads and writes: ``*_dir`` keys are the run's layout (a run
     dir reached through another path, or moved, is the same run); a change of its inputs' content is caught through
-    the dependencies instead. A user's local ``model_name_or_path`` is compared resolved."""
+    the dependencies instead; :data:`HOW_NOT_WHAT` keys are ignored. A local ``model_name_or_path`` is compared
+    resolved."""
     if not isinstance(cfg, dict):
         return cfg
     out = {}
     for k, v in cfg.items():
-        if k.endswith("_dir"):
+        if k.endswith("_dir") or k in HOW_NOT_WHAT:
             continue
         if k == "model_name_or_path" and isinstance(v, str) and os.path.isdir(v):
             p = Path(v).resolve()

@@ -41,3 +41,31 @@ def test_changed_config_redoes_the_job_and_its_dependents(tmp_path):
     assert _ran(tmp_path) == ["a", "b"]
     execute(_jobs(tmp_path, 2, 5), workers=1)
     assert _ran(tmp_path) == ["c"]
+
+
+def test_checkpoint_frequency_is_not_a_config_change(tmp_path):
+    import yaml
+
+    from llm_unlearn.scheduler import _config_changed
+
+    out = tmp_path / "stage"
+    out.mkdir()
+    saved = {
+        "output_dir": str(out),
+        "lr": 0.1,
+        "save_steps": 0,
+        "progress": True,
+        "train": {"save_epochs": 0, "epochs": 2},
+    }
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+
+    def job(**changes):
+        cfg = {**saved, **changes}
+        return Job("s", "helpers", cfg, [])
+
+    # Turning checkpoints on for a long run (or the progress bar off) keeps its finished stages ...
+    assert not _config_changed(job(save_steps=500, progress=False, train={"save_epochs": 5, "epochs": 2}))
+    # ... while anything that changes what is computed redoes them.
+    assert _config_changed(job(lr=0.2))
+    assert _config_changed(job(train={"save_epochs": 5, "epochs": 3}))
+    assert not _config_changed(job())
