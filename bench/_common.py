@@ -31,7 +31,16 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), {gpu}"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), {gpu}, {load()}"
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages: on a shared machine, how many other jobs competed for the cores."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load {one:.1f}/{five:.1f}/{fifteen:.1f}"
 
 
 def tiny_llm(seed: int = 0, **shape):

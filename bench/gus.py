@@ -4,10 +4,11 @@ Each sample's loss depends only on its own input, so one backward pass of the su
 per-sample input gradient; the loop pays one forward+backward per poison instead. Both sides score the same poisons
 with the same noises on the same model, and the script checks that they agree before it prints the ratio.
 
-    python bench/gus.py [--n 1024] [--batch 128] [--repeats 3]
+    python bench/gus.py [--n 1024] [--batch 128] [--repeats 3] [--full_logits] [--skip_cnn]
 
 Cases: the tiny LLM (the embedded default's shape: hidden 128, 2 layers) on embedded-review prompts, and, when the
-``image_track`` package is importable, its tiny CNN on 3x32x32 images. Target: >= 20x.
+``image_track`` package is importable, its tiny CNN on 3x32x32 images. Both sides run the evaluate stages' audit
+losses (``gus_loss_fn``). Target: >= 20x.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import machine, print_table, review_rows, timeit, tiny_llm
+from _common import load, machine, print_table, review_rows, timeit, tiny_llm
 
 from llm_unlearn.metrics import gaussian_scores
 
 
-def llm_case(n: int, batch: int):
-    """(batched_fn, loop_fn) over ``n`` poisons of the tiny LLM; both return the scores in poison order."""
+def llm_case(n: int, batch: int, full_logits: bool = False):
+    """(batched_fn, loop_fn) over ``n`` poisons of the tiny LLM; both return the scores in poison order.
+
+    Both sides run the evaluate stage's audit loss (``gus_loss_fn``: the completion NLL with the LM head applied only
+    at the positions that predict completion tokens) and its length-sorted batching; ``full_logits`` swaps in the
+    previous loss (``sequence_nll``: the head at every position) to measure what the restriction saves.
+    """
     from llm_unlearn.attacks.gaussian import batch_prompt_noise
-    from llm_unlearn.tasks.causal_lm import CompletionCollator, embed, sequence_nll, tokenize_example
+    from llm_unlearn.stages.evaluate import clean_embeddings, gus_loss_fn, length_sorted_batches
+    from llm_unlearn.tasks.causal_lm import CompletionCollator, sequence_nll, tokenize_example
 
     tok, model = tiny_llm()
     model.set_attn_implementation("eager")  # what the tiny recipes use: the fastest on CPU at this size
@@ -31,41 +38,41 @@ def llm_case(n: int, batch: int):
     feats = [tokenize_example(tok, r["prompt"], r["completion"], 256) for r in rows]
     for i, f in enumerate(feats):
         f["noise_seed"] = 1000 + i
-    # Batches of similar lengths waste little compute on padding (scores are per poison: the order is irrelevant).
-    feats.sort(key=lambda f: len(f["input_ids"]))
     collate = CompletionCollator(tok.pad_token_id)
     hidden = model.config.hidden_size
+    loss = (lambda b: lambda e: sequence_nll(model, b, e)) if full_logits else (lambda b: gus_loss_fn(model, b))
 
-    def prepare(chunk):
-        b = collate(chunk)
-        with torch.no_grad():
-            clean = embed(model, b["input_ids"]).float()
+    def prepare(idx):
+        b = collate([feats[i] for i in idx])
+        clean = clean_embeddings(model, b)
         width = clean.shape[1]
         noise = batch_prompt_noise(b["noise_seed"].tolist(), b["prompt_len"].tolist(), width, hidden, 1.0)
         mask = (torch.arange(width)[None, :] < b["prompt_len"][:, None])[..., None].float()
-        return b, clean, noise, mask
+        return idx, b, clean, noise, mask
 
-    # Inputs are built once, outside the timed region: both sides then time the audit only.
-    batched_inputs = [prepare(feats[i : i + batch]) for i in range(0, n, batch)]
-    single_inputs = [prepare([f]) for f in feats]
+    # Inputs are built once, outside the timed region: both sides then time the audit only. The batched side groups
+    # poisons of similar lengths (as evaluate's gus_scores does), so little compute goes to padding.
+    batched_inputs = [prepare(idx) for idx in length_sorted_batches([len(f["input_ids"]) for f in feats], batch)]
+    single_inputs = [prepare([i]) for i in range(n)]
 
     def score(inputs):
-        out = []
-        for b, clean, noise, mask in inputs:
-            out.append(gaussian_scores(lambda e, b=b: sequence_nll(model, b, e), clean, noise, 1.0, mask))
-        return torch.cat(out)
+        out = torch.zeros(n, dtype=torch.float64)
+        for idx, b, clean, noise, mask in inputs:
+            out[idx] = gaussian_scores(loss(b), clean, noise, 1.0, mask)
+        return out
 
     return (lambda: score(batched_inputs)), (lambda: score(single_inputs))
 
 
 def cnn_case(n: int, batch: int):
-    """The same comparison on the image track's tiny CNN, if that package is installed; None otherwise."""
+    """The same comparison on the image track's tiny CNN (its evaluate stage's audit loss), if that package is
+    installed; None otherwise."""
     try:
         from image_track.attacks import batch_pixel_noise
         from image_track.models import ModelConfig, build_model
+        from image_track.stages.evaluate import gus_loss_fn
     except ImportError:
         return None
-    import torch.nn.functional as F
 
     shape = (3, 32, 32)
     model = build_model(ModelConfig(arch="cnn"), shape, 10, [0.5] * 3, [0.25] * 3, seed=0).eval()
@@ -74,17 +81,29 @@ def cnn_case(n: int, batch: int):
     y = torch.randint(0, 10, (n,), generator=g)
     noise = batch_pixel_noise(list(range(n)), shape, 0)
 
-    def loss_fn(z, yy):
-        return F.cross_entropy(model(pixel_values=z).logits.float(), yy, reduction="none")
-
     def score(step):
         out = []
         for i in range(0, n, step):
             sl = slice(i, i + step)
-            out.append(gaussian_scores(lambda z, yy=y[sl]: loss_fn(z, yy), x[sl], noise[sl], 1.0))
+            out.append(gaussian_scores(gus_loss_fn(model, y[sl]), x[sl], noise[sl], 1.0))
         return torch.cat(out)
 
     return (lambda: score(batch)), (lambda: score(1))
+
+
+def agreement(name: str, a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+    """Max |diff| of the two sides' scores and how many differ by more than 1e-4; exits when they disagree.
+
+    Same poisons, same noises: the scores agree up to float32 summation order (batch size and padding change the
+    kernels' blocking). A ReLU/max-pool network has kinks, though: a pre-activation or a pooling tie within
+    round-off of its switch point moves one score by ~1e-2 (seen on the CNN: 1 poison in 1,024, and a float64
+    reference sides with one of the two), so a few such outliers are tolerated, a systematic difference is not.
+    """
+    diff = (a - b).abs()
+    err, outliers = float(diff.max()), int((diff > 1e-4).sum())
+    if float(diff.median()) > 1e-5 or int((diff > 1e-3).sum()) > max(1, a.numel() // 100):
+        raise SystemExit(f"{name}: batched and per-sample scores differ (max {err:.2e}, {outliers} over 1e-4)")
+    return err, outliers
 
 
 def main() -> None:
@@ -92,29 +111,38 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024, help="poisons scored (>= 1000 for the issue's target)")
     parser.add_argument("--batch", type=int, default=128, help="poisons per backward pass on the batched side")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (the median is reported)")
+    parser.add_argument(
+        "--full_logits",
+        action="store_true",
+        help="LLM: the previous audit loss (LM head at every position), to measure what the restriction saves",
+    )
+    parser.add_argument("--skip_cnn", action="store_true", help="the LLM case only")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     results = []
-    for name, make in (("tiny LLM (Llama 128x2)", llm_case), ("tiny CNN (image_track, 3x32x32)", cnn_case)):
+    llm_name = "tiny LLM (Llama 128x2" + (", full logits)" if args.full_logits else ")")
+    cases = [(llm_name, lambda n, b: llm_case(n, b, args.full_logits))]
+    if not args.skip_cnn:
+        cases.append(("tiny CNN (image_track, 3x32x32)", cnn_case))
+    for name, make in cases:
         case = make(args.n, args.batch)
         if case is None:
             print(f"{name}: skipped (image_track is not importable)")
             continue
         batched, loop = case
-        a, b = batched(), loop()
-        # Same poisons, same noises: the scores agree up to float32 summation order (padding changes the kernels).
-        err = float((a - b).abs().max())
-        if err > 1e-3:
-            raise SystemExit(f"{name}: batched and per-sample scores differ by {err:.2e}")
-        t_batched, _ = timeit(batched, args.repeats)
-        t_loop, _ = timeit(loop, args.repeats, warmup=0)
-        results.append((name, args.n, f"{t_batched:.3f}", f"{t_loop:.3f}", f"{t_loop / t_batched:.1f}x", f"{err:.1e}"))
+        err, outliers = agreement(name, batched(), loop())
+        t_batched, times_b = timeit(batched, args.repeats)
+        t_loop, times_l = timeit(loop, args.repeats, warmup=0)
+        print(f"{name}: batched {[round(t, 3) for t in times_b]} s, per-sample {[round(t, 3) for t in times_l]} s")
+        row = (name, args.n, f"{t_batched:.3f}", f"{t_loop:.3f}", f"{t_loop / t_batched:.1f}x", f"{err:.1e}", outliers)
+        results.append(row)
     print_table(
         f"GUS scores of {args.n} poisons: batched (one backward per {args.batch}) vs one backward per poison "
         f"(medians of {args.repeats})",
         results,
-        ("model", "poisons", "batched s", "per-sample s", "speed-up", "max |diff|"),
+        ("model", "poisons", "batched s", "per-sample s", "speed-up", "max abs diff", "diffs > 1e-4"),
     )
+    print(f"{load()} at the end")
 
 
 if __name__ == "__main__":

@@ -88,25 +88,45 @@ def load_eval_model(cfg: EvalConfig):
     return model.eval(), tokenizer
 
 
-def _batches(rows, size):
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]
+def length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices ``0..n-1`` grouped into batches of ``size`` by increasing length (stable), so a right-padded batch
+    wastes little compute on padding. Callers put per-example results back with the indices."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) -> list[float]:
-    """Mean completion-token NLL of each example (clean inputs)."""
+    """Mean completion-token NLL of each example (clean inputs), in the order of ``ds``."""
     from ..modeling import tokenize_split
-    from ..tasks.causal_lm import CompletionCollator, token_logps
+    from ..tasks.causal_lm import CompletionCollator, completion_token_logps
 
-    toks = tokenize_split(ds, tokenizer, max_length)
+    toks = list(tokenize_split(ds, tokenizer, max_length))
     collate = CompletionCollator(tokenizer.pad_token_id)
-    out = []
+    out = [0.0] * len(toks)
     with torch.no_grad():
-        for chunk in _batches(list(toks), batch_size):
-            batch = collate(chunk)
-            logps, mask = token_logps(model, batch)
-            out += (-logps.sum(-1) / mask.sum(-1).clamp_min(1)).tolist()
+        for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
+            logps, mask = completion_token_logps(model, collate([toks[i] for i in idx]))
+            for i, v in zip(idx, (-logps.sum(-1) / mask.sum(-1).clamp_min(1)).tolist()):
+                out[i] = v
     return out
+
+
+def gus_loss_fn(model, batch: dict):
+    """The audit's per-poison loss of a collated (right-padded) batch, as a function of its input embeddings
+    ``(n, L, hidden) -> (n,)``: the completion NLL, with the LM head applied only at the positions that predict a
+    completion token (:func:`~llm_unlearn.tasks.causal_lm.completion_nll`; equal to ``sequence_nll`` up to float
+    round-off, without the vocab-sized logits of every prompt position)."""
+    from ..tasks.causal_lm import completion_nll
+
+    return lambda e: completion_nll(model, batch, e)
+
+
+def clean_embeddings(model, batch: dict) -> torch.Tensor:
+    """The batch's clean input embeddings (float32, no graph): the point where the audit takes its gradient."""
+    from ..tasks.causal_lm import embed
+
+    with torch.no_grad():
+        return embed(model, batch["input_ids"]).float()
 
 
 def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, draws: int):
@@ -114,32 +134,37 @@ def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, dr
 
     The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
     only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
+    Poisons are batched by length (less padding) and the scores returned in the order of ``forget_ds``: a list of
+    ``n`` floats and a ``draws`` x ``n`` nested list.
+
+    Autograd is asked for the input gradient only, so no weight gradient is computed (checked by profiling: the
+    backward runs one matmul per forward matmul, the same count as with the parameters frozen).
     """
     from ..attacks.gaussian import batch_prompt_noise
     from ..metrics import input_gradients, scores_from_gradients
     from ..modeling import tokenize_split
-    from ..tasks.causal_lm import CompletionCollator, embed, sequence_nll
+    from ..tasks.causal_lm import CompletionCollator
 
-    toks = tokenize_split(forget_ds, tokenizer, max_length)
+    toks = list(tokenize_split(forget_ds, tokenizer, max_length))
     collate = CompletionCollator(tokenizer.pad_token_id)
-    poison, fresh = [], []
-    for chunk in _batches(list(toks), batch_size):
-        batch = collate(chunk)
-        with torch.no_grad():
-            clean = embed(model, batch["input_ids"]).float()
-        n, width, hidden = clean.shape
-        grads = input_gradients(lambda e, b=batch: sequence_nll(model, b, e), clean)
+    n = len(toks)
+    poison = torch.zeros(n, dtype=torch.float64)
+    fresh = torch.zeros(draws, n, dtype=torch.float64)
+    for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
+        batch = collate([toks[i] for i in idx])
+        clean = clean_embeddings(model, batch)
+        _, width, hidden = clean.shape
+        grads = input_gradients(gus_loss_fn(model, batch), clean)
         pos = torch.arange(width)[None, :] < batch["prompt_len"][:, None]
         mask = pos[..., None].to(grads.dtype)
         seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
         noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
-        poison += scores_from_gradients(grads, noise0, 1.0, mask).tolist()
+        poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()
         fresh_noise = torch.stack(
             [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
         )
-        fresh.append(scores_from_gradients(grads, fresh_noise, 1.0, mask))
-    fresh_all = torch.cat(fresh, dim=1) if fresh else torch.zeros(draws, 0)
-    return poison, fresh_all.tolist()
+        fresh[:, idx] = scores_from_gradients(grads, fresh_noise, 1.0, mask).cpu()
+    return poison.tolist(), fresh.tolist()
 
 
 def prompts_for(tokenizer, ds, max_length: int, label_names: list[str]) -> list[list[int]]:

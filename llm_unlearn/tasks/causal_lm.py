@@ -108,3 +108,70 @@ def batch_tokens(batch: dict) -> int:
 
 def embed(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.get_input_embeddings()(input_ids)
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (transformers' CausalLM heads: an int or a 1-D index tensor).
+
+    Cached per model class when ``forward`` is the class's own (``inspect.signature`` costs ~0.15 ms a call, which a
+    per-poison loop would pay a thousand times)."""
+    import inspect
+
+    cls, forward = type(model), model.forward
+    cacheable = getattr(forward, "__func__", None) is getattr(cls, "forward", None)
+    if cacheable and cls in _LOGITS_TO_KEEP:
+        return _LOGITS_TO_KEEP[cls]
+    try:
+        accepts = "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if cacheable:
+        _LOGITS_TO_KEEP[cls] = accepts
+    return accepts
+
+
+def completion_token_logps(
+    model, batch: dict, inputs_embeds: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logps` restricted to the positions that predict a completion token in some row of the batch.
+
+    Returns the log-probabilities (n, k) and their mask (n, k), k being the number of positions t for which some
+    row's label at t + 1 is a completion token. The LM head (hidden x vocab) and the log-softmax then run at those k
+    positions only instead of all L - 1 (with prompts of ~30 tokens and completions of 2-3, most of the head's
+    arithmetic and all of its vocab-sized buffers). The selection goes through the model's own ``logits_to_keep``
+    (a 1-D tensor of positions, which transformers' CausalLM heads apply as ``hidden_states[:, positions]``), so
+    whatever the head does after the projection (soft-capping, scaling) is kept; from a model without that argument,
+    or one that ignores it, the full logits are cut to the same positions (same values, no saving).
+    """
+    labels = batch["labels"][:, 1:]
+    positions = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+    labels = labels[:, positions]
+    mask = labels != IGNORE_INDEX
+    kwargs = {"attention_mask": batch["attention_mask"]}
+    if inputs_embeds is None:
+        kwargs["input_ids"] = batch["input_ids"]
+    else:
+        kwargs["inputs_embeds"] = inputs_embeds
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = positions
+    logits = model(**kwargs).logits
+    if logits.shape[1] != positions.numel():  # full logits: no logits_to_keep, or a head that ignored it
+        if logits.shape[1] != batch["labels"].shape[1]:
+            raise ValueError(
+                f"{type(model).__name__} returned logits for {logits.shape[1]} positions; expected all "
+                f"{batch['labels'].shape[1]} or the {positions.numel()} asked for with logits_to_keep"
+            )
+        logits = logits[:, positions]
+    safe = labels.masked_fill(~mask, 0)
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logps * mask, mask
+
+
+def completion_nll(model, batch: dict, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sequence_nll` (per-sequence completion NLL, shape (n,)) with the LM head applied only where it is read
+    (see :func:`completion_token_logps`); equal to it up to float round-off."""
+    logps, _ = completion_token_logps(model, batch, inputs_embeds)
+    return -logps.sum(-1)
