@@ -2,8 +2,10 @@
 with a LoRA adapter) vs a bare PyTorch loop doing the same LoRA update on the same model and the same batches.
 
 The bare loop replays the exact example order the Trainer drew, uses the same optimizer (AdamW, same lr, betas, eps,
-no weight decay), the same gradient clipping and the same loss, so after the same number of steps both adapters must
-be (nearly) identical: the script checks that before printing the ratio. Target: overhead <= 1.10x.
+no weight decay, the same fused kernel), the same gradient clipping and the same loss, so after the same number of
+steps both adapters must be (nearly) identical: the script checks that before printing the ratio. The sides are timed
+in turns (trainer, bare, trainer, ...) so that load from other jobs on a shared machine hits both alike.
+Target: overhead <= 1.10x.
 
     python bench/unlearn_step.py [--steps 60] [--repeats 3] [--batch 32] [--threads N]
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
-from _common import machine, print_table, timeit
+from _common import load, machine, print_table
 
 
 def setup(tmp: Path, batch: int):
@@ -76,7 +80,7 @@ def trainer_run(cfg, tok, base, forget, retain, steps: int):
     return trainer.train, trainer, rec
 
 
-def bare_run(cfg, tok, base, dataset, order: list[int], steps: int):
+def bare_run(cfg, tok, base, dataset, order: list[int], steps: int, fused: bool):
     """The same update in plain PyTorch: LoRA via peft, AdamW, clip, GD loss on the retain half of each batch."""
     from peft import get_peft_model
 
@@ -87,8 +91,9 @@ def bare_run(cfg, tok, base, dataset, order: list[int], steps: int):
     model = get_peft_model(copy.deepcopy(base), peft_config(cfg))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    # HF's defaults for the Trainer side: AdamW (torch), betas (0.9, 0.999), eps 1e-8, constant lr, no weight decay.
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    # HF's defaults for the Trainer side: AdamW (``adamw_torch_fused`` with torch >= 2.8: ``fused``, also on CPU; the
+    # unfused one is ~1.4 ms a step slower at batch 8), betas (0.9, 0.999), eps 1e-8, constant lr, no weight decay.
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=fused)
     collate = CompletionCollator(tok.pad_token_id)
     b, n = cfg.per_device_train_batch_size, len(dataset)
     # The Trainer's batches: consecutive slices of each epoch's order, the last one of an epoch shorter.
@@ -108,6 +113,19 @@ def bare_run(cfg, tok, base, dataset, order: list[int], steps: int):
         return model
 
     return run, model
+
+
+def timed_in_turns(sides: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each side's function, run in turns (one untimed warm-up round first)."""
+    for fn in sides.values():
+        fn()
+    times = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def lora_state(model) -> dict:
@@ -130,7 +148,8 @@ def main() -> None:
         train, trainer, rec = trainer_run(cfg, tok, base, forget, retain, args.steps)
         train()
         order = list(rec.seen)
-        run, bare_model = bare_run(cfg, tok, base, rec.inner, order, args.steps)
+        fused = trainer.args.optim == "adamw_torch_fused"  # the same AdamW kernel as the Trainer's
+        run, bare_model = bare_run(cfg, tok, base, rec.inner, order, args.steps, fused)
         run()
         a, b = lora_state(trainer.model), lora_state(bare_model)
         diff = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -146,12 +165,11 @@ def main() -> None:
             trainer_run(cfg, tok, base, forget, retain, args.steps)
 
         def bare_side():
-            fn, _ = bare_run(cfg, tok, base, rec.inner, order, args.steps)
+            fn, _ = bare_run(cfg, tok, base, rec.inner, order, args.steps, fused)
             fn()
 
-        t_build, _ = timeit(trainer_build, args.repeats)
-        t_trainer, _ = timeit(trainer_side, args.repeats)
-        t_bare, _ = timeit(bare_side, args.repeats)
+        t = timed_in_turns({"trainer": trainer_side, "bare": bare_side, "build": trainer_build}, args.repeats)
+        t_build, t_trainer, t_bare = t["build"], t["trainer"], t["bare"]
     per = lambda t: f"{1000 * t / args.steps:.1f}"  # noqa: E731
     print_table(
         f"{args.steps} LoRA GD steps, batch {args.batch} (medians of {args.repeats}; build: the trainer set-up)",
@@ -164,7 +182,7 @@ def main() -> None:
     )
     print(
         f"\noverhead: {t_trainer / t_bare:.2f}x (train only: {(t_trainer - t_build) / t_bare:.2f}x); "
-        f"adapters agree to {diff:.1e} (max |w| {scale:.2f})"
+        f"adapters agree to {diff:.1e} (max |w| {scale:.2f}); {load()} at the end"
     )
 
 

@@ -13,6 +13,8 @@ per-example log-probability, the logits that KL terms compare, the cost of a bat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,17 +122,39 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
 
 @dataclass
 class ForgetRetainCollator:
-    """Collates paired items with ``collate`` (default: the causal-LM collator with ``pad_token_id``)."""
+    """Collates paired items with ``collate`` (default: the causal-LM collator with ``pad_token_id``).
+
+    With ``cost`` (the task's, set by :class:`UnlearnTrainer`), each half's compute cost is also counted here, on the
+    CPU, under ``"costs"``: on an accelerator, counting the tokens of the batch the model received would wait for the
+    device at every step (``int(mask.sum())`` is a sync)."""
 
     pad_token_id: int | None = None
     collate: Callable | None = None
+    cost: Callable | None = None
 
     def __call__(self, items: list[dict]) -> dict:
         collate = self.collate or causal_lm.CompletionCollator(self.pad_token_id)
         out = {"retain": collate([x["retain"] for x in items])}
         if "forget" in items[0]:
             out["forget"] = collate([x["forget"] for x in items])
+        if self.cost is not None:
+            out["costs"] = {half: float(self.cost(batch)) for half, batch in out.items()}
         return out
+
+
+class CostedBatch(dict):
+    """The model inputs of one half of a paired batch, carrying its ``cost`` as counted by the collator (or None).
+
+    A plain ``dict`` to everything that reads it; :meth:`UnlearnTrainer.charge` uses the cost instead of recounting.
+    A batch a method derives from it (a copy, a slice) is a plain dict again, and is counted by the task."""
+
+    cost: float | None = None
+
+
+def costed(batch: dict, cost: float | None) -> CostedBatch:
+    out = CostedBatch(batch)
+    out.cost = cost
+    return out
 
 
 class BudgetCallback(TrainerCallback):
@@ -168,6 +192,39 @@ class UnlearnTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.task is None:
             self.task = task_of(self.model)
+        if isinstance(self.data_collator, ForgetRetainCollator) and self.data_collator.cost is None:
+            self.data_collator = dataclasses.replace(self.data_collator, cost=self.task.cost)
+        self._clip_params = None
+
+    def train(self, *args, **kwargs):
+        # HF's train() starts with ``accelerator.free_memory()``, a full ``gc.collect()``: it walks every live Python
+        # object (~0.5M once torch and transformers are imported: ~0.3 s, which a 60-step run of the tiny model pays
+        # as 5 ms a step). It is there to return accelerator memory held by dead reference cycles. On CPU, the objects
+        # alive now are instead frozen (left out of that and of every automatic collection) until train() returns:
+        # reference counting still frees them, and cycles among them are collected afterwards. On an accelerator, or
+        # when someone else froze objects (unfreezing would release theirs too), HF's collection runs as usual.
+        self._clip_params = None
+        if self.args.device.type != "cpu" or gc.get_freeze_count() > 0:
+            return super().train(*args, **kwargs)
+        gc.freeze()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            gc.unfreeze()
+
+    def _clip_grad_norm(self, model):
+        # HF clips ``model.parameters()``, which walks every module and frozen weight at every step (~0.4 ms for the
+        # tiny Llama with LoRA: 175 modules, 49 tensors of which 28 train). Frozen weights have no gradient and torch's
+        # clipping skips those, so the trainable ones alone, in the same order, give the same norm and the same update.
+        # Only in a plain single process: DeepSpeed and FSDP clip their own way (FSDP compares the list with the
+        # model's), and HF's path handles DTensor meshes.
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.NO:
+            return super()._clip_grad_norm(model)
+        if self._clip_params is None:
+            self._clip_params = [p for p in model.parameters() if p.requires_grad]
+        return self.accelerator.clip_grad_norm_(self._clip_params, self.args.max_grad_norm)
 
     def _get_train_sampler(self, train_dataset=None):
         # Order from (seed, epoch) alone, as in training: a run resumed from a checkpoint then replays the batches an
@@ -197,14 +254,18 @@ class UnlearnTrainer(Trainer):
         return self.task.nll(model, batch)
 
     def charge(self, batch, backward: bool = True) -> None:
-        self.compute_tokens += self.task.cost(batch) * (1.0 if backward else FORWARD_ONLY_COST)
+        cost = getattr(batch, "cost", None)  # counted on the CPU by the collator (a CostedBatch), else by the task
+        if cost is None:
+            cost = self.task.cost(batch)
+        self.compute_tokens += cost * (1.0 if backward else FORWARD_ONLY_COST)
 
     def unlearn_loss(self, model, forget: dict, retain: dict) -> torch.Tensor:
         raise NotImplementedError
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = self.task.model_inputs(inputs["forget"]) if "forget" in inputs else None
-        retain = self.task.model_inputs(inputs["retain"])
+        costs = inputs.get("costs", {})
+        forget = costed(self.task.model_inputs(inputs["forget"]), costs.get("forget")) if "forget" in inputs else None
+        retain = costed(self.task.model_inputs(inputs["retain"]), costs.get("retain"))
         loss = self.unlearn_loss(model, forget, retain)
         if not all_ranks_finite(self.accelerator, loss):  # collective: a rank stopping alone would hang the rest
             raise DivergedError(self.state.global_step, float(loss))

@@ -131,6 +131,12 @@ def training_arguments(cfg, output_dir: Path, **overrides):
         dataloader_num_workers=0,  # worker processes cost more than they save on tiny batches
         dataloader_pin_memory=False,
         disable_tqdm=not cfg.progress,
+        # Our compute_loss raises DivergedError on a non-finite loss first, so HF's filter of the logged loss never
+        # sees one; it would still test every step's loss (on a GPU, two device syncs a step).
+        logging_nan_inf_filter=False,
+        # Our compute_loss ignores ``num_items_in_batch`` (it returns a per-batch mean, which the Trainer scales for
+        # accumulation), so gathering that token count over processes at every step would be a collective for nothing.
+        average_tokens_across_devices=False,
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
         # Several CPU processes (accelerate + DeepSpeed): accelerate finds no GPU backend, leaves it unset and then
