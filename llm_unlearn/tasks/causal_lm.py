@@ -71,16 +71,25 @@ class CompletionCollator:
 
 def token_logps(model, batch: dict, inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of each label token (n, L-1) and the mask of positions that count (n, L-1)."""
+    logits = model(**_model_kwargs(batch, inputs_embeds)).logits[:, :-1]
+    return _label_logps(logits, batch["labels"][:, 1:])
+
+
+def _model_kwargs(batch: dict, inputs_embeds: torch.Tensor | None) -> dict:
+    """The forward arguments of a collated batch: its ids, or the given input embeddings in their place."""
     kwargs = {"attention_mask": batch["attention_mask"]}
     if inputs_embeds is None:
         kwargs["input_ids"] = batch["input_ids"]
     else:
         kwargs["inputs_embeds"] = inputs_embeds
-    logits = model(**kwargs).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    return kwargs
+
+
+def _label_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) at each position of already-aligned ``logits`` (n, k, V) and ``labels`` (n, k), and the mask."""
     mask = labels != IGNORE_INDEX
     safe = labels.masked_fill(~mask, 0)
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return logps * mask, mask
 
 
@@ -148,13 +157,7 @@ def completion_token_logps(
     """
     labels = batch["labels"][:, 1:]
     positions = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
-    labels = labels[:, positions]
-    mask = labels != IGNORE_INDEX
-    kwargs = {"attention_mask": batch["attention_mask"]}
-    if inputs_embeds is None:
-        kwargs["input_ids"] = batch["input_ids"]
-    else:
-        kwargs["inputs_embeds"] = inputs_embeds
+    kwargs = _model_kwargs(batch, inputs_embeds)
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = positions
     logits = model(**kwargs).logits
@@ -165,9 +168,7 @@ def completion_token_logps(
                 f"{batch['labels'].shape[1]} or the {positions.numel()} asked for with logits_to_keep"
             )
         logits = logits[:, positions]
-    safe = labels.masked_fill(~mask, 0)
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logps * mask, mask
+    return _label_logps(logits, labels[:, positions])
 
 
 def completion_nll(model, batch: dict, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
