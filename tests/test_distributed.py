@@ -50,12 +50,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path: Path, args: list[str], timeout: int = 300) -> None:
-    """``accelerate launch --config_file cpu.yaml`` (2 processes, ZeRO-3) in a subprocess; fails with its output."""
+def _launch(tmp_path: Path, args: list[str], timeout: int = 300, accelerate_config: str | None = None) -> None:
+    """``accelerate launch --config_file cpu.yaml`` (2 processes, ZeRO-3, or ``accelerate_config``) in a subprocess;
+    fails with its output."""
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llm-unlearn" / "torch_extensions"))
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config or CPU_CONFIG)]
     cmd += ["--main_process_port", str(_free_port()), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     (tmp_path / "launch.log").write_text(proc.stdout + proc.stderr)

@@ -41,8 +41,16 @@ class ImageUnlearnConfig:
     per_device_train_batch_size: int = field(default=64, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (as in training)"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps of linear warmup"})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of the budget spent in linear warmup, in [0, 1)"}
+    )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "transformers scheduler name, followed over the budget (linear reaches 0 when it is spent): "
+            "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr"
+        },
+    )
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient clipping (0 = off)"})
     augment: Literal["none", "crop_flip"] = field(default="none", metadata={"help": "as train.augment"})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
@@ -60,10 +68,12 @@ class ImageUnlearnConfig:
     def validate(self) -> None:
         from llm_unlearn.methods import build_method_config
         from llm_unlearn.stages.train import check_trainer_args
+        from llm_unlearn.stages.unlearn import check_schedule
 
         build_method_config(self.method, self.method_args)
         if not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        check_schedule(self.lr_scheduler_type, self.warmup_ratio)
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
             raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):

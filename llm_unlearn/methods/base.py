@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ from ..stages.train import DivergedError, all_ranks_finite
 from ..tasks import causal_lm
 
 FORWARD_ONLY_COST = 1.0 / 3.0
+
+# Learning-rate schedules that can follow the budget (a function of the fraction of the budget spent). The others
+# are defined in absolute steps (inverse_sqrt's timescale, warmup_stable_decay's phase lengths) or react to metrics.
+BUDGET_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+)
+# Resolution of a budget-driven schedule: the fraction spent is mapped onto this many virtual steps.
+_VIRTUAL_STEPS = 100_000
 
 
 class CausalLMTask:
@@ -134,9 +149,8 @@ class ForgetRetainCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         collate = self.collate or causal_lm.CompletionCollator(self.pad_token_id)
-        out = {"retain": collate([x["retain"] for x in items])}
-        if "forget" in items[0]:
-            out["forget"] = collate([x["forget"] for x in items])
+        # A batch holds either half or both: SCRUB's batches are all-forget (max steps) or all-retain (min steps).
+        out = {half: collate([x[half] for x in items]) for half in ("retain", "forget") if half in items[0]}
         if self.cost is not None:
             out["costs"] = {half: float(self.cost(batch)) for half, batch in out.items()}
         return out
@@ -212,6 +226,49 @@ class UnlearnTrainer(Trainer):
         finally:
             gc.unfreeze()
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """A learning-rate schedule over the *budget* rather than over ``max_steps``.
+
+        How many steps a budget buys is not known in advance (a step's cost depends on its examples' lengths and on the
+        method), and ``max_steps`` is only an upper bound: a schedule spread over it would never reach its end (a
+        ``linear`` decay would stop half way). Here the schedule's position is the fraction of the budget spent so far
+        (summed over processes), mapped onto HF's own schedule functions: with ``linear`` the rate falls to 0 exactly
+        when the budget is spent; warmup is the first ``warmup_ratio`` of the budget. Without a finite budget (the
+        Python API with none given), HF's step-based schedule is used."""
+        if self.lr_scheduler is not None or not math.isfinite(self.budget_tokens):
+            return super().create_scheduler(num_training_steps, optimizer)
+        from transformers import get_scheduler
+
+        from ..configs import ConfigError
+        from ..stages.train import all_ranks_sum
+
+        name = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        if name not in BUDGET_SCHEDULES:
+            raise ConfigError(
+                f"lr_scheduler_type {name!r} cannot follow a compute budget; choose from {BUDGET_SCHEDULES}"
+            )
+        if self.args.warmup_steps >= 1:
+            raise ConfigError("unlearning warmup is a fraction of the budget: give warmup_ratio < 1, not warmup steps")
+        optimizer = self.optimizer if optimizer is None else optimizer
+        by_step = get_scheduler(
+            name,
+            optimizer=optimizer,
+            num_warmup_steps=self.args.get_warmup_steps(_VIRTUAL_STEPS),
+            num_training_steps=_VIRTUAL_STEPS,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+
+        def position() -> int:  # collective: the scheduler steps on every process at once
+            spent = all_ranks_sum(self.accelerator, self.compute_tokens)
+            return round(min(1.0, spent / self.budget_tokens) * _VIRTUAL_STEPS)
+
+        def follow(f):
+            return lambda _step: f(position())
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [follow(f) for f in by_step.lr_lambdas])
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def _clip_grad_norm(self, model):
         # HF clips ``model.parameters()``, which walks every module and frozen weight at every step (~0.4 ms for the
         # tiny Llama with LoRA: 175 modules, 49 tensors of which 28 train). Frozen weights have no gradient and torch's
@@ -265,7 +322,7 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         costs = inputs.get("costs", {})
         forget = costed(self.task.model_inputs(inputs["forget"]), costs.get("forget")) if "forget" in inputs else None
-        retain = costed(self.task.model_inputs(inputs["retain"]), costs.get("retain"))
+        retain = costed(self.task.model_inputs(inputs["retain"]), costs.get("retain")) if "retain" in inputs else None
         loss = self.unlearn_loss(model, forget, retain)
         if not all_ranks_finite(self.accelerator, loss):  # collective: a rank stopping alone would hang the rest
             raise DivergedError(self.state.global_step, float(loss))

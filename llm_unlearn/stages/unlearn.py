@@ -38,8 +38,16 @@ class UnlearnConfig:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps of linear warmup"})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of the budget spent in linear warmup, in [0, 1)"}
+    )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "transformers scheduler name, followed over the budget (linear reaches 0 when it is spent): "
+            "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr"
+        },
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     max_length: int = field(default=256, metadata={"help": "as in training"})
     use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
@@ -71,6 +79,7 @@ class UnlearnConfig:
         build_method_config(self.method, self.method_args)
         if not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        check_schedule(self.lr_scheduler_type, self.warmup_ratio)
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
             raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r"):
@@ -81,6 +90,18 @@ class UnlearnConfig:
         if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
             raise ConfigError("reference_compute_tokens must be > 0")
         check_trainer_args(self.trainer_args)
+
+
+def check_schedule(lr_scheduler_type: str, warmup_ratio: float) -> None:
+    """Unlearning schedules follow the compute budget (``UnlearnTrainer.create_scheduler``): only those that can."""
+    from ..methods.base import BUDGET_SCHEDULES
+
+    if lr_scheduler_type not in BUDGET_SCHEDULES:
+        raise ConfigError(
+            f"lr_scheduler_type {lr_scheduler_type!r} cannot follow a compute budget; choose from {BUDGET_SCHEDULES}"
+        )
+    if not (0.0 <= warmup_ratio < 1.0):
+        raise ConfigError(f"warmup_ratio is a fraction of the budget in [0, 1), got {warmup_ratio}")
 
 
 def reference_compute(cfg: UnlearnConfig) -> float:
@@ -125,7 +146,8 @@ def prepare_model(cfg: UnlearnConfig, model):
 
 
 def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
-    """The method's trainer, ready to ``train()``; ``max_steps`` is an upper bound, the budget callback stops it."""
+    """The method's trainer, ready to ``train()``; ``max_steps`` is an upper bound, the budget callback stops it (and
+    the learning-rate schedule follows the budget spent, not the steps: ``UnlearnTrainer.create_scheduler``)."""
     from peft import PeftModel
 
     from ..methods import build_method_config, get_method
