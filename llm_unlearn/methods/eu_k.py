@@ -26,24 +26,87 @@ class EUKConfig:
             raise ConfigError(f"method_args.k must be >= 1, got {self.k}")
 
 
+def _init_owner(model, module: torch.nn.Module):
+    """The innermost ``PreTrainedModel`` of ``model`` that holds ``module`` (``module`` itself if it is one): the one
+    whose ``_initialize_weights`` transformers' ``initialize_weights`` dispatches to there (a composite model's
+    sub-models bring their own init)."""
+    from transformers import PreTrainedModel
+
+    path = next((name for name, m in model.named_modules() if m is module), None)
+    if path is None:
+        raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
+    owner, m = model, model
+    for part in path.split(".") if path else []:
+        m = getattr(m, part)
+        if isinstance(m, PreTrainedModel):
+            owner = m
+    return owner
+
+
+def _hf_reinitialize_(model, top: torch.nn.Module) -> None:
+    """Re-run transformers' own initialisation (``PreTrainedModel.initialize_weights``) on the subtree ``top``.
+
+    It mirrors that method's ``smart_apply``: children first, then the parent, on *every* module (containers without
+    parameters of their own included), so a parent's ``_init_weights`` runs last and wins. That order is what GPT-2's
+    scaled init relies on: ``_init_weights(Conv1D)`` draws c_proj with std ``initializer_range``, then
+    ``_init_weights(GPT2Attention | GPT2MLP)``, a module with no parameters of its own, redraws its c_proj with std
+    ``initializer_range / sqrt(2 n_layer)`` (1/sqrt(N) per residual layer, GPT-2 paper). Walking modules parent first,
+    or skipping parameter-less ones, leaves c_proj 4x too large at 8 layers."""
+    from transformers import PreTrainedModel
+    from transformers import initialization as hf_init
+
+    # A checkpoint's tensors and modules are flagged ``_is_hf_initialized`` on load, and every transformers init
+    # primitive (and ``_initialize_weights`` itself) skips a flagged tensor or module: clear the flags or nothing is
+    # redrawn. ``_initialize_weights`` sets the module flag again once done, as at construction.
+    for m in top.modules():
+        m._is_hf_initialized = False
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+            t._is_hf_initialized = False
+
+    custom = model.is_custom_code()
+
+    def visit(m: torch.nn.Module, init_fn) -> None:
+        for child in m.children():
+            visit(child, child._initialize_weights if isinstance(child, PreTrainedModel) else init_fn)
+        init_fn(m, custom)
+
+    # The guard makes plain torch.nn.init calls (e.g. a module's own reset_parameters) obey the flags too, as in
+    # ``initialize_weights``.
+    with hf_init.guard_torch_init_functions():
+        visit(top, _init_owner(model, top)._initialize_weights)
+
+
+def _reset_parameters_(top: torch.nn.Module) -> None:
+    """A plain ``torch.nn`` model (the image track's classifiers): every module's own ``reset_parameters``, children
+    before parents like transformers' traversal (each module redraws only its own tensors, so the order only matters
+    for the draw sequence). A module with parameters of its own and no ``reset_parameters`` is an error: skipping it
+    would leave trained weights in place while the run claims to have re-initialised them."""
+    for m in reversed(list(top.modules())):  # reversed pre-order: every child before its parent
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        elif any(True for _ in m.parameters(recurse=False)):
+            raise ConfigError(
+                f"EU-k cannot re-initialise {type(m).__name__}: it has parameters but no reset_parameters()"
+            )
+
+
 @torch.no_grad()
 def reinitialize_(model, modules: list[torch.nn.Module], seed: int) -> None:
-    """Re-draw every parameter of ``modules`` with the model's ``_init_weights`` (or the module's
-    ``reset_parameters``), under its own seed so the draw does not depend on what ran before."""
+    """Re-draw every parameter of ``modules`` (subtrees of ``model``) as the model's own construction draws them, under
+    its own seed so the draw does not depend on what ran before.
+
+    A transformers model: its ``post_init`` initialisation (``initialize_weights``) restricted to those subtrees; any
+    other model: each module's ``reset_parameters``."""
+    from transformers import PreTrainedModel
+
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for top in modules:
-            for m in top.modules():
-                own = list(m.parameters(recurse=False))
-                if not own:
-                    continue
-                # transformers skips tensors flagged as loaded from a checkpoint: clear the flag or nothing happens.
-                for p in own:
-                    p._is_hf_initialized = False
-                if hasattr(model, "_init_weights"):
-                    model._init_weights(m)
-                elif hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+            if isinstance(unwrapped, PreTrainedModel):
+                _hf_reinitialize_(unwrapped, top)
+            else:
+                _reset_parameters_(top)
 
 
 def prepare_eu_k(model, method_cfg: EUKConfig, unlearn_cfg):
