@@ -10,7 +10,7 @@ from helpers import make_unlearn_trainer
 from llm_unlearn.methods import METHODS
 from llm_unlearn.methods.ga import ga_loss
 from llm_unlearn.methods.neggrad_plus import neggrad_plus_loss
-from llm_unlearn.methods.ngd import add_gradient_noise
+from llm_unlearn.methods.ngd import add_parameter_noise
 
 
 def _trainer(tiny_dir, gaussian_dir, tmp_path, method, use_peft, budget_tokens=1e7, lr=1e-2):
@@ -63,12 +63,12 @@ def test_loss_formulas():
     assert float(neggrad_plus_loss(r, f, 1.0)) == pytest.approx(2.0)  # beta = 1 is plain GD
 
 
-def test_gradient_noise_has_sigma():
+def test_parameter_noise_has_its_scale():
+    """add_parameter_noise moves every parameter by -scale * z, z ~ N(0, 1) (scale = lr * sigma in NGD)."""
     p = torch.nn.Parameter(torch.zeros(200_000))
-    p.grad = torch.zeros_like(p)
-    add_gradient_noise([p], 0.1, torch.Generator().manual_seed(0))
-    assert float(p.grad.std()) == pytest.approx(0.1, rel=0.02)
-    assert abs(float(p.grad.mean())) < 1e-3
+    assert add_parameter_noise([p], 0.1, seed=0, step=0) == p.numel()
+    assert float(p.detach().std()) == pytest.approx(0.1, rel=0.02)
+    assert abs(float(p.detach().mean())) < 1e-3
 
 
 def test_unlearn_stage_writes_adapter_and_info(tiny_dir, gaussian_dir, trained_dirs, tmp_path):
