@@ -39,7 +39,7 @@ def _image_trainer(tmp_path, method: str, budget: float, method_args=None, arch:
 
 @pytest.mark.parametrize(
     ("method", "method_args", "trained"),
-    [("cf_k", {"k": 2}, {4, 5}), ("eu_k", {"k": 2}, {4, 5}), ("rmu", {"layer_id": -2}, {4})],
+    [("cf_k", {"k": 2}, {4, 5}), ("eu_k", {"k": 2}, {4, 5}), ("rmu", {"layer_id": -2, "trainable_layers": [-2]}, {4})],
 )
 def test_frozen_blocks_keep_their_batchnorm_statistics(tmp_path, method, method_args, trained):
     trainer, model = _image_trainer(tmp_path, method, budget=1e9, method_args=method_args)

@@ -125,10 +125,14 @@ def test_eu_k_reinitialises_then_trains_the_last_k_layers(tiny2_dir, gaussian_di
 @pytest.mark.parametrize(
     ("use_peft", "args", "trains"),
     [
-        (True, {}, r"model\.layers\.1\."),  # default: steer and train the last layer
-        (False, {"layer_id": 1, "trainable_layers": [0]}, r"model\.layers\.0\."),
+        # default on 2 layers: steer layer round(7/32 * 2) = 0 and train only its MLP down projection (WMDP, scaled)
+        (True, {}, r"model\.layers\.0\.mlp\.down_proj\."),
+        (False, {}, r"model\.layers\.0\.mlp\.down_proj\."),
+        (False, {"layer_id": 1, "trainable_layers": [0], "trainable_module_regex": ".*"}, r"model\.layers\.0\."),
+        # layer_id 1: trainable layers default to [0, 1]; adapters on the attention projections of both
+        (True, {"layer_id": 1, "trainable_module_regex": "self_attn"}, r"model\.layers\.[01]\.self_attn\."),
     ],
-    ids=["lora", "full"],
+    ids=["lora", "full", "full-whole-layer", "lora-regex"],
 )
 def test_rmu_trains_only_trainable_layers(tiny2_dir, gaussian_dir, tmp_path, register, use_peft, args, trains):
     register("rmu")

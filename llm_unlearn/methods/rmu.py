@@ -1,6 +1,22 @@
-"""RMU, representation misdirection for unlearning (Li et al. 2024, WMDP): push the layer-``layer_id`` activations of
-forget tokens towards a fixed random direction scaled up, c u, and keep those of retain tokens where the frozen model
-had them: loss = MSE(h(forget), c u) + alpha MSE(h(retain), h_frozen(retain)). Only ``trainable_layers`` train.
+"""RMU, representation misdirection for unlearning (Li et al. 2024, WMDP): push the layer-``layer_id`` activations
+of forget tokens towards a fixed random direction scaled up, c u, and keep those of retain tokens where the
+frozen model had them: loss = MSE(h(forget), c u) + alpha MSE(h(retain), h_frozen(retain)).
+
+What trains. The authors' code (github centerforaisafety/wmdp, ``rmu/unlearn.py``) steers layer 7 of the 32 of
+Zephyr-7B and updates only the MLP down projection of layers 5, 6, 7 (``--layer_id 7 --layer_ids 5,6,7 --param_ids
+6``: parameter 6 of a Mistral decoder layer is ``mlp.down_proj.weight``). The defaults here scale that to the model's
+depth n: ``layer_id`` = round(7/32 n) clipped to [0, n-1], ``trainable_layers`` = [layer_id - 2, layer_id] clipped at
+0, and ``trainable_module_regex`` = the MLP down projection of common causal LMs (Llama/Mistral/Qwen/Gemma
+``mlp.down_proj``, GPT-2 ``mlp.c_proj``, GPT-NeoX/Falcon ``mlp.dense_4h_to_h``, GPT-J ``mlp.fc_out``, Phi
+``mlp.fc2``). The regex is searched (``re.search``) in each module's name relative to its layer; full-parameter runs
+train the parameters of the matching modules of the trainable layers, LoRA runs put adapters on the matching linear
+modules of those layers. A regex that matches nothing is an error, never a run that trains nothing. Other tasks (a
+classifier's blocks have no MLP projection) train whole blocks by default; a regex given explicitly applies to them
+too. open-unlearning's ``configs/trainer/RMU.yaml`` instead trains every parameter (regex ``.*``) with c = 2, alpha 1:
+set ``trainable_module_regex: ".*"`` for that.
+
+alpha 100 and c 20 are the defaults of the authors' argument parser (one value per forget topic, ``"100,100"`` and
+``"20,20"``); c should be a few times the layer's activation norm, ~sqrt(width) at the model's own scale.
 
 As in the reference code, u is a uniform-[0, 1) vector normalised to unit length (seeded by the run's seed) and the
 activation is the raw residual-stream output of the decoder layer, read with a forward hook: ``output_hidden_states``
@@ -9,6 +25,9 @@ meaning there. MSE is over every non-padding position, prompt and completion ali
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -17,31 +36,59 @@ from ..configs import ConfigError
 from .base import UnlearnTrainer, task_of
 from .cf_k import lora_on_layers, resolve_layer_ids, train_only
 
+# WMDP's setting on Zephyr-7B: steer layer 7 of 32.
+AUTHORS_LAYER, AUTHORS_DEPTH = 7, 32
+# How many layers below the steered one also train (WMDP: 5, 6 under the steered 7).
+AUTHORS_LAYERS_BELOW = 2
+# The MLP down projection (the MLP's output into the residual stream) of common causal-LM architectures.
+MLP_DOWN_PROJ_REGEX = r"(^|\.)mlp\.(down_proj|c_proj|dense_4h_to_h|fc_out|fc2)$"
+
 
 @dataclass
 class RMUConfig:
     """Steer forget activations at one layer to a random direction; anchor retain activations to the frozen model."""
 
-    layer_id: int = field(
-        default=-1,
-        metadata={"help": "decoder layer whose output is steered; negative counts from the end (paper, 7B: 7)"},
+    layer_id: int | None = field(
+        default=None,
+        metadata={
+            "help": "block whose output is steered; negative counts from the end; null = round(7/32 x layers), the "
+            "WMDP authors' layer 7 of 32 scaled to the model's depth"
+        },
     )
     trainable_layers: list[int] | None = field(
-        default=None, metadata={"help": "layers that train, all <= layer_id (default [layer_id]; paper: 5,6,7)"}
+        default=None,
+        metadata={
+            "help": "blocks that train, all <= layer_id; null = [layer_id - 2 .. layer_id] clipped at 0 (WMDP: 5,6,7)"
+        },
+    )
+    trainable_module_regex: str | None = field(
+        default=None,
+        metadata={
+            "help": "regex searched in module names relative to a trainable block: only matching modules train (or "
+            "get LoRA adapters); null = the MLP down projection for causal LMs (WMDP: mlp.down_proj), whole blocks "
+            "for other tasks; '.*' = whole blocks"
+        },
     )
     steering_coeff: float = field(
         default=20.0,
-        metadata={"help": "c, norm of the target c u: a few times the layer's activation norm (~sqrt(width) here)"},
+        metadata={"help": "c, norm of the target c u: a few times the layer's activation norm (WMDP default: 20)"},
     )
-    alpha: float = field(default=100.0, metadata={"help": "weight of the retain MSE (reference code default: 100)"})
+    alpha: float = field(default=100.0, metadata={"help": "weight of the retain MSE (WMDP default: 100)"})
 
     def validate(self) -> None:
-        if not self.steering_coeff > 0:
+        if not (self.steering_coeff > 0 and math.isfinite(self.steering_coeff)):
             raise ConfigError(f"method_args.steering_coeff must be > 0, got {self.steering_coeff}")
-        if self.alpha < 0:
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
             raise ConfigError(f"method_args.alpha must be >= 0, got {self.alpha}")
         if self.trainable_layers is not None and not self.trainable_layers:
-            raise ConfigError("method_args.trainable_layers must be a non-empty list (or null for [layer_id])")
+            raise ConfigError("method_args.trainable_layers must be a non-empty list (or null for the default)")
+        if self.trainable_module_regex is not None:
+            try:
+                re.compile(self.trainable_module_regex)
+            except re.error as e:
+                raise ConfigError(
+                    f"method_args.trainable_module_regex {self.trainable_module_regex!r} is not a regex: {e}"
+                ) from e
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -81,22 +128,89 @@ def layer_output(model, layer: torch.nn.Module, batch: dict, task=None) -> torch
     return store["h"]
 
 
-def _layer_ids(model, method_cfg: RMUConfig) -> tuple[int, list[int]]:
-    n = len(task_of(model).blocks(model))
-    (layer,) = resolve_layer_ids([method_cfg.layer_id], n, "layer_id")
-    train = method_cfg.trainable_layers if method_cfg.trainable_layers is not None else [layer]
-    train = resolve_layer_ids(train, n, "trainable_layers")
+def default_layer_id(n_layers: int) -> int:
+    """WMDP's layer 7 of 32 at the model's depth: round(7/32 n) (halves up), clipped to [0, n-1]."""
+    return min(max(math.floor(AUTHORS_LAYER / AUTHORS_DEPTH * n_layers + 0.5), 0), n_layers - 1)
+
+
+def rmu_layers(n_layers: int, layer_id: int | None, trainable_layers: list[int] | None) -> tuple[int, list[int]]:
+    """(steered layer, trainable layers) for a model of ``n_layers`` blocks, defaults resolved, or a ConfigError."""
+    if layer_id is None:
+        layer = default_layer_id(n_layers)
+    else:
+        (layer,) = resolve_layer_ids([layer_id], n_layers, "layer_id")
+    if trainable_layers is None:
+        train = list(range(max(layer - AUTHORS_LAYERS_BELOW, 0), layer + 1))
+    else:
+        train = resolve_layer_ids(trainable_layers, n_layers, "trainable_layers")
     if max(train) > layer:  # layers above the steered one never see a gradient
         raise ConfigError(f"method_args.trainable_layers {train} must all be <= layer_id ({layer})")
     return layer, train
 
 
+def _layer_ids(model, method_cfg: RMUConfig) -> tuple[int, list[int]]:
+    return rmu_layers(len(task_of(model).blocks(model)), method_cfg.layer_id, method_cfg.trainable_layers)
+
+
+def module_regex(model, method_cfg: RMUConfig) -> str | None:
+    """The regex that picks the trainable modules of a block, None for whole blocks (non-LM tasks by default)."""
+    if method_cfg.trainable_module_regex is not None:
+        return method_cfg.trainable_module_regex
+    return MLP_DOWN_PROJ_REGEX if task_of(model).name == "causal_lm" else None
+
+
+def matching_modules(blocks, layer_ids: list[int], regex: str) -> dict[str, torch.nn.Module]:
+    """``{"<layer>.<name>": module}`` of the modules with parameters whose name relative to their block matches
+    ``regex`` (``re.search``), over ``layer_ids``; a ConfigError naming the regex and some module names if none
+    does."""
+    pattern = re.compile(regex)
+    found = {
+        f"{i}.{name}": m
+        for i in layer_ids
+        for name, m in blocks[i].named_modules()
+        if name and pattern.search(name) and any(True for _ in m.parameters(recurse=False))
+    }
+    if not found:
+        names = [name for name, m in blocks[layer_ids[0]].named_modules() if name and list(m.parameters(False))]
+        raise ConfigError(
+            f"method_args.trainable_module_regex {regex!r} matches no module with parameters in layers {layer_ids}; "
+            f"the modules of layer {layer_ids[0]} include {names[:8]}"
+        )
+    return found
+
+
 def prepare_rmu(model, method_cfg: RMUConfig, unlearn_cfg):
     _, train = _layer_ids(model, method_cfg)
-    if getattr(unlearn_cfg, "use_peft", False):
-        return lora_on_layers(model, train, unlearn_cfg)
     blocks = task_of(model).blocks(model)
-    return train_only(model, [blocks[i] for i in train])
+    regex = module_regex(model, method_cfg)
+    if getattr(unlearn_cfg, "use_peft", False):
+        return lora_on_layers(model, train, _lora_targets(blocks, train, regex, unlearn_cfg))
+    if regex is None:
+        return train_only(model, [blocks[i] for i in train])
+    return train_only(model, list(matching_modules(blocks, train, regex).values()))
+
+
+def _lora_targets(blocks, layer_ids: list[int], regex: str | None, unlearn_cfg):
+    """``unlearn_cfg`` with ``lora_target_modules`` narrowed to the names (relative to the block, which peft matches
+    as suffixes within ``layers_to_transform``) of the linear modules the regex selects, intersected with the run's own
+    target list when it gives one."""
+    selected = matching_modules(blocks, layer_ids, regex if regex is not None else "")
+    linear = {
+        key.split(".", 1)[1]
+        for key, m in selected.items()
+        if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    }
+    wanted = unlearn_cfg.lora_target_modules
+    if not isinstance(wanted, str):  # an explicit list: keep the selected modules it names (by last name or full)
+        linear = {n for n in linear if n in wanted or n.rsplit(".", 1)[-1] in wanted}
+    elif wanted != "all-linear":
+        raise ConfigError("lora_target_modules must be 'all-linear' or a list of module names for rmu")
+    if not linear:
+        raise ConfigError(
+            f"method_args.trainable_module_regex {regex!r} selects no linear module of layers {layer_ids} among "
+            f"lora_target_modules {wanted!r} for LoRA: {sorted(selected)[:8]}"
+        )
+    return dataclasses.replace(unlearn_cfg, lora_target_modules=sorted(linear))
 
 
 class RMUTrainer(UnlearnTrainer):
