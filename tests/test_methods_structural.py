@@ -9,32 +9,14 @@ import re
 import pytest
 import torch
 
-import llm_unlearn.methods
 from helpers import make_unlearn_trainer
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.methods import MethodSpec
-from llm_unlearn.methods.cf_k import CFKConfig, CFKTrainer, prepare_cf_k
-from llm_unlearn.methods.eu_k import EUKConfig, EUKTrainer, prepare_eu_k
 from llm_unlearn.methods.rmu import (
-    RMUConfig,
-    RMUTrainer,
     control_vector,
-    prepare_rmu,
     rmu_forget_loss,
     rmu_retain_loss,
 )
-from llm_unlearn.methods.ssd import SSDConfig, SSDTrainer, ssd_dampen_
-
-SPECS = {
-    "cf_k": MethodSpec(CFKConfig, CFKTrainer, "fine-tune the last k layers", prepare_model=prepare_cf_k),
-    "eu_k": MethodSpec(
-        EUKConfig, EUKTrainer, "re-init + train last k", prepare_model=prepare_eu_k, supports_peft=False
-    ),
-    "ssd": MethodSpec(SSDConfig, SSDTrainer, "selective synaptic dampening", supports_peft=False),
-    "rmu": MethodSpec(
-        RMUConfig, RMUTrainer, "representation misdirection", needs_reference=True, prepare_model=prepare_rmu
-    ),
-}
+from llm_unlearn.methods.ssd import ssd_dampen_
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +30,6 @@ def tiny2_dir(tmp_path_factory):
     )  # fmt: skip
     save_tiny(out, cfg, seed=0)
     return str(out)
-
-
-@pytest.fixture
-def register(monkeypatch):
-    def _register(name):
-        monkeypatch.setitem(llm_unlearn.methods.METHODS, name, SPECS[name])
-
-    return _register
 
 
 def _trainer(model_dir, gaussian_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2):
@@ -98,8 +72,7 @@ def _run_and_check(trainer, model, initial, trains):
 
 
 @pytest.mark.parametrize("use_peft", [True, False], ids=["lora", "full"])
-def test_cf_k_trains_only_the_last_k_layers(tiny2_dir, gaussian_dir, tmp_path, register, use_peft):
-    register("cf_k")
+def test_cf_k_trains_only_the_last_k_layers(tiny2_dir, gaussian_dir, tmp_path, use_peft):
     trainer, model = _trainer(tiny2_dir, gaussian_dir, tmp_path, "cf_k", use_peft, {"k": 1})
     lora = _run_and_check(trainer, model, _initial(tiny2_dir), r"model\.layers\.1\.|model\.norm\.|lm_head\.")
     assert bool(lora) == use_peft
@@ -108,8 +81,7 @@ def test_cf_k_trains_only_the_last_k_layers(tiny2_dir, gaussian_dir, tmp_path, r
 
 
 @pytest.mark.parametrize("use_peft", [True, False], ids=["lora-ignored", "full"])
-def test_eu_k_reinitialises_then_trains_the_last_k_layers(tiny2_dir, gaussian_dir, tmp_path, register, use_peft):
-    register("eu_k")
+def test_eu_k_reinitialises_then_trains_the_last_k_layers(tiny2_dir, gaussian_dir, tmp_path, use_peft):
     initial = _initial(tiny2_dir)
     trainer, model = _trainer(tiny2_dir, gaussian_dir, tmp_path, "eu_k", use_peft, {"k": 1})
     fresh = dict(model.named_parameters())  # re-initialised by prepare_model, no step taken yet
@@ -134,16 +106,14 @@ def test_eu_k_reinitialises_then_trains_the_last_k_layers(tiny2_dir, gaussian_di
     ],
     ids=["lora", "full", "full-whole-layer", "lora-regex"],
 )
-def test_rmu_trains_only_trainable_layers(tiny2_dir, gaussian_dir, tmp_path, register, use_peft, args, trains):
-    register("rmu")
+def test_rmu_trains_only_trainable_layers(tiny2_dir, gaussian_dir, tmp_path, use_peft, args, trains):
     trainer, model = _trainer(tiny2_dir, gaussian_dir, tmp_path, "rmu", use_peft, args, lr=1e-3)
     assert bool(_run_and_check(trainer, model, _initial(tiny2_dir), trains)) == use_peft
     with pytest.raises(ConfigError, match="trainable_layers"):
         _trainer(tiny2_dir, gaussian_dir, tmp_path, "rmu", use_peft, {"layer_id": 0, "trainable_layers": [1]})
 
 
-def test_ssd_only_shrinks_dampened_parameters(tiny2_dir, gaussian_dir, tmp_path, register):
-    register("ssd")
+def test_ssd_only_shrinks_dampened_parameters(tiny2_dir, gaussian_dir, tmp_path):
     trainer, model = _trainer(tiny2_dir, gaussian_dir, tmp_path, "ssd", True)  # use_peft is ignored: full weights
     trainer.args.max_steps = 3
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
