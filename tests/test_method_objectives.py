@@ -20,9 +20,12 @@ from llm_unlearn.methods import METHODS
 from llm_unlearn.tasks.causal_lm import IGNORE_INDEX
 
 TRAINED = sorted(m for m in METHODS if m != "ssd")  # SSD trains nothing: tests/test_ssd_data.py checks it
+# Variants with the retain term off isolate a forget term that the retain NLL would dwarf (SimNPO's at its default
+# beta 2.5 saturates near 0 on a half-trained model: beta 0.1 keeps it in range).
 VARIANTS = {
     "graddiff": [{}, {"retain_loss": "kl"}, {"retain_loss": "kl", "kl_positions": "completion"}],
-    "npo": [{}, {"retain_loss": "kl"}],
+    "npo": [{}, {"retain_loss": "kl"}, {"retain_weight": 0.0}],
+    "simnpo": [{}, {"retain_weight": 0.0, "beta": 0.1}, {"retain_weight": 0.0, "beta": 0.1, "gamma": 0.5}],
     "neggrad_plus": [{}, {"beta": 0.7}],
     "scrub": [{}],
 }
@@ -155,6 +158,12 @@ def _setup(model_dir, gaussian_dir, tmp_path, method, args):
     collate = trainer.data_collator
     items = [{"forget": forget_ds[i], "retain": retain_ds[i]} for i in range(4)]
     inputs = collate(items)
+    # Completions of different lengths (1 to 4 more tokens: the end of the prompt joins the completion), so a
+    # per-example length normalisation (SimNPO) or a sum-vs-mean mix-up shows: the label alone is one token.
+    labels = inputs["forget"]["labels"]
+    for row in range(labels.shape[0]):
+        start = int((labels[row] != IGNORE_INDEX).nonzero()[0])
+        labels[row, start - row - 1 : start] = inputs["forget"]["input_ids"][row, start - row - 1 : start]
     forget = {k: inputs["forget"][k] for k in ("input_ids", "attention_mask", "labels")}
     retain = {k: inputs["retain"][k] for k in ("input_ids", "attention_mask", "labels")}
     return trainer, model, inputs, forget, retain
