@@ -4,6 +4,7 @@ unless asked, and an HF token never lands in any output file or log."""
 from __future__ import annotations
 
 import ast
+import os
 import dataclasses
 import importlib
 import importlib.util
@@ -46,37 +47,35 @@ def _modules():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny run (an adapter method and a full-weights method) with a fake HF token in the environment."""
-    from llm_unlearn import run_experiment
+    """A tiny run (an adapter method and a full-weights method) with a fake HF token in the environment, through the
+    CLI in a subprocess so that everything it prints (Python, C extensions, worker processes) is captured."""
+    import subprocess
+    import sys
+
+    import yaml
 
     out = tmp_path_factory.mktemp("secure")
-    mp = pytest.MonkeyPatch()
+    config = {
+        "seeds": [0],
+        "tiny": dict(TINY_SHAPE),
+        "poison": {"poison_fraction": 0.1, "embedded_n_train": 60, "embedded_n_test": 20},
+        # save_steps: the Trainer's checkpoints (optimizer.pt, rng_state.pth) must be gone at the end
+        "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False, "save_steps": 2},
+        "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+        "eval": {"fresh_noise_draws": 2},
+        "methods": ["gd", "ssd"],
+        "budgets": [0.2],
+        "workers": 1,
+    }
+    (out.parent / "secure.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
-        mp.setenv(var, FAKE_TOKEN)
-    try:
-        run_experiment(
-            {
-                "seeds": [0],
-                "tiny": dict(TINY_SHAPE),
-                "poison": {"poison_fraction": 0.1, "embedded_n_train": 60, "embedded_n_test": 20},
-                # save_steps: the Trainer's checkpoints (optimizer.pt, rng_state.pth) must be gone at the end
-                "train": {
-                    "num_train_epochs": 1,
-                    "per_device_train_batch_size": 16,
-                    "progress": False,
-                    "save_steps": 2,
-                },
-                "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-                "eval": {"fresh_noise_draws": 2},
-                "methods": ["gd", "ssd"],
-                "budgets": [0.2],
-                "workers": 1,
-            },
-            output_dir=str(out),
-        )
-    finally:
-        mp.undo()
-    return out
+        env[var] = FAKE_TOKEN
+    cmd = [sys.executable, "-m", "llm_unlearn", "run", "--config", str(out.parent / "secure.yaml")]
+    proc = subprocess.run([*cmd, "--output_dir", str(out / "run")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (out / "console.txt").write_text(proc.stdout + proc.stderr)  # what a person would have seen
+    return out / "run"
 
 
 def test_only_safetensors_weights_are_written(tiny_run):
@@ -91,11 +90,12 @@ def test_only_safetensors_weights_are_written(tiny_run):
         assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), p
 
 
-def test_hf_token_never_reaches_an_output_file(tiny_run, capsys):
+def test_hf_token_never_reaches_an_output_file(tiny_run):
     hits = [p for p in tiny_run.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
     assert not hits
-    out, err = capsys.readouterr()
-    assert FAKE_TOKEN not in out + err
+    console = (tiny_run.parent / "console.txt").read_text()
+    assert console.strip()  # the run's output was captured (not an empty capture that proves nothing)
+    assert FAKE_TOKEN not in console
 
 
 def test_hf_token_never_reaches_the_environment_record(monkeypatch):
@@ -113,16 +113,27 @@ def _calls(tree: ast.AST):
             yield node, name
 
 
-def test_every_torch_load_uses_weights_only():
+def _torch_load_offenders(source: str) -> tuple[list[int], int]:
+    """(line numbers of torch.load calls without weights_only=True, number of torch.load calls) in ``source``."""
     offenders, seen = [], 0
+    for node, name in _calls(ast.parse(source)):
+        if name == "torch.load" or name.endswith(".torch.load"):
+            seen += 1
+            value = {k.arg: k.value for k in node.keywords}.get("weights_only")
+            if not (isinstance(value, ast.Constant) and value.value is True):
+                offenders.append(node.lineno)
+    return offenders, seen
+
+
+def test_every_torch_load_uses_weights_only():
+    # The scanner itself first: it must see both calls and flag exactly the unsafe one, or the scan below proves
+    # nothing (the package has no torch.load today, so the scan alone would pass whatever the scanner did).
+    probe = "import torch\ntorch.load(f, weights_only=True)\ntorch.load(f)\nx.torch.load(g, weights_only=False)\n"
+    assert _torch_load_offenders(probe) == ([3, 4], 3)
+    offenders = []
     for path in _source_files():
-        for node, name in _calls(ast.parse(path.read_text())):
-            if name == "torch.load" or name.endswith(".torch.load"):
-                seen += 1
-                kw = {k.arg: k.value for k in node.keywords}
-                value = kw.get("weights_only")
-                if not (isinstance(value, ast.Constant) and value.value is True):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        lines, _ = _torch_load_offenders(path.read_text())
+        offenders += [f"{path.relative_to(ROOT)}:{n}" for n in lines]
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
 
 
