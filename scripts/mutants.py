@@ -82,7 +82,7 @@ MUTANTS = [
         "llm_unlearn/stages/evaluate.py",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, None).cpu()",
-        ("tests/test_eval.py",),
+        ("tests/test_gus_speed.py", "tests/test_eval.py"),
     ),
     Mutant(
         "gus_fresh_is_training_noise",
@@ -115,6 +115,38 @@ MUTANTS = [
         "labels, scores = _labels_and_scores(-member, -nonmember)",
         "labels, scores = _labels_and_scores(member, nonmember)",
         ("tests/test_metrics.py",),
+    ),
+    Mutant(
+        "asr_counts_target_rows",
+        "the attack success rate also counts triggered inputs whose true label already is the target",
+        "llm_unlearn/metrics/utility.py",
+        "kept = [pred for pred, label in zip(predictions, true_labels) if _norm(label) != target_norm]",
+        "kept = list(predictions)",
+        ("tests/test_metrics.py",),
+    ),
+    Mutant(
+        "shift_cosine_sign",
+        "the section-6 diagnostic's cosine has the wrong sign",
+        "llm_unlearn/metrics/shift.py",
+        '"shift_cosine": dot / (nu * nr) if nu > 0 and nr > 0 else None,',
+        '"shift_cosine": -dot / (nu * nr) if nu > 0 and nr > 0 else None,',
+        ("tests/test_diagnose.py",),
+    ),
+    Mutant(
+        "poisons_stay_in_retain",
+        "the poison stage leaves the poisons in the retain set (the gold model trains on them)",
+        "llm_unlearn/stages/poison.py",
+        '"retain": [r for r in rows if not r["is_poison"]],',
+        '"retain": list(rows),',
+        ("tests/test_poisoning_applied.py", "tests/test_attacks.py"),
+    ),
+    Mutant(
+        "budget_is_whole_retraining",
+        "the unlearn stage ignores the budget fraction (spends 100 % of retraining)",
+        "llm_unlearn/stages/unlearn.py",
+        "budget_tokens = cfg.budget * ref_tokens",
+        "budget_tokens = ref_tokens",
+        ("tests/test_methods.py", "tests/test_e2e.py"),
     ),
     # ---- methods: what each trainer optimises
     Mutant(
