@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_unlearn.configs import ConfigError, parse_config
+from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
 from llm_unlearn.utils import finish_stage, is_complete
 
 
@@ -41,16 +42,8 @@ class ImageUnlearnConfig:
     per_device_train_batch_size: int = field(default=64, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (as in training)"})
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "fraction of the budget spent in linear warmup, in [0, 1)"}
-    )
-    lr_scheduler_type: str = field(
-        default="constant",
-        metadata={
-            "help": "transformers scheduler name, followed over the budget (linear reaches 0 when it is spent): "
-            "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr"
-        },
-    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": WARMUP_HELP})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": SCHEDULE_HELP})
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient clipping (0 = off)"})
     augment: Literal["none", "crop_flip"] = field(default="none", metadata={"help": "as train.augment"})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})

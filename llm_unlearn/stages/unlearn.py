@@ -17,6 +17,14 @@ from ..configs import ConfigError, parse_config
 from ..utils import finish_stage, is_complete, read_json
 
 
+# Shared with the image track's unlearn config: schedules follow the budget (UnlearnTrainer.create_scheduler).
+WARMUP_HELP = "fraction of the budget spent in linear warmup, in [0, 1)"
+SCHEDULE_HELP = (
+    "transformers scheduler name, followed over the budget (linear reaches 0 when it is spent): constant, "
+    "constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr"
+)
+
+
 @dataclass
 class UnlearnConfig:
     """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
@@ -38,16 +46,8 @@ class UnlearnConfig:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "fraction of the budget spent in linear warmup, in [0, 1)"}
-    )
-    lr_scheduler_type: str = field(
-        default="constant",
-        metadata={
-            "help": "transformers scheduler name, followed over the budget (linear reaches 0 when it is spent): "
-            "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr"
-        },
-    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": WARMUP_HELP})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": SCHEDULE_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     max_length: int = field(default=256, metadata={"help": "as in training"})
     use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
