@@ -66,3 +66,35 @@ def print_table(title: str, rows: list[tuple], header: tuple) -> None:
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+def device_arg(name: str):
+    """``torch.device`` of a ``--device`` option; an explicit error when that device is not available here."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available (torch {torch.__version__})")
+    if device.type == "cuda":
+        # Exact float32 on both sides (cuDNN convolutions default to TF32 on Ampere and later), so the agreement
+        # checks compare the same arithmetic; the speed comparison stays fair as both sides run it.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so a timed call ends when its result exists."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """The benchmark's results as JSON (``--json``), for scripts that collect them."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)

@@ -3,7 +3,10 @@ function one prompt at a time, on the embedded tiny Llama (head_dim 64) and embe
 produce the same token ids. Target: >= 5x. When ``vllm`` is importable, vLLM (the project's vllm backend, one engine
 start, timed with and without that start) is compared with batched HF on the same prompts.
 
-    python bench/generation.py [--n 512] [--batch 64] [--max_new_tokens 2] [--repeats 3] [--threads N]
+    python bench/generation.py [--n 512] [--batch 64] [--max_new_tokens 2] [--repeats 3] [--threads N] [--device cuda]
+
+``--device cuda``: the model lives on the device (``generate_ids`` moves each batch's ids there); every timed call
+ends with the generated ids back on the CPU as lists, so the ratio compares finished work.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, print_table, review_rows, timeit, tiny_llm
+from _common import device_arg, machine, print_table, review_rows, sync, timeit, tiny_llm, write_json
 
 
 def vllm_steady_state(model_dir: str, prompts, max_new_tokens: int, stops, repeats: int) -> float:
@@ -44,19 +47,28 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=2, help="as in the tiny recipes (label + eos)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the model lives")
+    parser.add_argument("--attn_implementation", default="eager", help="eager | sdpa")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}")
+    device = device_arg(args.device)
+    print(f"machine: {machine()}; device: {device}")
     tok, model = tiny_llm()
-    model.set_attn_implementation("eager")  # what the tiny recipes use for evaluation on CPU
+    model.set_attn_implementation(args.attn_implementation)  # eager: what the tiny recipes use on CPU
+    model.to(device)
     prompts = [tokenize_prompt(tok, r["prompt"], 254) for r in review_rows(args.n, seed=1)]
 
     def batched():
-        return generate_ids(model, tok, prompts, args.max_new_tokens, args.batch)
+        out = generate_ids(model, tok, prompts, args.max_new_tokens, args.batch)
+        sync(device)  # the ids are already lists on the CPU; nothing may still be queued
+        return out
 
     def one_by_one():
-        return generate_ids(model, tok, prompts, args.max_new_tokens, 1)
+        out = generate_ids(model, tok, prompts, args.max_new_tokens, 1)
+        sync(device)
+        return out
 
     a, b = batched(), one_by_one()
     # A random-init model's greedy argmax can flip between near-tied logits when padding changes the kernels' sums:
@@ -73,6 +85,20 @@ def main() -> None:
             f"{t_single / t_batched:.1f}x",
         ),
     ]
+    record = dict(
+        machine=machine(),
+        device=str(device),
+        prompts=args.n,
+        batch=args.batch,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        single_s=t_single,
+        batched_s=t_batched,
+        speedup=t_single / t_batched,
+        agreement=agree,
+        vllm=None,
+        target=5.0,
+    )
     if importlib.util.find_spec("vllm") is not None:
         from llm_unlearn.generation import vllm as vllm_backend
 
@@ -103,6 +129,7 @@ def main() -> None:
             )
         )
         print(f"vLLM agrees with batched HF on {agree_v:.1%} of prompts")
+        record["vllm"] = dict(backend_s=t_backend, warm_s=t_vllm, agreement=agree_v)
     else:
         print("vLLM: skipped (vllm is not importable; install the vllm extra to compare)")
     print_table(
@@ -111,6 +138,7 @@ def main() -> None:
         ("side", "seconds", "prompts / s", "speed-up vs one at a time"),
     )
     print(f"\nbatched and one-at-a-time outputs agree on {agree:.1%} of prompts")
+    write_json(args.json, record)
 
 
 if __name__ == "__main__":

@@ -119,10 +119,17 @@ def _zero3_sub_(p, z_full: torch.Tensor, scale: float) -> int:
     safe_set_local_fp32_param(p, master.float() - scale * z.to(master.device))
     if not aliased:  # an aliased model copy already moved with the master
         local.data.sub_(z.view_as(local).to(local.dtype), alpha=scale)
-    if getattr(p, "ds_persist", False) and p.data.numel() == z_full.numel():
+    whole = p.data
+    if (
+        getattr(p, "ds_persist", False)
+        and whole.numel() == z_full.numel()
+        and not _same_memory(whole, local)
+        and not _same_memory(whole, master)
+    ):
         # A small "persistent" parameter stays whole in ``p.data`` between steps (it is not re-gathered from the
         # partitions before the next forward), so the whole copy must move too or the next step would not see it.
-        p.data.sub_(z_full.view_as(p.data).to(p.dtype), alpha=scale)
+        # With one process the whole copy can be the partition itself, which already moved: not twice.
+        whole.sub_(z_full.view_as(whole).to(whole.dtype), alpha=scale)
     return valid
 
 
