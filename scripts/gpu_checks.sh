@@ -142,7 +142,9 @@ check2() {
     for m in ngd gd; do
         "$PY" - "$m" "$REF_TOKENS" "$CPU_ARGS" << 'EOF'
 import os, sys, yaml
-method, ref, extra = sys.argv[1], float(sys.argv[2]), yaml.safe_load(sys.argv[3])
+method, ref, extra = sys.argv[1], float(sys.argv[2]), yaml.safe_load(sys.argv[3]) or {}
+if os.environ.get("OPTIM"):  # e.g. OPTIM=sgd: the GD part of both runs then stays equal, so the noise fit is exact
+    extra["optim"] = os.environ["OPTIM"]
 w = os.environ["WORK"]
 cfg = dict(model_dir=f"{w}/initial", dataset_dir=f"{w}/poison", method=method,
            method_args={"sigma": 1.0} if method == "ngd" else {}, use_peft=False, bf16=True, learning_rate=1e-2,
