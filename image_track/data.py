@@ -154,17 +154,31 @@ def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp.replace(out / DATA_NAME)
 
 
-def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors.torch import load_file
-
-    from llm_unlearn.utils import read_json
-
-    from .stages.poison import expand
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of an image poison stage's output (a ConfigError if ``path`` is not one, or it does not parse)."""
+    import json
 
     d = Path(path)
     if not (d / DATA_NAME).is_file() or not (d / "manifest.json").is_file():
         raise ConfigError(f"dataset_dir {str(d)!r} holds no poisoned image dataset (run the image poison stage)")
-    return expand(load_file(str(d / DATA_NAME))), read_json(d / "manifest.json")
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(
+            f"dataset_dir: {str(d / 'manifest.json')!r} does not parse ({e}); redo the poison stage"
+        ) from e
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"dataset_dir: {str(d / 'manifest.json')!r} is not a poison manifest")
+    return manifest
+
+
+def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    from .stages.poison import expand
+
+    manifest = read_manifest(path)
+    return expand(load_file(str(Path(path) / DATA_NAME))), manifest
 
 
 def splits(tensors: dict, manifest: dict) -> dict[str, Split]:

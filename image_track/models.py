@@ -190,3 +190,37 @@ def load_model(model_dir: str | Path) -> ImageClassifier:
     )
     model.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=True)
     return model
+
+
+def check_model_dir(model_dir: str | Path, key: str = "model_dir") -> dict:
+    """The description (``model_config.json``) of a saved image model, or a ConfigError naming ``key``."""
+    d = Path(model_dir)
+    if not (d / WEIGHTS_NAME).is_file() or not (d / CONFIG_NAME).is_file():
+        raise ConfigError(
+            f"{key}: {str(d)!r} holds no image model ({WEIGHTS_NAME} + {CONFIG_NAME}); is it a train output?"
+        )
+    try:
+        desc = json.loads((d / CONFIG_NAME).read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{key}: {str(d / CONFIG_NAME)!r} does not parse ({e})") from e
+    if not isinstance(desc, dict):
+        raise ConfigError(f"{key}: {str(d / CONFIG_NAME)!r} is not an image model description")
+    return desc
+
+
+def check_same_arch(dirs: dict[str, str | None]) -> None:
+    """The models one run compares must be one architecture on one input shape and label set (before any work)."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for key, path in dirs.items():
+        if not path:
+            continue
+        desc = check_model_dir(path, key)
+        arch = {k: desc.get(k) for k in ("model", "image_shape", "num_classes")}
+        for other, (other_path, other_arch) in seen.items():
+            if arch != other_arch:
+                diff = [k for k in arch if arch[k] != other_arch[k]]
+                raise ConfigError(
+                    f"{key} {str(path)!r} and {other} {str(other_path)!r} are not the same model ({', '.join(diff)} "
+                    "differ); the models of one run must share architecture, input shape and classes"
+                )
+        seen[key] = (path, arch)

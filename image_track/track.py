@@ -71,6 +71,18 @@ class ImageExperimentConfig(ProtocolConfig):
                 f"convex linear classifier), got model.arch={self.model.arch!r}"
             )
         check_experiment(self, ImageUnlearnConfig, RUN_OWNED)
+        from llm_unlearn.protocol import check_degenerate
+
+        # Degenerate experiments, before any work, where the data size is known (the embedded digits): the gold run
+        # costs one example per retain example and epoch (the stages check the exact figures on the data).
+        check_degenerate(self, self._train_size(), 10, self.train.batch_size, self.train.epochs)
+
+    def _train_size(self) -> int | None:
+        d = self.data
+        if d.dataset_name != "embedded:digits":
+            return None
+        n = 1797 - round(d.test_fraction * 1797)  # sklearn's digits, split as image_track.data._digits does
+        return min(n, d.max_train_samples or n)
 
 
 def plan(cfg: ImageExperimentConfig) -> list:

@@ -1,5 +1,7 @@
 """``llm-unlearn <command> [--config file.yaml] [--field value ...]``: one entry per stage, nothing imported heavy
-until a command runs (so ``--help`` is instant). User errors print one line and exit with code 2."""
+until a command runs (so ``--help`` is instant). User errors (found before any work) print one line and exit with
+code 2; a fault after work started (disk full, an I/O error) prints one line naming the path and errno and exits with
+code 1; SIGINT/SIGTERM print how to resume and exit with 130/143."""
 
 from __future__ import annotations
 
@@ -39,17 +41,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .configs import ConfigError
+    from .harness import StageFault
 
     module_name, _, func = COMMANDS[name][0].partition(":")
     module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
     try:
         getattr(module, func or "cli")(rest)
     except ConfigError as e:
-        print(f"llm-unlearn {name}: error: {e}", file=sys.stderr)
+        print(f"llm-unlearn {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except StageFault as e:
+        print(f"llm-unlearn {name}: fault: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # scheduler.Interrupted says how to resume
+        signum = getattr(e, "signum", 2)
+        msg = str(e) or "interrupted; nothing unfinished is marked complete: rerun the same command to resume"
+        print(f"llm-unlearn {name}: {msg}", file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,46 @@ class ConfigError(ValueError):
     """A user-facing configuration problem (bad key, type, value, path). The CLI prints it and exits with code 2."""
 
 
+# numpy's seed range: every seed ends up in ``np.random.seed`` (HF's ``set_seed`` too), which takes [0, 2**32 - 1].
+SEED_MAX = 2**32 - 1
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key, first_line: int, second_line: int):
+        super().__init__(f"key {key!r} appears twice (lines {first_line} and {second_line})")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys in a mapping (merge keys ``<<`` may still override)."""
+
+
+def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode):
+    lines: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = lines.get(key)
+        except TypeError:  # an unhashable key: the default constructor reports it
+            continue
+        if first is not None:
+            raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        lines[key] = key_node.start_mark.line + 1
+    return (yield from yaml.SafeLoader.construct_yaml_map(loader, node))
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:map", _strict_mapping)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` on a key given twice."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -164,27 +204,75 @@ def validate_config(cfg, prefix: str = "") -> None:
     except (TypeError, ValueError, ArithmeticError) as e:
         # A validate() tripping over a value it did not expect is still the user's input: report it as such.
         raise ConfigError(f"{prefix.rstrip('.') or type(cfg).__name__}: invalid value ({e})") from e
+    check_seeds(cfg, prefix)
     out = getattr(cfg, "output_dir", None)
     if isinstance(out, str):
         check_writable_dir(out, f"{prefix}output_dir")
 
 
+def check_seeds(cfg, prefix: str = "") -> None:
+    """Every ``seed``, ``seeds`` and ``*_seed`` field of ``cfg`` (not nested) must be in numpy's range, so a bad seed
+    fails here and not inside the Trainer after the poison stage already ran."""
+    for f in dataclasses.fields(cfg):
+        if not (f.name in ("seed", "seeds") or f.name.endswith("_seed")):
+            continue
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for i, v in enumerate(values):
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= SEED_MAX:
+                key = f"{prefix}{f.name}" + (f"[{i}]" if isinstance(value, (list, tuple)) else "")
+                raise ConfigError(f"{key}: {v} is outside the seed range [0, 2**32 - 1] (numpy's)")
+
+
+# Room left under an output dir for the longest path a stage writes inside it (checkpoint dirs, temporary names).
+PATH_RESERVE = 160
+
+
 def check_writable_dir(path: str, key: str = "output_dir") -> None:
-    """Refuse an output dir that could not be created or written (a pure check: nothing is created here)."""
+    """Refuse an output dir that could not be created or written, or whose name the filesystem would refuse (a
+    component longer than its NAME_MAX, a path too long for the files a stage writes inside): a pure check, nothing is
+    created here."""
     if not path.strip() or "\x00" in path:
         raise ConfigError(f"{key}: {path!r} is not a usable directory path")
     p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{key}: {path!r} exists and is not a directory")
     probe = p
-    while not probe.exists():
+    while not _exists(probe):
         if probe.parent == probe:
             break
         probe = probe.parent
+    name_max, path_max = _fs_limits(probe if probe.is_dir() else probe.parent)
+    for part in p.absolute().parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(
+                f"{key}: {path!r} holds a name of {len(os.fsencode(part))} bytes ({part[:24]}...); this "
+                f"filesystem allows at most {name_max}"
+            )
+    if len(os.fsencode(str(p.absolute()))) + PATH_RESERVE > path_max:
+        raise ConfigError(
+            f"{key}: {path!r} is too long ({len(os.fsencode(str(p.absolute())))} bytes; with the files a stage "
+            f"writes inside it, paths must stay under {path_max})"
+        )
+    if _exists(p) and not p.is_dir():
+        raise ConfigError(f"{key}: {path!r} exists and is not a directory")
     if not probe.is_dir():
         raise ConfigError(f"{key}: {path!r} cannot be created: {str(probe)!r} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: {path!r} is not writable (no write permission on {str(probe)!r})")
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # a component too long: it does not exist either
+        return False
+
+
+def _fs_limits(directory: Path) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) of the filesystem holding ``directory`` (255 and 4096 where it cannot be asked)."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX"), os.pathconf(directory, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255, 4096
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -192,13 +280,15 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason})") from e
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from e
-    if data is None:
-        return {}
+    if data is None:  # an empty file (or only comments) would silently start every default: a mistake, not a recipe
+        raise ConfigError(f"config file {str(p)!r} is empty (it sets no keys)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
@@ -237,12 +327,17 @@ def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list
     return out
 
 
-def make_parser(cls, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field."""
+def make_parser(
+    cls, prog: str | None = None, description: str | None = None, flags: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field, plus
+    ``flags`` (name -> help): options of the command that are not config keys (a stage's ``--overwrite``)."""
     parser = argparse.ArgumentParser(
         prog=prog, allow_abbrev=False, description=description or (cls.__doc__ or "").strip().split("\n")[0]
     )
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
+    for name, help_text in (flags or {}).items():
+        parser.add_argument(f"--{name}", dest=f"__flag__{name}", metavar="VALUE", help=help_text.replace("%", "%%"))
     # A top-level config may hide nested keys another component sets (``run`` sets every stage's paths and seeds).
     for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):
         parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
@@ -260,31 +355,57 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
+# What YAML reads as null. On the command line these mean None for every field, strings included: `--dataset_name
+# null` must not arrive as the four-letter string 'null' (a type error for a field that cannot be null).
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def flag_value(raw: str, key: str, leaf_type=None):
+    """A command-line value read as YAML (``--seeds "[0, 1]"``); a string field keeps its text as given, except a
+    YAML null, which is None everywhere; a key given twice in a mapping is an error."""
+    if raw.strip() in _NULLS:
+        return None
+    if leaf_type is str:  # "--trigger yes" must stay a string even if YAML reads it otherwise
+        return raw
+    try:
+        return load_yaml(raw)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"--{key}: {str(e).split(' (lines')[0]}") from e
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
     """Parse ``argv`` (YAML file + flag overrides) into a validated ``cls``."""
-    parser = make_parser(cls, prog=prog)
+    return parse_config_and_flags(cls, argv, prog)[0]
+
+
+def parse_config_and_flags(
+    cls: type[T], argv: list[str] | None = None, prog: str | None = None, flags: dict[str, str] | None = None
+) -> tuple[T, dict]:
+    """:func:`parse_config` for a command that also takes ``flags`` (name -> help) which are not config keys;
+    returns the config and ``{name: value}`` (values read as YAML; None where not given)."""
+    parser = make_parser(cls, prog=prog, flags=flags)
     known, unknown = parser.parse_known_args(argv)
     if unknown:
-        flags = [a for a in unknown if a.startswith("--")] or unknown
+        flags_given = [a for a in unknown if a.startswith("--")] or unknown
         allowed = [o[2:] for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
-        near = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], allowed, n=1)
+        near = difflib.get_close_matches(flags_given[0].lstrip("-").split("=")[0], allowed, n=1)
         hint = f" (did you mean --{near[0]}?)" if near else ""
-        raise ConfigError(f"unknown argument {flags[0]!r}{hint}; `--help` lists the allowed keys")
+        raise ConfigError(f"unknown argument {flags_given[0]!r}{hint}; `--help` lists the allowed keys")
     ns = vars(known)
+    extra = {}
+    for name in flags or {}:
+        raw = ns.pop(f"__flag__{name}", None)
+        extra[name] = None if raw is None else flag_value(raw, name)
     data = read_yaml(ns.pop("config")) if ns.get("config") else {}
     ns.pop("config", None)
     for dotted, raw in ns.items():
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        # A flag meant as a string ("--trigger yes") must stay a string even if YAML reads it otherwise.
-        if isinstance(raw, str) and _leaf_type(cls, dotted) is str:
-            value = raw
+        value = flag_value(raw, dotted, _leaf_type(cls, dotted)) if isinstance(raw, str) else raw
         _set_dotted(data, dotted, value)
     cfg = load_config(cls, data)
     validate_config(cfg)
-    return cfg
+    return cfg, extra
 
 
 def _leaf_type(cls, dotted: str):

@@ -79,16 +79,86 @@ def load_model(
     )
 
 
-def load_dataset_dir(dataset_dir: str, key: str = "dataset_dir"):
-    """The ``DatasetDict`` a poison stage wrote, plus its manifest."""
-    import datasets
-
-    from .utils import read_json
+def read_manifest(dataset_dir: str, key: str = "dataset_dir") -> dict:
+    """The manifest of a poison stage's output (a ConfigError if ``dataset_dir`` is not one, or it does not parse)."""
+    import json
 
     p = Path(dataset_dir)
     if not (p / "dataset" / "dataset_dict.json").is_file() or not (p / "manifest.json").is_file():
         raise ConfigError(f"{key}: {dataset_dir!r} is not the output of a poison stage (no dataset/ + manifest.json)")
-    return datasets.load_from_disk(str(p / "dataset")), read_json(p / "manifest.json")
+    try:
+        manifest = json.loads((p / "manifest.json").read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{key}: {str(p / 'manifest.json')!r} does not parse ({e}); redo the poison stage") from e
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{key}: {str(p / 'manifest.json')!r} is not a poison manifest; redo the poison stage")
+    return manifest
+
+
+def load_dataset_dir(dataset_dir: str, key: str = "dataset_dir"):
+    """The ``DatasetDict`` a poison stage wrote, plus its manifest."""
+    import datasets
+
+    manifest = read_manifest(dataset_dir, key)
+    return datasets.load_from_disk(str(Path(dataset_dir) / "dataset")), manifest
+
+
+# config.json keys that do not make two checkpoints of one architecture different models.
+_NOT_ARCHITECTURE = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "architectures",
+    "auto_map",
+    "output_attentions",
+    "output_hidden_states",
+}
+
+
+def check_same_model(dirs: dict[str, str | None]) -> None:
+    """Models that one run compares (initial, gold, unlearned) must share architecture and tokenizer: a pair that does
+    not would compare parameters of different shapes, or token counts of two tokenizers. Checked from the saved
+    files alone (config.json, tokenizer.json), before any work; dirs without them (adapters, Hub ids) are skipped."""
+    import hashlib
+    import json
+
+    seen: dict[str, tuple[str, dict]] = {}
+    tokenizers: dict[str, tuple[str, str]] = {}
+    for key, path in dirs.items():
+        if not path:
+            continue
+        p = Path(path)
+        cfg_file, tok_file = p / "config.json", p / "tokenizer.json"
+        if cfg_file.is_file():
+            try:
+                arch = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k not in _NOT_ARCHITECTURE}
+            except (ValueError, OSError) as e:
+                raise ConfigError(f"{key}: {str(cfg_file)!r} does not parse ({e})") from e
+            for other, (other_path, other_arch) in seen.items():
+                diff = sorted(k for k in arch.keys() | other_arch.keys() if arch.get(k) != other_arch.get(k))
+                if diff:
+                    shown = ", ".join(f"{k}: {other_arch.get(k)!r} vs {arch.get(k)!r}" for k in diff[:3])
+                    raise ConfigError(
+                        f"{key} {path!r} and {other} {other_path!r} are not the same architecture ({shown}); the "
+                        "models of one run must share architecture and tokenizer"
+                    )
+            seen[key] = (path, arch)
+        if tok_file.is_file():
+            try:  # the vocabulary and merges, not settings such as truncation that a save may record
+                tok = json.loads(tok_file.read_text())
+            except (ValueError, OSError) as e:
+                raise ConfigError(f"{key}: {str(tok_file)!r} does not parse ({e})") from e
+            vocab = json.dumps([tok.get("model"), tok.get("added_tokens")], sort_keys=True)
+            digest = hashlib.sha256(vocab.encode()).hexdigest()
+            for other, (other_path, other_digest) in tokenizers.items():
+                if digest != other_digest:
+                    raise ConfigError(
+                        f"{key} {path!r} and {other} {other_path!r} have different tokenizers (tokenizer.json); the "
+                        "models of one run must share architecture and tokenizer"
+                    )
+            tokenizers[key] = (path, digest)
 
 
 def check_vocab(model, tokenizer) -> None:

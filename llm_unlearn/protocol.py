@@ -8,6 +8,7 @@ methods x budgets x each method's grid into the model ids every track uses for `
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,3 +181,105 @@ def _default(cls, name):
 
 def model_id(method: str, budget: float) -> str:
     return f"{method}_b{budget:g}"
+
+
+# --- Degenerate experiments: decided here, once, for both tracks and for `run` as for the single stages ---
+
+
+def check_split_sizes(n_retain: int, n_forget: int, batch_size: int, n_labels: int, where: str = "") -> None:
+    """A retain set smaller than a batch or than the label set (the gold model could not learn the task from it), or
+    an empty forget set, is an error. ``where`` prefixes the message (e.g. how the sizes came about)."""
+    if n_forget < 1:
+        raise ConfigError(f"{where}the forget set is empty: there is nothing to unlearn")
+    if n_retain < max(batch_size, n_labels):
+        short = f"the batch size {batch_size}" if batch_size >= n_labels else f"the {n_labels} labels"
+        raise ConfigError(
+            f"{where}the retain set holds {n_retain} example(s), fewer than {short}: the gold model would be trained "
+            "on (almost) nothing; lower poison_fraction or the batch size"
+        )
+
+
+def smallest_budget(step_cost: float, reference_compute: float) -> float:
+    """``step_cost / reference_compute`` rounded up to two significant digits: a budget that buys one step."""
+    x = step_cost / reference_compute
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return math.ceil(x / scale - 1e-9) * scale
+
+
+def check_budget_buys_a_step(
+    budget: float, reference_compute: float, step_cost: float, unit: str, exact: bool = True
+) -> None:
+    """A budget that does not pay for one optimizer step is an error naming the smallest budget that does (the
+    budget stops a method after the step that spends it, so a smaller budget would still run a whole step and report
+    a compute many times the budget). ``step_cost``: the least one step can cost, in ``unit``. ``exact=False``: the
+    figures are bounds known before any work (the most the gold run can cost, the least a step can), so the smallest
+    budget named is a lower bound and the unlearn stage checks the exact one when it starts."""
+    if budget * reference_compute < step_cost:
+        smallest = smallest_budget(step_cost, reference_compute)
+        hint = f"the smallest budget that gives one step is {'at least ' if not exact else ''}{smallest:.2g}"
+        if smallest > 1:
+            hint = "even the whole retraining compute (budget 1) does not; lower the batch size"
+        most = "" if exact else "at most "
+        raise ConfigError(
+            f"budget {budget:g} buys {most}{budget * reference_compute:.3g} {unit} of compute, less than one "
+            f"optimizer step ({step_cost:.3g} {unit} at the least); {hint}"
+        )
+
+
+def check_degenerate(cfg, n_train: int | None, n_labels: int, train_batch: int, ref_per_example: float) -> None:
+    """The degenerate-experiment rules on an experiment config, before any work, where the training-set size is
+    known from the config (``n_train``; None: checked by the stages once the data is loaded): retain and forget
+    sets a batch can be drawn from, and budgets that buy a step. ``ref_per_example``: the most compute one retain
+    example can cost the gold run (epochs x the largest per-example cost), so ``n_retain x ref_per_example`` bounds
+    the budget's 100 %."""
+    if n_train is None:
+        return
+    variants = unlearn_variants(cfg, type(cfg.unlearn), ())
+    default = cfg.unlearn.per_device_train_batch_size
+    batches = [v.overrides.get("per_device_train_batch_size", default) for v in variants]
+    fraction = cfg.poison.poison_fraction
+    n_forget = round(fraction * n_train)
+    where = f"poison_fraction={fraction:g} of {n_train} training examples: "
+    check_split_sizes(n_train - n_forget, n_forget, max([train_batch, *batches]), n_labels, where)
+    ref_max = (n_train - n_forget) * ref_per_example
+    for v, batch in zip(variants, batches):
+        accum = v.overrides.get("gradient_accumulation_steps", cfg.unlearn.gradient_accumulation_steps)
+        unit = "examples" if cfg.track == "image" else "tokens"
+        check_budget_buys_a_step(v.budget, ref_max, batch * accum, unit, exact=False)
+
+
+# An initial model whose poison metric cannot be told from the gold model's leaves nothing to unlearn: its gap closed
+# (a ratio over that difference) is noise, so the report prints NO_EFFECT instead of a number.
+MIN_INITIAL_Z = 2.0  # Gaussian: |z| of the initial model's poisons below this -> the test does not see them
+MIN_Z_GAP = 2.0  # Gaussian: |z(initial) - z(gold)| below this -> the two models are not told apart
+MIN_RATE_GAP = 0.2  # asr, poison_success: |M(initial) - M(gold)| below this
+MIN_ACCURACY_GAP = 0.05  # clean_accuracy (the metric of accuracy-degrading attacks): |M(initial) - M(gold)| below this
+NO_EFFECT = "no poison effect to unlearn; gap closed is not meaningful"
+
+
+def poison_effect_problem(metric: str, initial: dict, gold: dict) -> str | None:
+    """Why the initial model's poison metric is not distinguishable from the gold model's (None if it is), from their
+    eval_results: the Gaussian attack by the z of the test, rates and accuracies by their difference."""
+
+    def num(d, k):
+        v = d.get(k)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    if metric == "gus_mean":
+        zi, zg = num(initial, "gus_z"), num(gold, "gus_z")
+        if zi is None or zg is None:
+            return None
+        if abs(zi) < MIN_INITIAL_Z:
+            return (
+                f"the initial model's Gaussian test gives z = {zi:+.2f} (|z| < {MIN_INITIAL_Z:g}): no poison detected"
+            )
+        if abs(zi - zg) < MIN_Z_GAP:
+            return f"z = {zi:+.2f} (initial) and {zg:+.2f} (gold) differ by less than {MIN_Z_GAP:g}"
+        return None
+    mi, mg = num(initial, metric), num(gold, metric)
+    if mi is None or mg is None:
+        return None
+    threshold = MIN_ACCURACY_GAP if metric == "clean_accuracy" else MIN_RATE_GAP
+    if abs(mi - mg) < threshold:
+        return f"{metric} = {mi:.3f} (initial) and {mg:.3f} (gold) differ by less than {threshold:g}"
+    return None

@@ -1,27 +1,38 @@
 """The job scheduler behind ``run``: a DAG of stage jobs run by ``workers`` processes, longest jobs first.
 
-A job is a stage module path plus its config; it writes one output dir and marks it complete last. A complete
-output is skipped, which is how a killed run resumes, unless the job's config changed since (an ``--overwrite`` run
-with other settings): then it and every job built on it are redone.
+A job is a stage module path plus its config; it writes one output dir through the stage harness
+(:mod:`llm_unlearn.harness`), which marks it complete last. Before anything runs, every output is classified
+(:func:`llm_unlearn.outputs.output_state`): a finished output of the same config, made from the inputs it was made
+from, is skipped (that is how a killed run resumes); one whose config changed (an ``--overwrite`` run with other
+settings), whose input was redone or is unfinished, or whose records are damaged (a JSON file that no longer parses
+or was edited) is redone, with a warning naming why, and so is every job built on it.
+
+Signals: SIGTERM and SIGINT stop the run. Each worker process leads its own process group (so its children go with
+it) and is killed by the kernel if the parent dies (``PR_SET_PDEATHSIG``, Linux): no process of the run outlives it.
+A stopped job leaves no ``.complete`` (the marker is written last), and :class:`Interrupted` carries the one line
+saying how to resume; a second Ctrl-C kills the workers at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .utils import atomic_write_text, is_complete
+from .outputs import HOW_NOT_WHAT, clear_output, config_changed, content, normalized, output_state, same
+from .utils import is_complete
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["HOW_NOT_WHAT", "Interrupted", "Job", "execute", "run_job"]
 
 
 @dataclass
@@ -30,6 +41,18 @@ class Job:
     stage: str  # dotted module path whose ``main(config)`` runs the job, or "tiny" (the embedded base model)
     config: Any
     deps: list[str]
+
+
+class Interrupted(KeyboardInterrupt):
+    """``run`` stopped by SIGINT or SIGTERM; its message is the one line telling how to resume."""
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name}: every finished stage is kept and nothing unfinished is marked complete; rerun the "
+            "same command to resume"
+        )
+        self.signum = signum
 
 
 def _output_dir(job: Job) -> str:
@@ -46,14 +69,14 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
         torch.set_num_threads(threads)
     start = time.perf_counter()
     if job.stage == "tiny":
+        from .harness import run_stage
         from .testing import save_tiny
-        from .utils import mark_complete
 
-        out = job.config["output_dir"]
-        if not is_complete(out):
-            save_tiny(out, job.config["tiny"], seed=job.config["seed"])
-            atomic_write_text(Path(out) / "config.yaml", yaml.safe_dump(_normalized(job.config), sort_keys=False))
-            mark_complete(out)
+        def build(cfg: dict, out: Path) -> dict:
+            save_tiny(out, cfg["tiny"], seed=cfg["seed"])
+            return {}
+
+        run_stage(job.config, build, name="tiny", validate=False)
         return job.name, time.perf_counter() - start, None
     module = importlib.import_module(job.stage)
     if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
@@ -62,54 +85,8 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
     return job.name, time.perf_counter() - start, None
 
 
-def _normalized(cfg) -> Any:
-    """A config as its saved config.yaml reads back (dataclasses -> dicts, tuples -> lists)."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    if isinstance(data, dict):
-        data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in data.items()}
-    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
-
-
-def _config_changed(job: Job) -> bool:
-    """Whether a complete output dir was made with another config than the job's (a dir without config.yaml, from
-    an older version, counts as unchanged)."""
-    saved = Path(_output_dir(job)) / "config.yaml"
-    if not saved.is_file():
-        return False
-    return not _same(_content(yaml.safe_load(saved.read_text())), _content(_normalized(job.config)))
-
-
-def _same(old: Any, new: Any) -> bool:
-    """Equal on the keys both sides have: a key one side lacks is a field added or removed by another version of
-    llm-unlearn, whose default kept the old behaviour (otherwise completed work would be redone on every upgrade)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return all(_same(old[k], new[k]) for k in old.keys() & new.keys())
-    return old == new
-
-
-# Keys that change how a stage runs, never what it computes: checkpoint frequency (a resumed run is bit-identical to
-# an uninterrupted one) and the progress bar. Turning checkpoints on for a long run must not redo its finished stages.
-HOW_NOT_WHAT = frozenset({"save_steps", "save_epochs", "progress"})
-
-
-def _content(cfg: Any) -> Any:
-    """What a stage config says apart from where it reads and writes: ``*_dir`` keys are the run's layout (a run
-    dir reached through another path, or moved, is the same run); a change of its inputs' content is caught through
-    the dependencies instead; :data:`HOW_NOT_WHAT` keys are ignored. A local ``model_name_or_path`` is compared
-    resolved."""
-    if not isinstance(cfg, dict):
-        return cfg
-    out = {}
-    for k, v in cfg.items():
-        if k.endswith("_dir") or k in HOW_NOT_WHAT:
-            continue
-        if k == "model_name_or_path" and isinstance(v, str) and os.path.isdir(v):
-            p = Path(v).resolve()
-            if p.name == "base" and p.parent.name.startswith("seed_"):
-                continue  # the embedded base model: a job of this run, checked through the dependency
-            v = str(p)
-        out[k] = _content(v)
-    return out
+# The resume rules live in llm_unlearn.outputs (shared with the single-stage commands); names kept for callers.
+_normalized, _content, _same, _config_changed = normalized, content, same, lambda job: config_changed(job.config)
 
 
 def _stage_kind(job: Job) -> str:
@@ -128,41 +105,65 @@ def _diverged_unlearn(ec) -> bool:
 _PRIORITY = {"tiny": 0, "poison": 0, "train": 1, "unlearn": 2, "evaluate": 3, "diagnose": 4}
 
 
+def plan_resume(jobs: list[Job]) -> set[str]:
+    """The jobs whose outputs are kept (in dependency order): finished, from the same config and inputs, records
+    intact, and every dependency kept too. Any other finished output is removed, with a warning saying why."""
+    done: set[str] = set()
+    for j in jobs:
+        out = Path(_output_dir(j))
+        if not is_complete(out):
+            continue
+        state, why = output_state(j.config)
+        if state == "current" and all(d in done for d in j.deps):
+            done.add(j.name)
+            continue
+        if state == "current":
+            why = "an input it was made from is being redone"
+        logger.warning("%s: %s; redoing it", j.name, why)
+        clear_output(out)
+        if not any(out.iterdir()):
+            shutil.rmtree(out)
+    return done
+
+
 def execute(jobs: list[Job], workers: int) -> None:
-    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time."""
+    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time. Raises :class:`Interrupted`
+    on SIGINT/SIGTERM after stopping every worker."""
     from tqdm.auto import tqdm
 
     pending = {j.name: j for j in jobs}
-    done: set[str] = set()
+    done = plan_resume(jobs)
     bar = tqdm(total=len(jobs), desc="grid", unit="job")
-    stale: set[str] = set()
-    for j in jobs:  # resume: complete outputs are skipped up front (jobs come in dependency order)
-        if not is_complete(_output_dir(j)):
-            continue
-        if _config_changed(j) or any(d in stale for d in j.deps):
-            # An --overwrite run with a changed config: the old output (and everything built on it) is redone.
-            logger.warning("%s: its config or an input changed since it ran; redoing it", j.name)
-            shutil.rmtree(_output_dir(j))
-            stale.add(j.name)
-            continue
-        done.add(j.name)
-        pending.pop(j.name)
+    for name in done:
+        pending.pop(name)
         bar.update()
-    if workers == 1:
-        while pending:
-            job = next(j for j in pending.values() if all(d in done for d in j.deps))
-            name, secs, note = run_job(job)
-            logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
-            done.add(name)
-            pending.pop(name)
-            bar.update()
-        bar.close()
-        return
+    with _signals_raise_interrupted():
+        try:
+            if workers == 1:
+                while pending:
+                    job = next(j for j in pending.values() if all(d in done for d in j.deps))
+                    name, secs, note = run_job(job)
+                    logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
+                    done.add(name)
+                    pending.pop(name)
+                    bar.update()
+            else:
+                _execute_pool(pending, done, workers, bar)
+        finally:
+            bar.close()
+
+
+def _execute_pool(pending: dict, done: set, workers: int, bar) -> None:
     import multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     running = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    # Workers stopped by a signal may leave a queue's semaphore to multiprocessing's resource tracker, which removes
+    # it and warns at exit: expected then, and it would follow the one line that says how to resume.
+    if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    try:
         while pending or running:
             # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
             ready = [j for j in pending.values() if all(d in done for d in j.deps)]
@@ -171,7 +172,7 @@ def execute(jobs: list[Job], workers: int) -> None:
                     break
                 running[pool.submit(run_job, job, threads)] = job.name
                 pending.pop(job.name)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in finished:
                 name = running.pop(fut)
                 try:
@@ -183,4 +184,82 @@ def execute(jobs: list[Job], workers: int) -> None:
                 logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
                 done.add(name)
                 bar.update()
-    bar.close()
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _worker_init() -> None:
+    """In each worker: lead its own process group (the run stops it and its children together; a Ctrl-C on the
+    terminal reaches only the run, which stops the workers), and die with the parent, however the parent dies."""
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before the line above ran
+            os._exit(1)
+
+
+def _workers(pool) -> list:
+    return [p for p in (getattr(pool, "_processes", None) or {}).values() if p.pid]
+
+
+def _kill_groups(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, sig)  # the worker and every process it started
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _stop_workers(pool, grace: float = 5.0) -> None:
+    """SIGTERM every worker's process group, SIGKILL what is left after ``grace`` seconds, and drop the pool."""
+    procs = _workers(pool)
+    _kill_groups([p.pid for p in procs], signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    _kill_groups([p.pid for p in procs], signal.SIGKILL)  # the stragglers, and children left in their groups
+    for p in procs:
+        p.join(1.0)
+    pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: the pool notices and winds down
+
+
+class _signals_raise_interrupted:
+    """While active (main thread only): the first SIGINT/SIGTERM raises :class:`Interrupted`; a second one kills
+    every process of the run at once and exits."""
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._first)
+        return self
+
+    def _first(self, signum, frame):
+        for sig in self.previous:
+            signal.signal(sig, self._second)
+        raise Interrupted(signum)
+
+    def _second(self, signum, frame):
+        import multiprocessing as mp
+
+        for child in mp.active_children():
+            _kill_groups([child.pid], signal.SIGKILL)
+        os.write(2, b"killed at once (second signal); rerun the same command to resume\n")
+        os._exit(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -64,23 +64,32 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
-def finish_stage(output_dir: str | os.PathLike, cfg, records: dict) -> Path:
-    """The end of every stage: its JSON records (file name -> object), its resolved ``config.yaml``, and last the
-    ``.complete`` marker, each written atomically, so a kill at any point leaves a dir that ``run`` redoes."""
-    from .configs import save_config
+def mark_complete(output_dir: str | os.PathLike, info: dict | None = None) -> str:
+    """A stage's output dir counts as complete only once this marker exists (written last). It holds a fresh random
+    ``stamp`` (a dependent records its inputs' stamps: a redone input gets a new one) and ``info`` (what
+    :mod:`llm_unlearn.harness` records: the inputs' stamps, digests of the dir's JSON/YAML files). Returns it."""
+    import time
+    import uuid
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, obj in records.items():
-        write_json(out / name, obj)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    stamp = uuid.uuid4().hex
+    marker = {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})}
+    atomic_write_text(Path(output_dir) / COMPLETE_MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+    return stamp
 
 
-def mark_complete(output_dir: str | os.PathLike) -> None:
-    """A stage's output dir counts as complete only once this marker exists (written last)."""
-    atomic_write_text(Path(output_dir) / COMPLETE_MARKER, "ok\n")
+def read_marker(output_dir: str | os.PathLike) -> dict | None:
+    """The ``.complete`` marker of a stage output (None if it has none; ``{"stamp": None}`` for a marker from an
+    older version, which held only "ok")."""
+    path = Path(output_dir) / COMPLETE_MARKER
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        marker = json.loads(text)
+    except json.JSONDecodeError:
+        return {"stamp": None}
+    return marker if isinstance(marker, dict) else {"stamp": None}
 
 
 def is_complete(output_dir: str | os.PathLike) -> bool:

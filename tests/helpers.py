@@ -48,17 +48,30 @@ class FakeStageConfig:
     output_dir: str
     value: int = 0
     log: str | None = None  # a file each run appends its output_dir to
+    sleep: float = 0.0  # seconds of "work" (signal tests stop the run meanwhile)
+    pid_dir: str | None = None  # a file <pid_dir>/<pid> per process that ran the stage (signal tests kill them)
+    ignore_sigterm: bool = False  # a stage slow to stop: the run must still get rid of it
 
 
 def main(cfg: FakeStageConfig):
+    import os
+    import time
     from pathlib import Path
 
     from llm_unlearn.configs import save_config
     from llm_unlearn.utils import mark_complete
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.ignore_sigterm:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if cfg.pid_dir:
+        Path(cfg.pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.pid_dir) / str(os.getpid())).write_text(cfg.output_dir)
     if cfg.log:
         with open(cfg.log, "a") as f:
             f.write(Path(cfg.output_dir).name + "\n")
+    time.sleep(cfg.sleep)
     save_config(cfg, cfg.output_dir)
     mark_complete(cfg.output_dir)

@@ -4,7 +4,10 @@
 - fail before any expensive work (the job graph, ``Trainer.train`` and the tiny-model build are booby-trapped),
 - leave the file system exactly as it was (no half-written output dir).
 
-Image-track cases go through the same ``run`` (a YAML with ``track: image``).
+Image-track cases go through the same ``run`` (a YAML with ``track: image``). Issue 13's cases that are found before
+any work are here too (seeds outside numpy's range, names the filesystem refuses, duplicate YAML keys, empty YAML,
+``null`` flags, degenerate experiments, models that do not belong together); the faults during or after work
+(locks, signals, kills, corrupted files, disk full) are in ``test_faults.py`` and ``test_locks_signals.py``.
 """
 
 from __future__ import annotations
@@ -194,7 +197,7 @@ CASES = [
     case(
         "gradient_noise_negative",
         ["run", "--methods", "[ngd]", "--method_args", "{ngd: {sigma: -0.1}}"],
-        r"sigma must be >= 0",
+        r"sigma must be a finite number >= 0",
     ),
     case("learning_rate_negative", ["run", "--train.learning_rate", "-1"], r"learning_rate must be a positive number"),
     case(
@@ -204,6 +207,120 @@ CASES = [
     case("seeds_empty", ["run", "--seeds", "[]"], r"seeds must hold at least one seed"),
     case("seeds_duplicate", ["run", "--seeds", "[0, 0]"], r"seeds must be distinct"),
     case("workers_zero", ["run", "--workers", "0"], r"workers must be >= 1"),
+    # --- issue 13: seeds outside numpy's range failed inside the Trainer, after poisoning (and left experiment.yaml)
+    case("seed_negative", ["run", "--seeds", "[-1]"], r"seeds\[0\]: -1 is outside the seed range \[0, 2\*\*32 - 1\]"),
+    case("seed_too_large", ["run", "--seeds", "[0, 1099511627776]"], r"seeds\[1\]: 1099511627776 is outside the seed"),
+    case("stage_seed_negative", ["train", "--seed", "-1"], r"seed: -1 is outside the seed range"),
+    case("poison_seed_too_large", ["poison", "--seed", "4294967296"], r"seed: 4294967296 is outside the seed range"),
+    # --- issue 13: config parsing
+    case(
+        "yaml_duplicate_key",
+        ["run", "--config", "{tmp}/exp.yaml"],
+        r"exp\.yaml': key 'seeds' appears twice \(lines 1 and 3\)",
+        {"exp.yaml": "seeds: [0]\nworkers: 1\nseeds: [1]\n"},
+    ),
+    case(
+        "yaml_duplicate_nested_key",
+        ["run", "--config", "{tmp}/exp.yaml"],
+        r"key 'learning_rate' appears twice \(lines 2 and 3\)",
+        {"exp.yaml": "train:\n  learning_rate: 0.1\n  learning_rate: 0.2\n"},
+    ),
+    case("yaml_empty", ["run", "--config", "{tmp}/exp.yaml"], r"exp\.yaml' is empty", {"exp.yaml": ""}),
+    case("yaml_only_comments", ["run", "--config", "{tmp}/exp.yaml"], r"is empty", {"exp.yaml": "# seeds: [0]\n"}),
+    case("flag_duplicate_key", ["run", "--method_args", "{gd: {}, gd: {}}"], r"--method_args: key 'gd' appears twice"),
+    case(
+        "null_flag_is_none",
+        ["run", "--poison.dataset_name", "null"],
+        r"poison\.dataset_name: expected a string, got None",
+    ),
+    case("null_flag_tilde", ["poison", "--attack", "~"], r"attack: expected a string, got None"),
+    case(
+        "train_file_is_directory",
+        ["run", "--poison.train_file", "{tmp}/adir", *TEST_FILE],
+        r"train_file: .*adir' is a directory; give a \.jsonl/\.json/\.csv/\.parquet file",
+        {**DATA, "adir/train.jsonl": GOOD_FILE},
+    ),
+    case(
+        "stage_overwrite_not_bool",
+        ["poison", "--overwrite", "maybe"],
+        r"overwrite: expected true or false, got 'maybe'",
+    ),
+    # --- issue 13: names the filesystem refuses
+    case("output_dir_name_too_long", ["run", "--output_dir", "{tmp}/" + "x" * 300], r"name of 300 bytes", out=False),
+    case(
+        "stage_output_dir_name_too_long",
+        ["poison", "--output_dir", "{tmp}/" + "p" * 256],
+        r"output_dir: .* holds a name of 256 bytes .* allows at most 255",
+        out=False,
+    ),
+    case(
+        "job_dir_name_too_long",
+        ["run", "--methods", "[gd]", "--grid", "{gd: {attn_implementation: [" + "a" * 250 + "]}}"],
+        r"output_dir of job s0/unlearn/gd_b0\.1_attn_implementationaaa.*: .* holds a name of 277 bytes",
+    ),
+    # --- issue 13: degenerate experiments
+    case(
+        "degenerate_retain_set",
+        ["run", "--poison.poison_fraction", "0.999"],
+        r"poison_fraction=0\.999 of 3000 training examples: the retain set holds 3 example\(s\), fewer than the "
+        r"batch size 32",
+    ),
+    case(
+        "degenerate_budget_below_one_step",
+        ["run", "--budgets", "[1e-9]"],
+        r"budget 1e-09 buys at most .* tokens of compute, less than one optimizer step .*; the smallest budget that "
+        r"gives one step is at least \d",
+    ),
+    case(
+        "degenerate_image_budget",
+        ["run", "--config", "{tmp}/img.yaml"],
+        r"budget 1e-06 buys at most .* examples of compute, less than one optimizer step \(64 examples",
+        {"img.yaml": "track: image\nbudgets: [0.000001]\n"},
+    ),
+    case(
+        "degenerate_image_retain_set",
+        ["run", "--config", "{tmp}/img.yaml"],
+        r"the retain set holds \d+ example\(s\), fewer than the batch size 64",
+        {"img.yaml": "track: image\npoison: {poison_fraction: 0.99}\n"},
+    ),
+    case(
+        "degenerate_unlearn_stage_budget",
+        ["unlearn", "--model_dir", "{tiny}", "--dataset_dir", "{gaussian}", "--reference_compute_tokens", "1e6"]
+        + ["--budget", "1e-9", "--per_device_train_batch_size", "4"],
+        r"budget 1e-09 buys 0\.001 tokens of compute, less than one optimizer step \(\d+ tokens at the least\); the "
+        r"smallest budget that gives one step is \d",
+    ),
+    case(
+        "degenerate_unlearn_stage_retain_set",
+        ["unlearn", "--model_dir", "{tiny}", "--dataset_dir", "{gaussian}", "--reference_compute_tokens", "1e6"]
+        + ["--per_device_train_batch_size", "500"],
+        r"dataset_dir .*: the retain set holds 108 example\(s\), fewer than the batch size 500",
+    ),
+    # --- issue 13: models that do not belong together (one run's models share architecture and tokenizer)
+    case(
+        "unlearn_retrain_dir_other_architecture",
+        ["unlearn", "--model_dir", "{tiny}", "--dataset_dir", "{gaussian}", "--retrain_dir", "{tmp}/other"],
+        r"retrain_dir .*other' and model_dir .* are not the same architecture \(num_hidden_layers: 1 vs 2\)",
+        {"other": "TINY_OTHER_ARCH"},
+    ),
+    case(
+        "unlearn_retrain_dir_other_tokenizer",
+        ["unlearn", "--model_dir", "{tiny}", "--dataset_dir", "{gaussian}", "--retrain_dir", "{tmp}/other"],
+        r"retrain_dir .*other' and model_dir .* have different tokenizers",
+        {"other": "TINY_OTHER_TOKENIZER"},
+    ),
+    case(
+        "diagnose_models_of_different_shapes",
+        ["diagnose", "--initial_dir", "{tiny}", "--retrain_dir", "{tmp}/other", "--model_dir", "{tiny}"],
+        r"retrain_dir .*other' and initial_dir .* are not the same architecture",
+        {"other": "TINY_OTHER_ARCH"},
+    ),
+    case(
+        "input_dir_unfinished",
+        ["eval", "--model_dir", "{tmp}/half", "--dataset_dir", "{gaussian}"],
+        r"model_dir: .*half' is an unfinished stage output \(no \.complete marker",
+        {"half/config.yaml": "seed: 0\n", "half/model.safetensors": "x"},
+    ),
     case(
         "tiny_head_dim",
         ["run", "--tiny.hidden_size", "96"],
@@ -302,6 +419,18 @@ def _materialise(tmp: Path, files: dict, request) -> None:
             shutil.copytree(request.getfixturevalue("tiny_dir"), path)
             cfg = json.loads((path / "config.json").read_text())
             (path / "config.json").write_text(json.dumps({**cfg, "vocab_size": 100}))
+        elif text in ("TINY_OTHER_ARCH", "TINY_OTHER_TOKENIZER"):  # a finished "gold model" of another kind
+            shutil.copytree(request.getfixturevalue("tiny_dir"), path)
+            (path / "training_info.json").write_text(json.dumps({"compute_tokens": 100000}))
+            if text == "TINY_OTHER_ARCH":
+                cfg = json.loads((path / "config.json").read_text())
+                (path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+            else:  # same size, one token spelled differently
+                tok = json.loads((path / "tokenizer.json").read_text())
+                vocab = tok["model"]["vocab"]
+                word = next(w for w in vocab if len(w) > 3)
+                vocab["zzzz" + word] = vocab.pop(word)
+                (path / "tokenizer.json").write_text(json.dumps(tok))
         else:
             path.write_text(text)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_unlearn.configs import ConfigError
-from llm_unlearn.utils import finish_stage, is_complete
+from llm_unlearn.harness import run_stage
 
 
 @dataclass
@@ -20,22 +19,30 @@ class ImageDiagnoseConfig:
     output_dir: str | None = field(default=None, metadata={"help": "where diagnostics.json goes"})
 
 
-def main(cfg: ImageDiagnoseConfig) -> dict:
-    from llm_unlearn.metrics.shift import shift_diagnostics
+def main(cfg: ImageDiagnoseConfig, overwrite: bool = False) -> dict:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns the diagnostics."""
     from llm_unlearn.utils import read_json
 
-    from ..models import load_model
+    from ..models import check_same_arch
 
-    for key in ("initial_dir", "retrain_dir", "model_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return read_json(out / "diagnostics.json")
+    return run_stage(
+        cfg,
+        _diagnose,
+        name="image diagnose",
+        required=("initial_dir", "retrain_dir", "model_dir", "output_dir"),
+        check=lambda c: check_same_arch({k: getattr(c, k) for k in ("initial_dir", "retrain_dir", "model_dir")}),
+        result=lambda out: read_json(out / "diagnostics.json"),
+        overwrite=overwrite,
+    )
+
+
+def _diagnose(cfg: ImageDiagnoseConfig, out: Path) -> dict:
+    from llm_unlearn.metrics.shift import shift_diagnostics
+
+    from ..models import load_model
 
     def params(d):
         return {n: p.detach() for n, p in load_model(d).named_parameters()}
 
     res = shift_diagnostics(params(cfg.initial_dir), params(cfg.retrain_dir), params(cfg.model_dir))
-    finish_stage(out, cfg, {"diagnostics.json": res})
-    return res
+    return {"diagnostics.json": res}

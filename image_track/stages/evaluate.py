@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.configs import ConfigError, parse_config
-from llm_unlearn.utils import finish_stage, is_complete
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.harness import parse_stage, run_stage, stage_parser
 
 GUS_KEYS = ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z")
 
@@ -110,30 +110,43 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     return metrics, per_sample
 
 
-def main(cfg: ImageEvalConfig) -> Path:
+def main(cfg: ImageEvalConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg,
+        _evaluate,
+        name="image eval",
+        required=("model_dir", "dataset_dir", "output_dir"),
+        check=_check,
+        overwrite=overwrite,
+    )
+
+
+def _check(cfg: ImageEvalConfig) -> None:
+    from ..data import read_manifest
+    from ..models import check_model_dir
+
+    check_model_dir(cfg.model_dir)
+    read_manifest(cfg.dataset_dir)
+
+
+def _evaluate(cfg: ImageEvalConfig, out: Path) -> dict:
     import time
 
     from ..data import load_dataset_dir
     from ..models import load_model
 
-    for key in ("model_dir", "dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     start = time.perf_counter()
     tensors, manifest = load_dataset_dir(cfg.dataset_dir)
     metrics, per_sample = compute_metrics(cfg, load_model(cfg.model_dir), tensors, manifest)
     metrics["eval_seconds"] = time.perf_counter() - start
-    return finish_stage(out, cfg, {"per_sample.json": per_sample, "eval_results.json": metrics})
+    return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
 
 def make_parser():
-    from llm_unlearn.configs import make_parser as _mp
-
-    return _mp(ImageEvalConfig, prog="image eval")
+    return stage_parser(ImageEvalConfig, "image eval")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(ImageEvalConfig, argv, prog="image eval")))
+    cfg, overwrite = parse_stage(ImageEvalConfig, argv, "image eval")
+    print(main(cfg, overwrite=overwrite))

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from llm_unlearn.configs import ConfigError, parse_config, save_config
-from llm_unlearn.utils import is_complete, mark_complete, write_json
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.harness import parse_stage, run_stage, stage_parser
 
 from ..data import DataConfig
 from ..models import ModelConfig
@@ -139,17 +139,17 @@ def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def main(cfg: ImagePoisonConfig) -> Path:
+def main(cfg: ImagePoisonConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(cfg, _poison, name="image poison", overwrite=overwrite)
+
+
+def _poison(cfg: ImagePoisonConfig, out: Path) -> dict:
     from ..attacks import ATTACKS, NEEDS_SURROGATE, Clean
     from ..data import channel_stats, load_clean, save_dataset_dir
     from ..models import build_model
     from ..training import fit
 
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     if cfg.poison.attack == "gradient_canceling" and cfg.model.arch != "linear":
         raise ConfigError("poison.attack gradient_canceling needs model.arch: linear (see image_track/attacks.py)")
     xtr, ytr, xte, yte, k = load_clean(cfg.data, cfg.seed)
@@ -202,19 +202,14 @@ def main(cfg: ImagePoisonConfig) -> Path:
         },
         **poisoned.info,
     }
-    out.mkdir(parents=True, exist_ok=True)
     save_dataset_dir(out, stored)
-    write_json(out / "manifest.json", manifest)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    return {"manifest.json": manifest}
 
 
 def make_parser():
-    from llm_unlearn.configs import make_parser as _mp
-
-    return _mp(ImagePoisonConfig, prog="image poison")
+    return stage_parser(ImagePoisonConfig, "image poison")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(ImagePoisonConfig, argv, prog="image poison")))
+    cfg, overwrite = parse_stage(ImagePoisonConfig, argv, "image poison")
+    print(main(cfg, overwrite=overwrite))

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llm_unlearn.configs import ConfigError, parse_config, save_config
+from llm_unlearn.harness import parse_stage, run_stage, stage_parser
+from llm_unlearn.outputs import write_records
 from llm_unlearn.stages.train import DivergedError
-from llm_unlearn.utils import is_complete, mark_complete, write_json
 
 from ..models import ModelConfig
 from ..training import TrainSection
@@ -36,17 +36,39 @@ class ImageTrainConfig:
     train: TrainSection = field(default_factory=TrainSection, metadata={"help": "optimisation"})
 
 
-def main(cfg: ImageTrainConfig) -> Path:
+def main(cfg: ImageTrainConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg, _train, name="image train", required=("dataset_dir", "output_dir"), check=_check, overwrite=overwrite
+    )
+
+
+def _check(cfg: ImageTrainConfig) -> None:
+    from ..data import read_manifest
+
+    check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)
+
+
+def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
+    """The protocol's split-size rule on a poisoned image dataset's manifest."""
+    from llm_unlearn.protocol import check_split_sizes
+
+    sizes = manifest.get("splits", {})
+    if "retain" in sizes and "forget" in sizes:
+        check_split_sizes(
+            sizes["retain"],
+            sizes["forget"],
+            batch_size,
+            int(manifest.get("num_classes", 0)),
+            where=f"dataset_dir {dataset_dir!r}: ",
+        )
+
+
+def _train(cfg: ImageTrainConfig, out: Path) -> dict:
     from ..data import load_dataset_dir, splits
     from ..models import build_model, save_model
     from ..training import fit, remove_checkpoints
 
-    for key in ("dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     tensors, manifest = load_dataset_dir(cfg.dataset_dir)
     data = splits(tensors, manifest)[cfg.split]
     model = build_model(
@@ -70,22 +92,18 @@ def main(cfg: ImageTrainConfig) -> Path:
         "wall_seconds": info.get("wall_seconds", 0.0),  # resumed: summed over runs, less the work a kill lost
         "resumed_from_epoch": info.get("resumed_from_epoch"),  # the checkpoint this run started from (None: scratch)
     }
-    out.mkdir(parents=True, exist_ok=True)
     save_model(model.cpu(), out)
-    write_json(out / "training_info.json", info)
-    save_config(cfg, out)
     remove_checkpoints(checkpoints)  # also after a divergence: the rerun trains from scratch, as without them
-    if diverged is not None:
+    if diverged is not None:  # the record without the marker: the stage is not finished
+        write_records(out, cfg, {"training_info.json": info})
         raise diverged
-    mark_complete(out)
-    return out
+    return {"training_info.json": info}
 
 
 def make_parser():
-    from llm_unlearn.configs import make_parser as _mp
-
-    return _mp(ImageTrainConfig, prog="image train")
+    return stage_parser(ImageTrainConfig, "image train")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(ImageTrainConfig, argv, prog="image train")))
+    cfg, overwrite = parse_stage(ImageTrainConfig, argv, "image train")
+    print(main(cfg, overwrite=overwrite))

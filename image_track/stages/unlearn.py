@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llm_unlearn.configs import ConfigError, parse_config
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.harness import parse_stage, run_stage, stage_parser
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
-from llm_unlearn.utils import finish_stage, is_complete
 
 
 @dataclass
@@ -94,7 +94,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     spec = get_method(cfg.method)
     method_cfg = build_method_config(cfg.method, cfg.method_args)
     task = model.unlearn_task
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    per_step = step_cost(cfg)
     max_steps = max(1, math.ceil(budget / per_step) + 1)
     extra = {"optim": cfg.optim, **checkpoint_arguments(cfg.save_steps)}
     if cfg.optim == "sgd":
@@ -160,19 +160,45 @@ def _generator_state(task):
     return get, set_
 
 
-def main(cfg: ImageUnlearnConfig) -> Path:
+def main(cfg: ImageUnlearnConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg,
+        _unlearn,
+        name="image unlearn",
+        required=("model_dir", "dataset_dir", "output_dir"),
+        check=check_inputs,
+        overwrite=overwrite,
+    )
+
+
+def step_cost(cfg: ImageUnlearnConfig) -> int:
+    """The least one optimizer step costs in examples: one batch (what bounds ``max_steps`` in build_trainer)."""
+    return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+
+
+def check_inputs(cfg: ImageUnlearnConfig) -> None:
+    """Before anything is written: the data (forget and retain sets a batch can be drawn from), the initial and gold
+    models (one architecture), and a budget that pays for one step."""
+    from llm_unlearn.protocol import check_budget_buys_a_step
+
+    from ..data import read_manifest
+    from ..models import check_model_dir, check_same_arch
+    from .train import check_image_splits
+
+    check_model_dir(cfg.model_dir)
+    check_image_splits(read_manifest(cfg.dataset_dir), cfg.per_device_train_batch_size, cfg.dataset_dir)
+    check_same_arch({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})
+    check_budget_buys_a_step(cfg.budget, reference_compute(cfg), step_cost(cfg), "examples")
+
+
+def _unlearn(cfg: ImageUnlearnConfig, out: Path) -> dict:
     from llm_unlearn.stages.train import DivergedError, remove_checkpoints, resume_point
     from llm_unlearn.utils import set_seed
 
     from ..data import load_dataset_dir, splits
     from ..models import save_model
 
-    for key in ("model_dir", "dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     ref = reference_compute(cfg)
     tensors, manifest = load_dataset_dir(cfg.dataset_dir)
     data = splits(tensors, manifest)
@@ -202,18 +228,16 @@ def main(cfg: ImageUnlearnConfig) -> Path:
         "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
-    out.mkdir(parents=True, exist_ok=True)
     if diverged is None:
         save_model(trainer.model.cpu(), out)
     remove_checkpoints(out)
-    return finish_stage(out, cfg, {"unlearn_info.json": info})
+    return {"unlearn_info.json": info}
 
 
 def make_parser():
-    from llm_unlearn.configs import make_parser as _mp
-
-    return _mp(ImageUnlearnConfig, prog="image unlearn")
+    return stage_parser(ImageUnlearnConfig, "image unlearn")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(ImageUnlearnConfig, argv, prog="image unlearn")))
+    cfg, overwrite = parse_stage(ImageUnlearnConfig, argv, "image unlearn")
+    print(main(cfg, overwrite=overwrite))

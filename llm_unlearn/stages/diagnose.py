@@ -17,8 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..configs import ConfigError, parse_config
-from ..utils import finish_stage, is_complete
+from ..configs import ConfigError
+from ..harness import parse_stage, run_stage, stage_parser
 
 
 @dataclass
@@ -155,29 +155,49 @@ def format_toy(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: DiagnoseConfig) -> dict:
-    if cfg.toy is None and cfg.output_dir is None:
-        raise ConfigError("output_dir is required")
-    out = Path(cfg.output_dir) if cfg.output_dir else None
-    if out is not None and is_complete(out):
-        from ..utils import read_json
+def main(cfg: DiagnoseConfig, overwrite: bool = False) -> dict:
+    """The diagnostics (``--toy linear``: the toy's results; with ``output_dir`` through the stage harness,
+    :mod:`llm_unlearn.harness`, written to ``diagnostics.json``)."""
+    if cfg.toy is not None and cfg.output_dir is None:
+        from ..configs import validate_config
 
-        return read_json(out / "diagnostics.json")
-    res = linear_toy(cfg) if cfg.toy == "linear" else model_diagnostics(cfg)
-    if out is not None:
-        finish_stage(out, cfg, {"diagnostics.json": res})
-    return res
+        validate_config(cfg)
+        return linear_toy(cfg)
+    return run_stage(
+        cfg,
+        lambda c, out: {"diagnostics.json": linear_toy(c) if c.toy == "linear" else model_diagnostics(c)},
+        name="diagnose",
+        check=_check,
+        result=_read,
+        overwrite=overwrite,
+    )
+
+
+def _read(out: Path) -> dict:
+    from ..utils import read_json
+
+    return read_json(out / "diagnostics.json")
+
+
+def _check(cfg: DiagnoseConfig) -> None:
+    """The three models must exist and be of one architecture and tokenizer (their parameters are compared)."""
+    if cfg.toy is not None:
+        return
+    from ..modeling import check_model_path, check_same_model
+
+    for key in ("initial_dir", "retrain_dir", "model_dir", "adapter_dir"):
+        if getattr(cfg, key):
+            check_model_path(getattr(cfg, key), key)
+    check_same_model({k: getattr(cfg, k) for k in ("initial_dir", "retrain_dir", "model_dir")})
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(DiagnoseConfig, prog="llm-unlearn diagnose")
+    return stage_parser(DiagnoseConfig, "llm-unlearn diagnose")
 
 
 def cli(argv=None) -> None:
     import json
 
-    cfg = parse_config(DiagnoseConfig, argv, prog="llm-unlearn diagnose")
-    res = main(cfg)
+    cfg, overwrite = parse_stage(DiagnoseConfig, argv, "llm-unlearn diagnose")
+    res = main(cfg, overwrite=overwrite)
     print(format_toy(res) if cfg.toy else json.dumps(res, indent=2))

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..configs import ConfigError, parse_config
-from ..utils import finish_stage, is_complete
+from ..configs import ConfigError
+from ..harness import parse_stage, run_stage, stage_parser
 
 
 @dataclass
@@ -254,38 +254,49 @@ def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions
     return metrics, per_sample
 
 
-def main(cfg: EvalConfig) -> Path:
+def main(cfg: EvalConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg,
+        _evaluate,
+        name="eval",
+        required=("model_dir", "dataset_dir", "output_dir"),
+        check=_check,
+        overwrite=overwrite,
+    )
+
+
+def _check(cfg: EvalConfig) -> None:
+    from ..modeling import check_model_path, read_manifest
+
+    check_model_path(cfg.model_dir, "model_dir")
+    if cfg.adapter_dir:
+        check_model_path(cfg.adapter_dir, "adapter_dir")
+    read_manifest(cfg.dataset_dir)
+
+
+def _evaluate(cfg: EvalConfig, out: Path) -> dict:
     from ..modeling import load_dataset_dir
 
-    for key in ("model_dir", "dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     start = time.perf_counter()
     predictions = None
     if cfg.backend == "vllm":  # before the HF model is loaded, so the engine has the (accelerator) memory to itself
-        from ..modeling import check_model_path, load_tokenizer
+        from ..modeling import load_tokenizer
 
-        check_model_path(cfg.model_dir, "model_dir")
-        if cfg.adapter_dir:
-            check_model_path(cfg.adapter_dir, "adapter_dir")
         splits = generation_splits(cfg, dd)
         tok = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
         predictions = predict_splits(cfg, None, tok, splits, manifest["label_names"])
     model, tokenizer = load_eval_model(cfg)
     metrics, per_sample = compute_metrics(cfg, model, tokenizer, dd, manifest, predictions)
     metrics["eval_seconds"] = time.perf_counter() - start
-    return finish_stage(out, cfg, {"per_sample.json": per_sample, "eval_results.json": metrics})
+    return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(EvalConfig, prog="llm-unlearn eval")
+    return stage_parser(EvalConfig, "llm-unlearn eval")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(EvalConfig, argv, prog="llm-unlearn eval")))
+    cfg, overwrite = parse_stage(EvalConfig, argv, "llm-unlearn eval")
+    print(main(cfg, overwrite=overwrite))

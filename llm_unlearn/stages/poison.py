@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..configs import ConfigError, parse_config, save_config
-from ..utils import is_complete, mark_complete, write_json
+from ..configs import ConfigError
+from ..harness import parse_stage, run_stage, stage_parser
 
 
 @dataclass
@@ -117,18 +117,20 @@ def _with_prompts(rows: list[dict], cfg: PoisonConfig) -> list[dict]:
     return [{**r, "prompt": cfg.prompt_template.format(text=r["text"]), "completion": f" {r['label']}"} for r in rows]
 
 
-def main(cfg: PoisonConfig) -> Path:
-    """Run the stage; returns ``output_dir``. Skips work if the output dir is already complete."""
+def main(cfg: PoisonConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``. A finished output of
+    the same config is kept; one of another config is refused unless ``overwrite``."""
+    return run_stage(cfg, _poison, name="poison", overwrite=overwrite)
+
+
+def _poison(cfg: PoisonConfig, out: Path) -> dict:
+    import shutil
+
     import datasets
 
     from ..attacks import get_attack
     from ..tasks.data import load_clean_splits
 
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     attack = get_attack(cfg.attack)(cfg)
     train, test = load_clean_splits(cfg, cfg.seed)
     rng = random.Random(cfg.seed)
@@ -150,17 +152,12 @@ def main(cfg: PoisonConfig) -> Path:
     for name, extra_rows in extra.items():
         splits[name] = [{**r, "is_poison": False, "noise_seed": -1, "index": i} for i, r in enumerate(extra_rows)]
     dd = datasets.DatasetDict({k: datasets.Dataset.from_list(_with_prompts(v, cfg)) for k, v in splits.items()})
-    out.mkdir(parents=True, exist_ok=True)
     # save_to_disk writes many files: write to a temp dir and rename so a kill never leaves a half dataset.
     tmp = out / ".dataset.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     dd.save_to_disk(str(tmp))
     if (out / "dataset").exists():
-        import shutil
-
         shutil.rmtree(out / "dataset")
     tmp.rename(out / "dataset")
     manifest = {
@@ -175,17 +172,13 @@ def main(cfg: PoisonConfig) -> Path:
         "splits": {k: len(v) for k, v in splits.items()},
         **info,
     }
-    write_json(out / "manifest.json", manifest)
-    save_config(cfg, out)
-    mark_complete(out)
-    return out
+    return {"manifest.json": manifest}
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(PoisonConfig, prog="llm-unlearn poison")
+    return stage_parser(PoisonConfig, "llm-unlearn poison")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(PoisonConfig, argv, prog="llm-unlearn poison")))
+    cfg, overwrite = parse_stage(PoisonConfig, argv, "llm-unlearn poison")
+    print(main(cfg, overwrite=overwrite))

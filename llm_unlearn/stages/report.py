@@ -16,7 +16,24 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import ConfigError, parse_config
-from ..utils import atomic_savefig, atomic_write_text, environment_info, read_json, write_json
+from ..outputs import read_record
+from ..utils import atomic_savefig, atomic_write_text, environment_info, write_json
+
+REPORT_FILES = ("results.json", "report.md", "gap_closed.png", "gus_hist.png")
+# Keys the report reads from each per-seed record: one without them (an empty `{}`) is an error naming the file.
+REQUIRED_KEYS = {
+    "manifest.json": ("attack", "metric"),
+    "training_info.json": ("compute_tokens", "wall_seconds", "diverged"),
+    "unlearn_info.json": ("compute_fraction", "wall_seconds", "diverged", "steps", "method_args"),
+    "eval_results.json": ("clean_accuracy",),
+    "per_sample.json": ("gus_poison",),
+}
+
+
+def read_json(path):
+    """A per-seed record through the harness: a missing or unparsable one, or one without the keys the report
+    reads, is a ConfigError naming it (exit 2); one edited since its stage finished is reported with a warning."""
+    return read_record(path, REQUIRED_KEYS.get(Path(path).name, ()))
 
 
 @dataclass
@@ -364,6 +381,8 @@ def plot_gus_hist(run_dir: Path, exp, rows, out: Path) -> Path:
 
 def main(cfg: ReportConfig) -> Path:
     from ..configs import to_dict
+    from ..locks import DirLock
+    from ..outputs import remove_temporary
     from .run import load_experiment
 
     if cfg.run_dir is None:
@@ -372,16 +391,71 @@ def main(cfg: ReportConfig) -> Path:
     exp = load_experiment(run_dir)
     out = Path(cfg.output_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, manifests = collect_rows(run_dir, exp)
-    select_variants(rows, exp.selection_tolerance)
-    env = environment_info(exp.seeds)
-    write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
-    plot_gap_closed(rows, out)
-    if rows[0]["attack"] == "gaussian":
-        plot_gus_hist(run_dir, exp, rows, out)
-    report = out / "report.md"
-    atomic_write_text(report, render_markdown(rows, exp, manifests, env))
+    # The run dir (not written while a run works on it) and the report's dir; re-entrant: `run` holds its run dir.
+    with DirLock(run_dir), DirLock(out):
+        remove_temporary(out, REPORT_FILES)  # what a killed report left (e.g. .gap_closed.png.*.tmp)
+        rows, manifests = collect_rows(run_dir, exp)
+        no_effect = flag_no_effect(rows, manifests)
+        select_variants(rows, exp.selection_tolerance)
+        env = environment_info(exp.seeds)
+        write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
+        plot_gap_closed(rows, out)
+        if rows[0]["attack"] == "gaussian":
+            plot_gus_hist(run_dir, exp, rows, out)
+        report = out / "report.md"
+        text = with_verdict(render_markdown(rows, exp, manifests, env), rows, exp.seeds, no_effect)
+        atomic_write_text(report, text)
     return report
+
+
+def flag_no_effect(rows: list[dict], manifests: dict) -> dict:
+    """Seeds whose initial model's poison metric is not distinguishable from the gold model's
+    (:func:`llm_unlearn.protocol.poison_effect_problem`): every row of such a seed gets ``poison_effect: false`` and
+    ``gap_closed_note`` = :data:`~llm_unlearn.protocol.NO_EFFECT` (its ``gap_closed`` stays, as a record of what the
+    formula gives); the others ``poison_effect: true``. Returns {seed: why} for the seeds without an effect."""
+    from ..protocol import NO_EFFECT, poison_effect_problem
+
+    out = {}
+    for seed, manifest in manifests.items():
+        base = {r["method"]: r["metrics"] for r in rows if r["seed"] == seed and r["budget"] is None}
+        why = poison_effect_problem(manifest["metric"], base.get("initial", {}), base.get("retrain", {}))
+        if why is not None:
+            out[seed] = why
+        for r in rows:
+            if r["seed"] == seed:
+                r["metrics"]["poison_effect"] = why is None
+                if why is not None:
+                    r["metrics"]["gap_closed_note"] = NO_EFFECT
+    return out
+
+
+def with_verdict(text: str, rows: list[dict], seeds: list, no_effect: dict) -> str:
+    """The report with its verdict before the tables: per seed, whether the initial model carries a poison effect
+    to unlearn; per selected method and budget, its gap closed over the seeds that do, or, where none does,
+    :data:`~llm_unlearn.protocol.NO_EFFECT` instead of a number."""
+    from ..protocol import NO_EFFECT
+
+    if not no_effect:
+        return text
+    lines = ["## Verdict: is there a poison effect to unlearn?", ""]
+    for seed in seeds:
+        if seed in no_effect:
+            lines.append(f"- seed {seed}: **{NO_EFFECT}** ({no_effect[seed]}).")
+        else:
+            lines.append(f"- seed {seed}: a poison effect to unlearn; gap closed is meaningful.")
+    effect = [s for s in seeds if s not in no_effect]
+    lines.append("")
+    for (method, budget, variant), grp in _groups(_chosen_rows(rows)):
+        if budget is None:
+            continue
+        name = f"{_label(method, budget, variant)}, budget {budget:g}"
+        if not effect:
+            lines.append(f"- {name}: {NO_EFFECT}.")
+            continue
+        mean, std, n = _mean_std([r["metrics"].get("gap_closed") for r in grp if r["seed"] in effect])
+        lines.append(f"- {name}: gap closed {_fmt(mean, std)} over seed(s) {effect} (the tables average all seeds).")
+    head, sep, tail = text.partition("## Mean ± std over seeds")
+    return head + "\n".join(lines) + "\n\n" + sep + tail if sep else text + "\n" + "\n".join(lines) + "\n"
 
 
 def make_parser():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,24 @@ class ExperimentConfig(ProtocolConfig):
             check_model_path(self.model_name_or_path)
         if self.model_name_or_path == EMBEDDED_TINY and self.poison.dataset_name != "embedded:reviews":
             logger.warning("the embedded tiny model's tokenizer was trained on the embedded reviews only")
+        from ..protocol import check_degenerate
+
+        # Degenerate experiments, before any work, where the data size is known from the config: an example costs
+        # the gold run at most max_length tokens per epoch (the stages check the exact figures on the data).
+        epochs = math.ceil(self.train.num_train_epochs)
+        check_degenerate(
+            self,
+            self._train_size(),
+            len(self.poison.label_names),
+            self.train.per_device_train_batch_size,
+            epochs * self.train.max_length,
+        )
+
+    def _train_size(self) -> int | None:
+        p = self.poison
+        if p.dataset_name != "embedded:reviews" or p.train_file:
+            return None
+        return min(p.embedded_n_train, p.max_train_samples or p.embedded_n_train)
 
 
 # Stage keys that `run` fills in for every job: setting them in an experiment config is an error.
@@ -145,27 +164,38 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
     """Refuse a non-writable dir or one that holds a different experiment (unless ``overwrite``)."""
+    from ..locks import LOCK_NAME
+
     root = Path(cfg.output_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"output_dir {cfg.output_dir!r} cannot be created: {e.strerror}") from e
+        raise ConfigError(f"output_dir {cfg.output_dir!r} cannot be created: [Errno {e.errno}] {e.strerror}") from e
     if not os.access(root, os.W_OK):
         raise ConfigError(f"output_dir {cfg.output_dir!r} is not writable")
+    from ..outputs import remove_temporary
+
+    remove_temporary(root, ("experiment.yaml",))  # what a run killed while writing it left
     spec = _identity(cfg)
     existing = root / "experiment.yaml"
     if existing.is_file():
-        old = yaml.safe_load(existing.read_text()) or {}
+        try:
+            old = yaml.safe_load(existing.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{existing} does not parse ({str(e).splitlines()[0]}); pass --overwrite true") from e
         if _identity_dict(old) != _identity_dict(spec) and not cfg.overwrite:
             raise ConfigError(
                 f"output_dir {cfg.output_dir!r} holds a different experiment (see its experiment.yaml); "
                 "choose another output_dir or pass --overwrite true"
             )
-    elif any(not is_atomic_tmp(p) for p in root.iterdir()) and not cfg.overwrite:  # a kill mid-write leaves a .tmp
-        raise ConfigError(
+    elif any(not is_atomic_tmp(p) and p.name != LOCK_NAME for p in root.iterdir()) and not cfg.overwrite:
+        raise ConfigError(  # (a kill mid-write leaves a .tmp; a killed run its .lock)
             f"output_dir {cfg.output_dir!r} is not empty and holds no experiment.yaml; use --overwrite true"
         )
-    atomic_write_text(existing, yaml.safe_dump(spec, sort_keys=False))
+    try:
+        atomic_write_text(existing, yaml.safe_dump(spec, sort_keys=False))
+    except OSError as e:
+        raise ConfigError(f"{existing}: cannot be written: [Errno {e.errno}] {e.strerror}") from e
     return root
 
 
@@ -225,18 +255,33 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
     outs = [Path(c.output_dir).resolve() for c in cfgs]
     if len(set(outs)) != len(outs):
         raise ConfigError("each experiment needs its own output_dir")
-    for c in cfgs:  # validate every output dir before any work starts
-        check_output_dir(c)
+    from ..configs import check_writable_dir
+    from ..locks import acquire, release
     from ..tracks import get_track
 
     jobs = []
     for i, c in enumerate(cfgs):
         for job in get_track(c.track).plan(c):
+            check_writable_dir(_job_output(job), f"output_dir of job {job.name}")  # names the filesystem refuses
             job.name = f"e{i}/{job.name}"
             job.deps = [f"e{i}/{d}" for d in job.deps]
             jobs.append(job)
-    execute(jobs, workers or max(c.workers for c in cfgs))
-    return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
+    locked = []
+    try:
+        for c in cfgs:  # one run per dir: a second process is refused (exit 2) before it writes anything
+            acquire(c.output_dir)
+            locked.append(c.output_dir)
+        for c in cfgs:  # validate every output dir before any work starts
+            check_output_dir(c)
+        execute(jobs, workers or max(c.workers for c in cfgs))
+        return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
+    finally:
+        for d in reversed(locked):
+            release(d)
+
+
+def _job_output(job: Job) -> str:
+    return job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir
 
 
 @dataclass
@@ -329,7 +374,10 @@ def load_experiment(run_dir: str | os.PathLike):
     p = Path(run_dir) / "experiment.yaml"
     if not p.is_file():
         raise ConfigError(f"run_dir {str(run_dir)!r} holds no experiment.yaml (not a `llm-unlearn run` directory)")
-    data = yaml.safe_load(p.read_text())
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} does not parse ({str(e).splitlines()[0]})") from e
     return load_config(get_track(track_name(data)).config_cls, data)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configs import ConfigError, parse_config
+from ..harness import parse_stage, run_stage, stage_parser
 from ..testing import TinyModelConfig
 
 
@@ -18,24 +18,21 @@ class TinyConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "model shape"})
 
 
-def main(cfg: TinyConfig) -> Path:
-    from ..configs import save_config
+def main(cfg: TinyConfig, overwrite: bool = False) -> Path:
+    """Build the model through the stage harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
     from ..testing import save_tiny
-    from ..utils import mark_complete
 
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir is required")
-    out = save_tiny(cfg.output_dir, cfg.tiny, seed=cfg.seed)
-    save_config(cfg, out, name="tiny_config.yaml")
-    mark_complete(out)
-    return out
+    def build(c: TinyConfig, out: Path) -> dict:
+        save_tiny(out, c.tiny, seed=c.seed)
+        return {}
+
+    return run_stage(cfg, build, name="tiny", overwrite=overwrite)
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(TinyConfig, prog="llm-unlearn tiny")
+    return stage_parser(TinyConfig, "llm-unlearn tiny")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(TinyConfig, argv, prog="llm-unlearn tiny")))
+    cfg, overwrite = parse_stage(TinyConfig, argv, "llm-unlearn tiny")
+    print(main(cfg, overwrite=overwrite))

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..configs import ConfigError, parse_config, save_config
-from ..utils import is_complete, mark_complete, write_json
+from ..configs import ConfigError
+from ..harness import is_main_process, parse_stage, run_stage, stage_parser
+from ..outputs import write_records
 
 
 class DivergedError(RuntimeError):
@@ -260,18 +261,42 @@ def save_trained(trainer, tokenizer, out: Path) -> None:
         staging.rmdir()
 
 
-def main(cfg: TrainConfig) -> Path:
+def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg,
+        _train,
+        name="train",
+        required=("model_name_or_path", "dataset_dir", "output_dir"),
+        check=_check,
+        overwrite=overwrite,
+    )
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Inputs, before anything is written: the model dir, the poison stage's output and a split worth training on."""
+    from ..modeling import check_model_path, read_manifest
+    from ..protocol import check_split_sizes
+
+    check_model_path(cfg.model_name_or_path)
+    manifest = read_manifest(cfg.dataset_dir)
+    sizes = manifest.get("splits", {})
+    if "retain" in sizes and "forget" in sizes:  # (the initial and the gold model of one experiment: one rule)
+        check_split_sizes(
+            sizes["retain"],
+            sizes["forget"],
+            cfg.per_device_train_batch_size,
+            len(manifest.get("label_names", [])),
+            where=f"dataset_dir {cfg.dataset_dir!r}: ",
+        )
+
+
+def _train(cfg: TrainConfig, out: Path) -> dict:
     from ..attacks.gaussian import embedding_rms
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..tasks.causal_lm import CompletionCollator
     from ..utils import set_seed
 
-    for key in ("model_name_or_path", "dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
@@ -319,17 +344,14 @@ def main(cfg: TrainConfig) -> Path:
         "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
-    out.mkdir(parents=True, exist_ok=True)
     save_trained(trainer, tokenizer, out)
-    if trainer.is_world_process_zero():
-        remove_checkpoints(out)
-        write_json(out / "training_info.json", info)
-        save_config(cfg, out)
-    if diverged is not None:
+    if not is_main_process():
+        return {}
+    remove_checkpoints(out)
+    if diverged is not None:  # the record without the marker: the stage is not finished
+        write_records(out, cfg, {"training_info.json": info})
         raise DivergedError(diverged, train_loss)
-    if trainer.is_world_process_zero():
-        mark_complete(out)
-    return out
+    return {"training_info.json": info}
 
 
 def remove_checkpoints(out: Path) -> None:
@@ -369,10 +391,9 @@ def resume_point(trainer, cfg, extra_state=None) -> str | None:
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(TrainConfig, prog="llm-unlearn train")
+    return stage_parser(TrainConfig, "llm-unlearn train")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(TrainConfig, argv, prog="llm-unlearn train")))
+    cfg, overwrite = parse_stage(TrainConfig, argv, "llm-unlearn train")
+    print(main(cfg, overwrite=overwrite))

@@ -8,13 +8,15 @@ forward+backward). LoRA adapters by default (``use_peft``), full-parameter other
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..configs import ConfigError, parse_config
-from ..utils import finish_stage, is_complete, read_json
+from ..configs import ConfigError
+from ..harness import is_main_process, parse_stage, run_stage, stage_parser
+from ..utils import read_json
 
 
 # Shared with the image track's unlearn config: schedules follow the budget (UnlearnTrainer.create_scheduler).
@@ -112,7 +114,10 @@ def reference_compute(cfg: UnlearnConfig) -> float:
     info = Path(cfg.retrain_dir) / "training_info.json"
     if not info.is_file():
         raise ConfigError(f"retrain_dir: {cfg.retrain_dir!r} has no training_info.json (not a finished train stage)")
-    return float(read_json(info)["compute_tokens"])
+    try:
+        return float(read_json(info)["compute_tokens"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"retrain_dir: {str(info)!r} holds no readable compute_tokens ({e}); redo that stage") from e
 
 
 def peft_config(cfg: UnlearnConfig):
@@ -160,8 +165,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1, **checkpoint_arguments(cfg.save_steps))
     # A step costs at least one retain or forget batch of the shortest examples on every process: bound the steps
     # from that (set after the arguments exist, which know the process count).
-    min_len = min(min(len(x) for x in forget["input_ids"]), min(len(x) for x in retain["input_ids"]))
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size * min_len
+    per_step = step_cost(cfg, forget, retain, args.world_size)
     args.max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
 
     class _Trainer(spec.trainer_cls):
@@ -195,18 +199,71 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     return trainer
 
 
-def main(cfg: UnlearnConfig) -> Path:
+def main(cfg: UnlearnConfig, overwrite: bool = False) -> Path:
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    return run_stage(
+        cfg,
+        _unlearn,
+        name="unlearn",
+        required=("model_dir", "dataset_dir", "output_dir"),
+        check=check_inputs,
+        overwrite=overwrite,
+    )
+
+
+def check_inputs(cfg: UnlearnConfig) -> None:
+    """Before anything is written: the model, the poison stage's output with forget and retain sets a batch can be
+    drawn from, the budget's reference, and a gold model of the same architecture and tokenizer as the initial."""
+    from ..modeling import check_model_path, check_same_model, read_manifest
+    from ..protocol import check_budget_buys_a_step, check_split_sizes
+
+    check_model_path(cfg.model_dir, "model_dir")
+    manifest = read_manifest(cfg.dataset_dir)
+    sizes = manifest.get("splits", {})
+    if "retain" in sizes and "forget" in sizes:
+        check_split_sizes(
+            sizes["retain"],
+            sizes["forget"],
+            cfg.per_device_train_batch_size,
+            len(manifest.get("label_names", [])),
+            where=f"dataset_dir {cfg.dataset_dir!r}: ",
+        )
+    check_same_model({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})
+    check_budget_buys_a_step(cfg.budget, reference_compute(cfg), least_step_cost(cfg), "tokens")
+
+
+def least_step_cost(cfg: UnlearnConfig) -> int:
+    """:func:`step_cost` from the saved dataset and the tokenizer alone (no model loaded, nothing written), so a
+    budget below one step is refused before the stage starts."""
+    import datasets
+
+    from ..modeling import load_tokenizer
+    from ..tasks.causal_lm import tokenize_example
+
+    tok = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
+    dd = datasets.load_from_disk(str(Path(cfg.dataset_dir) / "dataset"))
+    min_len = min(
+        len(tokenize_example(tok, p, c, cfg.max_length)["input_ids"])
+        for split in ("forget", "retain")
+        for p, c in zip(dd[split]["prompt"], dd[split]["completion"])
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world * min_len
+
+
+def step_cost(cfg, forget, retain, world_size: int = 1) -> int:
+    """The least one optimizer step can cost in tokens: one retain or forget batch of the shortest examples on every
+    process (what bounds ``max_steps`` in :func:`build_trainer`)."""
+    min_len = min(min(len(x) for x in forget["input_ids"]), min(len(x) for x in retain["input_ids"]))
+    return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size * min_len
+
+
+def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
     from ..methods import uses_adapter
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..utils import set_seed
     from .train import DivergedError, all_ranks_sum, load_whole_model, remove_checkpoints, resume_point, save_trained
 
-    for key in ("model_dir", "dataset_dir", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key} is required")
-    out = Path(cfg.output_dir)
-    if is_complete(out):
-        return out
     ref_tokens = reference_compute(cfg)
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     set_seed(cfg.seed)
@@ -243,20 +300,18 @@ def main(cfg: UnlearnConfig) -> Path:
         "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
-    out.mkdir(parents=True, exist_ok=True)
     if diverged is None:  # every rank: ZeRO-3 gathers the weights here; the main process writes them
         save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
-    if trainer.is_world_process_zero():
-        remove_checkpoints(out)
-        finish_stage(out, cfg, {"unlearn_info.json": info})
-    return out
+    if not is_main_process():
+        return {}
+    remove_checkpoints(out)
+    return {"unlearn_info.json": info}
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
-
-    return _mp(UnlearnConfig, prog="llm-unlearn unlearn")
+    return stage_parser(UnlearnConfig, "llm-unlearn unlearn")
 
 
 def cli(argv=None) -> None:
-    print(main(parse_config(UnlearnConfig, argv, prog="llm-unlearn unlearn")))
+    cfg, overwrite = parse_stage(UnlearnConfig, argv, "llm-unlearn unlearn")
+    print(main(cfg, overwrite=overwrite))

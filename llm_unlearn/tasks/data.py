@@ -41,6 +41,8 @@ def check_file(path_str: str, key: str, cfg=None) -> Path:
     """Cheap pre-flight checks of a local data file (exists, known suffix, not empty; JSONL rows parsed and their
     columns and labels checked against ``cfg``), so a bad file fails before any stage starts."""
     path = Path(path_str)
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path_str!r} is a directory; give a .jsonl/.json/.csv/.parquet file")
     if not path.is_file():
         raise ConfigError(f"{key}: file {path_str!r} does not exist")
     if path.suffix not in LOCAL_SUFFIXES:
