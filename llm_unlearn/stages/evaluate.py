@@ -85,7 +85,19 @@ def load_eval_model(cfg: EvalConfig):
         check_model_path(cfg.adapter_dir, "adapter_dir")
         # Merge so generation and input gradients run on a plain model at full speed.
         model = PeftModel.from_pretrained(model, cfg.adapter_dir).merge_and_unload()
-    return model.eval(), tokenizer
+    # On the accelerator when there is one: the audit's input gradients and the losses are the evaluation's cost
+    # (the batches follow the model: ``on_device``).
+    return model.to(eval_device()).eval(), tokenizer
+
+
+def eval_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def on_device(batch: dict, model) -> dict:
+    """The batch's tensors on the model's device (other values as they are)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
@@ -105,7 +117,7 @@ def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) 
     out = [0.0] * len(toks)
     with torch.no_grad():
         for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
-            logps, mask = completion_token_logps(model, collate([toks[i] for i in idx]))
+            logps, mask = completion_token_logps(model, on_device(collate([toks[i] for i in idx]), model))
             for i, v in zip(idx, (-logps.sum(-1) / mask.sum(-1).clamp_min(1)).tolist()):
                 out[i] = v
     return out
@@ -151,11 +163,11 @@ def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, dr
     poison = torch.zeros(n, dtype=torch.float64)
     fresh = torch.zeros(draws, n, dtype=torch.float64)
     for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
-        batch = collate([toks[i] for i in idx])
+        batch = on_device(collate([toks[i] for i in idx]), model)
         clean = clean_embeddings(model, batch)
         _, width, hidden = clean.shape
         grads = input_gradients(gus_loss_fn(model, batch), clean)
-        pos = torch.arange(width)[None, :] < batch["prompt_len"][:, None]
+        pos = torch.arange(width, device=clean.device)[None, :] < batch["prompt_len"][:, None]
         mask = pos[..., None].to(grads.dtype)
         seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
         noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
