@@ -233,7 +233,7 @@ m = json.load(open(f"{w}/eval_initial/eval_results.json"))
 keys = ("clean_accuracy", "gus_mean", "gus_z", "fresh_gus_z", "mia_auc", "test_loss", "eval_seconds")
 line = ", ".join(f"{k} {m[k]:.3f}" for k in keys if isinstance(m.get(k), (int, float)))
 print("eval of the trained model:", line)
-open(f"{w}/note_c2_eval", "w").write(line + " (on the CPU: the eval stage loads the model with no device placement)")
+open(f"{w}/note_c2_eval", "w").write(line + " (GPU memory peak shows whether it ran on the GPU)")
 EOF
             note c2_eval
         fi
