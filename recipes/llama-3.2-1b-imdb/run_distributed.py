@@ -24,7 +24,8 @@ DISTRIBUTED_STAGES = ("train", "unlearn")
 
 def main(argv: list[str] | None = None) -> int:
     from llm_unlearn.configs import ConfigError, to_dict
-    from llm_unlearn.stages.run import _output_dir, _resolve, _stage_kind, check_output_dir, run_experiment, run_job
+    from llm_unlearn.scheduler import _output_dir, _stage_kind, run_job
+    from llm_unlearn.stages.run import _resolve, check_output_dir, run_experiment
     from llm_unlearn.tracks import get_track
     from llm_unlearn.utils import atomic_write_text, is_complete
 
