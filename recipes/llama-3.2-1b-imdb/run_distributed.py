@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_processes", type=int, default=None, help="override the accelerate config's process count")
     args = p.parse_args(argv)
     try:
+        if not Path(args.accelerate_config).is_file():  # before check_output_dir, which creates the run dir
+            raise ConfigError(f"accelerate_config: {args.accelerate_config!r} does not exist")
         cfg = _resolve(args.config, output_dir=args.output_dir)
         check_output_dir(cfg)
-        if not Path(args.accelerate_config).is_file():
-            raise ConfigError(f"accelerate_config: {args.accelerate_config!r} does not exist")
     except ConfigError as e:
         print(f"run_distributed: error: {e}", file=sys.stderr)
         return 2
