@@ -313,6 +313,9 @@ def test_no_poison_effect_is_the_verdict_instead_of_a_number(run_copy, capsys):
     verdict = text.split("## Verdict: is there a poison effect to unlearn?")[1].split("## Mean")[0]
     assert f"seed 0: **{NO_EFFECT}** (the initial model's Gaussian test gives z = -0.60 (|z| < 2)" in verdict
     assert f"- gd, budget 0.2: {NO_EFFECT}." in verdict  # the words, not a gap-closed number
+    table = text.split("## Mean")[1].split("\n## ")[0]
+    gd_rows = [line for line in table.splitlines() if line.startswith("| gd ") or line.startswith("| **gd")]
+    assert gd_rows and all("not meaningful: no poison effect" in line for line in gd_rows)  # not a number there either
     rows = json.loads((run_copy / "results.json").read_text())["rows"]
     assert all(r["metrics"]["poison_effect"] is False for r in rows)
     assert all(r["metrics"]["gap_closed_note"] == NO_EFFECT for r in rows)

@@ -190,6 +190,9 @@ def _table(rows, cols, marker: bool) -> list[str]:
     lines = ["| model | budget | " + " | ".join(cols) + " | diverged |", "|---|---|" + "---|" * len(cols) + "---|"]
     for (method, budget, variant), grp in _groups(rows):
         cells = [_fmt(*_mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
+        if "gap_closed" in cols and all(r["metrics"].get("poison_effect") is False for r in grp):
+            # No seed of this row has a poison effect to unlearn: the formula's number means nothing (Verdict above).
+            cells[cols.index("gap_closed")] = "not meaningful: no poison effect"
         n_div = sum(bool(r["metrics"].get("diverged")) for r in grp)
         name = _label(method, budget, variant)
         if marker and grp[0].get("selected"):
