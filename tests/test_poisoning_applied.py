@@ -189,16 +189,21 @@ def _image_train(dataset_dir, out):
     return train(cfg)
 
 
-def test_image_gaussian_training_images_are_clean_plus_the_audited_noise(tmp_path, monkeypatch):
-    from image_track.attacks import batch_pixel_noise
+def _image_trained(tmp_path, monkeypatch, attack):
+    """Poison, train the initial classifier and return (what fit saw, manifest, clean images, poison indices)."""
     from image_track.data import load_dataset_dir
 
     seen = _record_image_fit(monkeypatch)
-    ds = _image_poison(tmp_path, "gaussian")
+    ds = _image_poison(tmp_path, attack)
     _image_train(ds, tmp_path / "initial")
     tensors, manifest = load_dataset_dir(ds)
-    clean = tensors["train_images"]
-    idx = torch.as_tensor(manifest["poison_indices"])
+    return seen, manifest, tensors["train_images"], torch.as_tensor(manifest["poison_indices"])
+
+
+def test_image_gaussian_training_images_are_clean_plus_the_audited_noise(tmp_path, monkeypatch):
+    from image_track.attacks import batch_pixel_noise
+
+    seen, manifest, clean, idx = _image_trained(tmp_path, monkeypatch, "gaussian")
     is_poison = torch.zeros(len(clean), dtype=torch.bool)
     is_poison[idx] = True
     noise = batch_pixel_noise(manifest["noise_seeds"], clean.shape[1:], draw=0)  # what the audit regenerates
@@ -211,14 +216,8 @@ def test_image_gaussian_training_images_are_clean_plus_the_audited_noise(tmp_pat
 
 def test_image_badnets_training_images_carry_the_trigger_and_target(tmp_path, monkeypatch):
     from image_track.attacks import stamp
-    from image_track.data import load_dataset_dir
 
-    seen = _record_image_fit(monkeypatch)
-    ds = _image_poison(tmp_path, "badnets")
-    _image_train(ds, tmp_path / "initial")
-    tensors, manifest = load_dataset_dir(ds)
-    clean = tensors["train_images"]
-    idx = torch.as_tensor(manifest["poison_indices"])
+    seen, manifest, clean, idx = _image_trained(tmp_path, monkeypatch, "badnets")
     x, y = seen["x"], seen["y"]
     patch = manifest.get("patch_size") or manifest["attack_info"]["patch_size"]
     torch.testing.assert_close(x[idx], stamp(clean[idx], patch), rtol=0, atol=0)
