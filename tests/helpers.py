@@ -75,3 +75,14 @@ def main(cfg: FakeStageConfig):
     time.sleep(cfg.sleep)
     save_config(cfg, cfg.output_dir)
     mark_complete(cfg.output_dir)
+
+
+def count_markers(root, name: str = ".complete") -> int:
+    """How many files called ``name`` lie under ``root``, while a live run may be deleting directories under it.
+
+    ``Path.rglob`` raises ``FileNotFoundError`` when a directory it is about to list (a training checkpoint being
+    rotated) vanishes between the listing of its parent and its own; ``os.walk`` skips such a directory.
+    """
+    import os
+
+    return sum(name in files for _, _, files in os.walk(root))

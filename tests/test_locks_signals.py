@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE
+from helpers import TINY_SHAPE, count_markers
 
 TESTS = str(Path(__file__).parent)
 
@@ -202,7 +202,7 @@ def _start_schedule(out: Path, ignore_sigterm: bool = False) -> tuple[subprocess
 
 
 def _no_complete(out: Path) -> bool:
-    return not list(out.rglob(".complete"))
+    return count_markers(out) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -295,7 +295,7 @@ def test_sigterm_on_a_real_run_with_two_workers(tmp_path):
         start_new_session=True,
     )
     # Stop it once both workers exist and the first stage is done (the others are being worked on).
-    _wait_for(lambda: len(list(out.rglob(".complete"))) >= 1, timeout=120, what="a first finished stage")
+    _wait_for(lambda: count_markers(out) >= 1, timeout=120, what="a first finished stage")
     _wait_for(lambda: len(_descendants(proc.pid)) >= 2, timeout=60, what="the worker processes")
     family = _descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE
+from helpers import TINY_SHAPE, count_markers
 
 EXPERIMENT = {
     "seeds": [0],
@@ -71,7 +71,7 @@ def _kill_after(proc, out: Path, n_complete: int, delay: float) -> bool:
     """SIGKILL ``proc``'s process group ``delay`` s after ``n_complete`` stages finished; False if it exited first."""
     deadline = None
     while proc.poll() is None:
-        if deadline is None and len(list(out.rglob(".complete"))) >= n_complete:
+        if deadline is None and count_markers(out) >= n_complete:
             deadline = time.monotonic() + delay
         if deadline is not None and time.monotonic() >= deadline:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a crash or an OOM kill would
@@ -96,7 +96,7 @@ def test_sigkill_at_random_moments_then_rerun_gives_same_results(reference, tmp_
             cmd, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         if _kill_after(proc, out, n_complete, delay):
-            killed_at.append(len(list(out.rglob(".complete"))))
+            killed_at.append(count_markers(out))
     proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(killed_at) >= 2, killed_at  # the kill points were reached before the run could finish
