@@ -84,7 +84,7 @@ def bare_run(cfg, tok, base, dataset, order: list[int], steps: int, fused: bool)
     """The same update in plain PyTorch: LoRA via peft, AdamW, clip, GD loss on the retain half of each batch."""
     from peft import get_peft_model
 
-    from llm_unlearn.stages.unlearn import peft_config
+    from llm_unlearn.training import peft_config
     from llm_unlearn.tasks.causal_lm import CompletionCollator, mean_token_nll
 
     torch.manual_seed(0)

@@ -172,10 +172,16 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors -> what the stages use: images saved as uint8 (``<name>__u8``) back to floats in [0, 1]."""
+    out = {}
+    for k, v in tensors.items():
+        out[k.removesuffix("__u8")] = v.float() / 255.0 if k.endswith("__u8") else v
+    return out
+
+
 def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
-
-    from .stages.poison import expand
 
     manifest = read_manifest(path)
     return expand(load_file(str(Path(path) / DATA_NAME))), manifest

@@ -167,7 +167,7 @@ def save_model(model: ImageClassifier, out: str | Path) -> None:
     """``model.safetensors`` (weights and buffers) + ``model_config.json``; no pickles."""
     from safetensors.torch import save_file
 
-    from llm_unlearn.utils import atomic_write_text
+    from llm_unlearn.files import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.stages.train import DivergedError
+from llm_unlearn.training import DivergedError
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ def _save_checkpoint(ckpt: Path, key: dict, scalars: dict, model, opt, sched, g:
     """Write ``checkpoint-<epoch>`` atomically (a temp dir renamed into place), then keep only the last two."""
     from safetensors.torch import save_file
 
-    from llm_unlearn.utils import CHECKPOINT_STATE, write_json
+    from llm_unlearn.training import CHECKPOINT_STATE
+    from llm_unlearn.files import write_json
 
     final = ckpt / f"checkpoint-{scalars['epoch']}"
     tmp = ckpt / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
@@ -206,7 +207,7 @@ def _save_checkpoint(ckpt: Path, key: dict, scalars: dict, model, opt, sched, g:
 
 def _complete_checkpoints(ckpt: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    from llm_unlearn.utils import CHECKPOINT_STATE
+    from llm_unlearn.training import CHECKPOINT_STATE
 
     found = [
         (int(p.name.removeprefix("checkpoint-")), p)
@@ -220,7 +221,7 @@ def _resume(ckpt: Path, key: dict, model, opt, sched, g: torch.Generator) -> dic
     """Load the newest complete checkpoint made by the same training into model/opt/sched/g; its scalars, or None."""
     from safetensors.torch import load_file
 
-    from llm_unlearn.utils import latest_checkpoint
+    from llm_unlearn.training import latest_checkpoint
 
     if ckpt.is_dir():
         for p in ckpt.glob(f"{_TMP_PREFIX}*"):  # a save or a deletion cut short by a kill

@@ -307,7 +307,7 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the fully resolved config next to a stage's artifact (atomically)."""
-    from .utils import atomic_write_text
+    from .files import atomic_write_text
 
     path = Path(output_dir) / name
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

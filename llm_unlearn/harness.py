@@ -49,7 +49,7 @@ from .outputs import (
     remove_temporary,
     stage_inputs,
 )
-from .utils import COMPLETE_MARKER, atomic_write_text
+from .files import COMPLETE_MARKER, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

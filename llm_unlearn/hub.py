@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .configs import ConfigError
-from .utils import read_json
+from .files import read_json
 
 # Files copied from a model dir (besides *.safetensors): configs and tokenizer files, never pickles.
 MODEL_FILES = (

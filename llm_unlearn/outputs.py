@@ -2,7 +2,7 @@
 share.
 
 A finished stage dir holds its artifact, its JSON records, its resolved ``config.yaml`` and last a ``.complete``
-marker (``llm_unlearn.utils.mark_complete``) with a fresh stamp, the path and stamp of every input dir it was made
+marker (``llm_unlearn.files.mark_complete``) with a fresh stamp, the path and stamp of every input dir it was made
 from, and a SHA-256 of every JSON/YAML file of the dir (:func:`finish`). :func:`output_state` compares such a dir
 with a new request: the same config (:func:`content`: layout keys and :data:`HOW_NOT_WHAT` keys aside) from the same
 inputs is ``current``; another config or other input dirs is ``changed``; an input redone since (a new stamp) or
@@ -25,7 +25,7 @@ import yaml
 
 from .configs import ConfigError, load_yaml
 from .locks import LOCK_NAME
-from .utils import atomic_write_text, is_atomic_tmp, is_complete, mark_complete, read_marker
+from .files import atomic_write_text, is_atomic_tmp, is_complete, mark_complete, read_marker
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def remove_temporary(out: Path, names: tuple[str, ...] | None = None) -> None:
 def write_records(out: Path, cfg, records: dict) -> None:
     """The JSON records and the resolved ``config.yaml`` (no marker: also used for an unfinished, diverged run)."""
     from .configs import save_config
-    from .utils import write_json
+    from .files import write_json
 
     for name, obj in records.items():
         write_json(out / name, obj)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .outputs import HOW_NOT_WHAT, clear_output, config_changed, content, normalized, output_state, same
-from .utils import is_complete
+from .files import is_complete
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _stage_kind(job: Job) -> str:
 
 def _diverged_unlearn(ec) -> bool:
     """Whether the model an eval/diagnose job reads is an unlearning run that diverged (and saved no weights)."""
-    from .utils import read_json
+    from .files import read_json
 
     src = getattr(ec, "adapter_dir", None) or ec.model_dir
     info = Path(src) / "unlearn_info.json"

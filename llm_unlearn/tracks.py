@@ -17,7 +17,11 @@ A track is an experiment config class and a planner. The planner returns stage j
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from .configs import ConfigError, load_config
 
 ENTRY_POINT_GROUP = "llm_unlearn.tracks"
 
@@ -32,25 +36,32 @@ class Track:
     describe: Callable  # (config) -> one markdown line for the report header (model, data, poison settings)
 
 
-def _llm_track() -> Track:
-    from .stages.run import ExperimentConfig, describe, plan
+# The built-in track, named the way an entry point names one ("module:attribute") and loaded the same way on use, so
+# that this registry (below the stages) never imports the stages that define it.
+BUILTIN = {"llm": "llm_unlearn.stages.run:TRACK"}
 
-    return Track("llm", ExperimentConfig, plan, describe)
+
+def _load(spec: str) -> Callable[[], Track]:
+    def load() -> Track:
+        import importlib
+
+        module, attr = spec.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    return load
 
 
 def available_tracks() -> dict[str, Callable[[], Track]]:
     """Track name -> loader (loading imports the track's package, so it is deferred until a track is used)."""
     from importlib.metadata import entry_points
 
-    loaders: dict[str, Callable[[], Track]] = {"llm": _llm_track}
+    loaders: dict[str, Callable[[], Track]] = {name: _load(spec) for name, spec in BUILTIN.items()}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         loaders.setdefault(ep.name, ep.load)
     return loaders
 
 
 def get_track(name: str) -> Track:
-    from .configs import ConfigError
-
     loaders = available_tracks()
     if name not in loaders:
         raise ConfigError(f"track: unknown track {name!r}; choose from {sorted(loaders)} (installed tracks)")
@@ -58,3 +69,25 @@ def get_track(name: str) -> Track:
     if not isinstance(track, Track):
         raise ConfigError(f"track {name!r}: its entry point does not point at a llm_unlearn.tracks.Track")
     return track
+
+
+def track_name(data: dict | None) -> str:
+    """The ``track`` key of an experiment mapping (default llm), checked to be a string."""
+    name = (data or {}).get("track", "llm") if isinstance(data, dict) else "llm"
+    if not isinstance(name, str):
+        raise ConfigError(f"track: expected a string, got {name!r}")
+    return name
+
+
+def load_experiment(run_dir: str | os.PathLike):
+    """The experiment config a run directory was made with (of its track's class)."""
+    import yaml
+
+    p = Path(run_dir) / "experiment.yaml"
+    if not p.is_file():
+        raise ConfigError(f"run_dir {str(run_dir)!r} holds no experiment.yaml (not a `llm-unlearn run` directory)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} does not parse ({str(e).splitlines()[0]})") from e
+    return load_config(get_track(track_name(data)).config_cls, data)

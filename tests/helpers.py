@@ -59,7 +59,7 @@ def main(cfg: FakeStageConfig):
     from pathlib import Path
 
     from llm_unlearn.configs import save_config
-    from llm_unlearn.utils import mark_complete
+    from llm_unlearn.files import mark_complete
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     if cfg.ignore_sigterm:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_unlearn.attacks.gaussian import batch_prompt_noise, prompt_noise
-from llm_unlearn.utils import read_json
+from llm_unlearn.files import read_json
 
 
 def _load(d):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_unlearn.utils import read_json
+from llm_unlearn.files import read_json
 
 
 def test_gus_null_on_model_that_never_saw_noise(tiny_dir, gaussian_dir):

@@ -156,7 +156,7 @@ def test_redone_input_makes_a_single_stage_redo(run_copy, capsys, caplog):
     assert _cli(args, capsys)[0] == 0  # first from the copy's own inputs: recorded with the copy's paths
     before = _stamp(ev)
     assert _cli(args, capsys)[0] == 0 and _stamp(ev) == before  # unchanged: kept
-    from llm_unlearn.utils import mark_complete
+    from llm_unlearn.files import mark_complete
 
     marker = json.loads((d / "retrain" / ".complete").read_text())
     mark_complete(d / "retrain", {k: v for k, v in marker.items() if k not in ("stamp", "finished")})  # "redone"
@@ -236,7 +236,7 @@ def test_disk_full_during_run_is_one_line_exit_1_and_the_rerun_resumes(tmp_path,
 
 
 def test_oserror_writing_a_record_names_path_and_errno(run_copy, capsys, monkeypatch):
-    import llm_unlearn.utils as utils
+    import llm_unlearn.files as utils
 
     d = run_copy / SEED
     ev = d / "eval" / "retrain"

@@ -30,7 +30,7 @@ TINY = {
 
 def test_image_grid_end_to_end(tmp_path):
     from llm_unlearn import run_experiment
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     out = tmp_path / "run"
     report = run_experiment(dict(TINY), output_dir=str(out))

@@ -63,7 +63,7 @@ def test_budget_in_examples_stops_within_one_step(image_dirs, tmp_path, method):
 def test_unlearn_stage_writes_safetensors_and_info(image_dirs, tmp_path):
     from image_track.models import load_model
     from image_track.stages.unlearn import ImageUnlearnConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     ds, initial, retrain = image_dirs
     out = main(

@@ -88,7 +88,7 @@ def test_image_training_resumes_after_sigkill_to_the_same_model(dataset_dir, tmp
     from safetensors.torch import load_file
 
     from image_track.stages.train import main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     main(_build(_config(dataset_dir, straight)))
@@ -157,7 +157,7 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None = None, **train):
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     import torch
 
-    from llm_unlearn.utils import write_json
+    from llm_unlearn.files import write_json
 
     ref, ref_model = _tiny_fit(tmp_path / "ref")
     _tiny_fit(tmp_path, stop_after=2)

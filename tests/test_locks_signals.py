@@ -281,7 +281,7 @@ def _descendants(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to list the run's processes")
 def test_sigterm_on_a_real_run_with_two_workers(tmp_path):
     from llm_unlearn.outputs import record_problem
-    from llm_unlearn.utils import read_marker
+    from llm_unlearn.files import read_marker
 
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(EXPERIMENT))

@@ -73,7 +73,7 @@ def test_parameter_noise_has_its_scale():
 
 def test_unlearn_stage_writes_adapter_and_info(tiny_dir, gaussian_dir, trained_dirs, tmp_path):
     from llm_unlearn.stages.unlearn import UnlearnConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     initial, retrain = trained_dirs
     out = main(

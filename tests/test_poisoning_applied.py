@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_unlearn.utils import read_json
+from llm_unlearn.files import read_json
 
 
 def _record_llm_training(monkeypatch):

@@ -149,7 +149,7 @@ def _assert_same_tensors(a_file: Path, b_file: Path) -> None:
 
 def test_training_resumes_from_last_checkpoint_to_the_same_model(tiny_dir, gaussian_dir, tmp_path):
     from llm_unlearn.stages.train import TrainConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     def cfg(name):
         # 120 examples / batch 16 = 8 steps an epoch, 3 epochs; checkpoints every 4 steps
@@ -192,7 +192,7 @@ def test_unlearning_resumes_from_last_checkpoint_to_the_same_model(
     trained_dirs, gaussian_dir, tmp_path, method, use_peft, weights, scale
 ):
     from llm_unlearn.stages.unlearn import UnlearnConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     initial, retrain = trained_dirs
     ref_tokens = read_json(Path(retrain) / "training_info.json")["compute_tokens"]
@@ -232,7 +232,7 @@ def test_unlearning_resumes_from_last_checkpoint_to_the_same_model(
 
 def test_image_unlearning_resumes_with_the_same_augmentations(image_dirs, tmp_path):
     from image_track.stages.unlearn import ImageUnlearnConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     ds, initial, retrain = image_dirs
 
@@ -264,7 +264,8 @@ def test_image_unlearning_resumes_with_the_same_augmentations(image_dirs, tmp_pa
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
-    from llm_unlearn.utils import CHECKPOINT_STATE, latest_checkpoint, write_json
+    from llm_unlearn.training import CHECKPOINT_STATE, latest_checkpoint
+    from llm_unlearn.files import write_json
 
     for step, complete in ((4, True), (8, True), (12, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -280,7 +281,7 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
 def test_epoch_seeded_order_ignores_the_global_rng():
     import torch
 
-    from llm_unlearn.utils import epoch_seeded_sampler
+    from llm_unlearn.seeding import epoch_seeded_sampler
 
     lengths = [random.Random(i).randrange(5, 40) for i in range(50)]
     s = epoch_seeded_sampler(50, seed=3, batch_size=8, lengths=lengths)

@@ -99,7 +99,7 @@ def test_hf_token_never_reaches_an_output_file(tiny_run):
 
 
 def test_hf_token_never_reaches_the_environment_record(monkeypatch):
-    from llm_unlearn.utils import environment_info
+    from llm_unlearn.envinfo import environment_info
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     assert FAKE_TOKEN not in repr(environment_info([0]))

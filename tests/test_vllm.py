@@ -119,7 +119,7 @@ def test_vllm_merged_adapter_equals_hf(trained_backdoor, lora_dir, backdoor_dir)
 @needs_vllm
 def test_evaluate_stage_hf_and_vllm_agree(tmp_path, trained_backdoor, lora_dir, backdoor_dir):
     from llm_unlearn.stages.evaluate import EvalConfig, main
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     results = {}
     for backend in ("hf", "vllm"):

@@ -21,7 +21,7 @@ class ImageDiagnoseConfig:
 
 def main(cfg: ImageDiagnoseConfig, overwrite: bool = False) -> dict:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns the diagnostics."""
-    from llm_unlearn.utils import read_json
+    from llm_unlearn.files import read_json
 
     from ..models import check_same_arch
 

@@ -132,13 +132,6 @@ def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
     return "", t
 
 
-def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in tensors.items():
-        out[k.removesuffix("__u8")] = v.float() / 255.0 if k.endswith("__u8") else v
-    return out
-
-
 def main(cfg: ImagePoisonConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
     return run_stage(cfg, _poison, name="image poison", overwrite=overwrite)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from llm_unlearn.harness import parse_stage, run_stage, stage_parser
 from llm_unlearn.outputs import write_records
-from llm_unlearn.stages.train import DivergedError
+from llm_unlearn.training import DivergedError
 
 from ..models import ModelConfig
 from ..training import TrainSection
@@ -51,7 +51,7 @@ def _check(cfg: ImageTrainConfig) -> None:
 
 def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
     """The protocol's split-size rule on a poisoned image dataset's manifest."""
-    from llm_unlearn.protocol import check_split_sizes
+    from llm_unlearn.budget import check_split_sizes
 
     sizes = manifest.get("splits", {})
     if "retain" in sizes and "forget" in sizes:

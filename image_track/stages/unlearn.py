@@ -60,7 +60,7 @@ class ImageUnlearnConfig:
 
     def validate(self) -> None:
         from llm_unlearn.methods import build_method_config
-        from llm_unlearn.stages.train import check_trainer_args
+        from llm_unlearn.training import check_trainer_args
         from llm_unlearn.stages.unlearn import check_schedule
 
         build_method_config(self.method, self.method_args)
@@ -87,7 +87,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     least one batch of examples), the budget callback stops it."""
     from llm_unlearn.methods import build_method_config, get_method
     from llm_unlearn.methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
-    from llm_unlearn.stages.train import checkpoint_arguments, training_arguments
+    from llm_unlearn.training import checkpoint_arguments, training_arguments
 
     from ..models import load_model
 
@@ -180,7 +180,7 @@ def step_cost(cfg: ImageUnlearnConfig) -> int:
 def check_inputs(cfg: ImageUnlearnConfig) -> None:
     """Before anything is written: the data (forget and retain sets a batch can be drawn from), the initial and gold
     models (one architecture), and a budget that pays for one step."""
-    from llm_unlearn.protocol import check_budget_buys_a_step
+    from llm_unlearn.budget import check_budget_buys_a_step
 
     from ..data import read_manifest
     from ..models import check_model_dir, check_same_arch
@@ -193,8 +193,8 @@ def check_inputs(cfg: ImageUnlearnConfig) -> None:
 
 
 def _unlearn(cfg: ImageUnlearnConfig, out: Path) -> dict:
-    from llm_unlearn.stages.train import DivergedError, remove_checkpoints, resume_point
-    from llm_unlearn.utils import set_seed
+    from llm_unlearn.training import DivergedError, remove_checkpoints, resume_point
+    from llm_unlearn.seeding import set_seed
 
     from ..data import load_dataset_dir, splits
     from ..models import save_model

@@ -240,7 +240,7 @@ def _cuda_available() -> bool:
 
 
 def _write_result(path: str, obj) -> None:
-    from ..utils import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj))
 

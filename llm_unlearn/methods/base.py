@@ -5,8 +5,8 @@ from the pure loss helpers below; its config dataclass holds its own knobs. The 
 through forward+backward passes (a forward-only pass, e.g. of a reference model, counts one third: backward costs
 about twice a forward), in the same unit as the retraining run's ``compute_tokens``.
 
-Methods never touch a batch directly: they go through ``self.task`` (:class:`CausalLMTask` by default, the
-``ClassificationTask`` of :mod:`llm_unlearn.tasks.classification` for classifiers), which says what the loss, the
+Methods never touch a batch directly: they go through ``self.task`` (``tasks.causal_lm.CausalLMTask`` by default,
+the ``ClassificationTask`` of :mod:`llm_unlearn.tasks.classification` for classifiers), which says what the loss, the
 per-example log-probability, the logits that KL terms compare, the cost of a batch and the model's blocks are.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..stages.train import DivergedError, all_ranks_finite
-from ..tasks import causal_lm
+from ..training import DivergedError, all_ranks_finite
+from ..tasks import causal_lm, task_of
 
 FORWARD_ONLY_COST = 1.0 / 3.0
 
@@ -41,72 +41,6 @@ BUDGET_SCHEDULES = (
 )
 # Resolution of a budget-driven schedule: the fraction spent is mapped onto this many virtual steps.
 _VIRTUAL_STEPS = 100_000
-
-
-class CausalLMTask:
-    """The task seam for causal LMs: completion-token losses, compute in tokens, decoder layers as blocks.
-
-    Every task provides the same methods (``ClassificationTask`` mirrors them for classifiers):
-    ``nll`` (the training loss, a scalar), ``cost`` (compute units of one forward+backward pass of a batch),
-    ``sequence_logps`` (log p(y|x) per example, (n,)), ``lengths`` (|y| per example), ``logits`` (the logits KL terms
-    compare and the mask of positions that count), ``logits_nll`` (the training loss from those logits),
-    ``forward`` (a plain forward pass, for hooks), ``hidden_view`` (a block's output as (n, positions, width) plus a
-    position mask), ``blocks`` (the model's ordered blocks: the last k are what CF-k/EU-k touch), ``top_modules``
-    (those blocks plus what sits above them), ``model_inputs`` and ``collate``.
-    """
-
-    name = "causal_lm"
-
-    def nll(self, model, batch: dict) -> torch.Tensor:
-        return causal_lm.mean_token_nll(model, batch)
-
-    def cost(self, batch: dict) -> float:
-        return float(causal_lm.batch_tokens(batch))
-
-    def sequence_logps(self, model, batch: dict) -> torch.Tensor:
-        return causal_lm.sequence_logps(model, batch)
-
-    def lengths(self, batch: dict) -> torch.Tensor:
-        return (batch["labels"][:, 1:] != causal_lm.IGNORE_INDEX).sum(-1)
-
-    def logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-token logits at the positions predicting a completion token (n, L-1, V) in float32, and their mask."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        return logits, batch["labels"][:, 1:] != causal_lm.IGNORE_INDEX
-
-    def logits_nll(self, logits: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
-        """Mean NLL over masked positions from logits already shifted by :meth:`logits` (labels unshifted)."""
-        targets = batch["labels"][:, 1:].masked_fill(~mask, 0)
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return -(logps * mask).sum() / mask.sum().clamp_min(1)
-
-    def forward(self, model, batch: dict):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-
-    def hidden_view(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return hidden, batch["attention_mask"]
-
-    def blocks(self, model) -> torch.nn.ModuleList:
-        from .cf_k import decoder_layers
-
-        return decoder_layers(model)
-
-    def top_modules(self, model, layer_ids: list[int]) -> list[torch.nn.Module]:
-        from .cf_k import top_modules
-
-        return top_modules(model, layer_ids)
-
-    def model_inputs(self, batch: dict) -> dict:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-
-    def collator(self, pad_token_id: int):
-        return causal_lm.CompletionCollator(pad_token_id)
-
-
-def task_of(model) -> CausalLMTask:
-    """The task a model belongs to: its own ``unlearn_task`` attribute (classifiers set one), else the causal LM."""
-    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(unwrapped, "unlearn_task", None) or CausalLMTask()
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):
@@ -181,7 +115,7 @@ class BudgetCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        from ..stages.train import all_ranks_sum
+        from ..training import all_ranks_sum
 
         if all_ranks_sum(self.trainer.accelerator, self.trainer.compute_tokens) >= self.trainer.budget_tokens:
             control.should_training_stop = True
@@ -240,7 +174,7 @@ class UnlearnTrainer(Trainer):
         from transformers import get_scheduler
 
         from ..configs import ConfigError
-        from ..stages.train import all_ranks_sum
+        from ..training import all_ranks_sum
 
         name = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
         if name not in BUDGET_SCHEDULES:
@@ -286,7 +220,7 @@ class UnlearnTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         # Order from (seed, epoch) alone, as in training: a run resumed from a checkpoint then replays the batches an
         # uninterrupted run would (HF's default sampler draws from the global RNG, restored at the checkpoint's step).
-        from ..utils import epoch_seeded_sampler
+        from ..seeding import epoch_seeded_sampler
 
         ds = self.train_dataset if train_dataset is None else train_dataset
         return epoch_seeded_sampler(len(ds), self.args.seed, self.args.train_batch_size)

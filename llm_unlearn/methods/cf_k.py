@@ -1,6 +1,7 @@
 """CF-k, catastrophically forget the last k blocks (Goel et al. 2022): freeze everything but the last k blocks and
 fine-tune them on the retain set. For a causal LM a block is a decoder layer; the final norm and the LM head sit on
-top of the last layer, so they train too. The layer helpers here are shared with EU-k and RMU.
+top of the last layer, so they train too. The layer helpers here are shared with EU-k and RMU;
+the decoder layers themselves are found by the causal-LM task (``tasks/causal_lm.py``).
 
 With LoRA the adapters sit only on the linear modules of the last k layers (norm and head stay frozen: an adapter
 run saves adapters only). Other tasks name their blocks through the task seam (``task_of(model).blocks``): a
@@ -15,13 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from .base import task_of
+from ..tasks import task_of
+from ..tasks.causal_lm import _find_layers
 from .gd import GDTrainer
 
 logger = logging.getLogger(__name__)
-
-_LAYER_LISTS = ("layers", "h", "blocks")  # Llama/Mistral/Qwen, GPT-2/GPT-J, MPT/Falcon-style
-_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
 
 @dataclass
@@ -33,26 +32,6 @@ class CFKConfig:
     def validate(self) -> None:
         if self.k < 1:
             raise ConfigError(f"method_args.k must be >= 1, got {self.k}")
-
-
-def _find_layers(model) -> tuple[str, torch.nn.Module, torch.nn.ModuleList]:
-    """(attribute name, owner module, ModuleList) of the decoder layers of a (peft-wrapped) causal LM."""
-    if hasattr(model, "get_base_model"):  # peft
-        model = model.get_base_model()
-    owners = [model.get_decoder() if hasattr(model, "get_decoder") else model, getattr(model, "model", None)]
-    owners.append(getattr(model, "transformer", None))
-    for owner in owners:
-        for name in _LAYER_LISTS:
-            layers = getattr(owner, name, None)
-            if isinstance(layers, torch.nn.ModuleList):
-                return name, owner, layers
-    raise ConfigError(
-        f"cannot find the decoder layers of {type(model).__name__} (looked for .{'/.'.join(_LAYER_LISTS)})"
-    )
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    return _find_layers(model)[2]
 
 
 def resolve_layer_ids(ids: list[int], n_layers: int, key: str) -> list[int]:
@@ -68,22 +47,6 @@ def last_k_layer_ids(model, k: int) -> list[int]:
     if not 1 <= k <= n:
         raise ConfigError(f"method_args.k must be in [1, {n}] (the model has {n} decoder layers), got {k}")
     return list(range(n - k, n))
-
-
-def top_modules(model, layer_ids: list[int]) -> list[torch.nn.Module]:
-    """The chosen decoder layers plus what sits above the last layer: the final norm and an untied LM head.
-
-    A head tied to the input embeddings is left out: training or re-initialising it would change the embeddings, i.e.
-    the very bottom of the network, which CF-k/EU-k keep frozen."""
-    _, owner, layers = _find_layers(model)
-    modules = [layers[i] for i in layer_ids]
-    modules += [getattr(owner, n) for n in _FINAL_NORMS if isinstance(getattr(owner, n, None), torch.nn.Module)][:1]
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and (emb is None or head.weight is not emb.weight):
-        modules.append(head)
-    elif head is not None:
-        logger.warning("LM head is tied to the input embeddings: it stays frozen")
-    return modules
 
 
 def _stay_in_eval(module, args) -> None:
@@ -135,7 +98,7 @@ def lora_on_layers(model, layer_ids: list[int], unlearn_cfg):
     names of the linear modules inside those layers (what peft's all-linear would pick there)."""
     from peft import get_peft_model
 
-    from ..stages.unlearn import peft_config
+    from ..training import peft_config
 
     attr, _, layers = _find_layers(model)
     targets = unlearn_cfg.lora_target_modules

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from .base import task_of
+from ..tasks import task_of
 from .cf_k import last_k_layer_ids, train_only
 from .gd import GDTrainer
 

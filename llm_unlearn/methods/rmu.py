@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configs import ConfigError
-from .base import UnlearnTrainer, task_of
+from .base import UnlearnTrainer
+from ..tasks import task_of
 from .cf_k import lora_on_layers, resolve_layer_ids, train_only
 
 # WMDP's setting on Zephyr-7B: steer layer 7 of 32.

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..configs import ConfigError
-from .base import CausalLMTask, UnlearnTrainer
+from ..tasks.causal_lm import CausalLMTask
+from .base import UnlearnTrainer
 
 
 @dataclass

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configs import ConfigError
-from .base import CausalLMTask, UnlearnTrainer
+from ..tasks.causal_lm import CausalLMTask
+from .base import UnlearnTrainer
 from .graddiff import check_forget_retain
 
 

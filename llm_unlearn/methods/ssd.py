@@ -34,7 +34,7 @@ import torch
 from transformers.trainer_utils import TrainOutput
 
 from ..configs import ConfigError
-from ..stages.train import DivergedError, all_ranks_finite, all_ranks_sum
+from ..training import DivergedError, all_ranks_finite, all_ranks_sum
 from .base import UnlearnTrainer, costed
 
 

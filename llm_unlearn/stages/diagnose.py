@@ -174,7 +174,7 @@ def main(cfg: DiagnoseConfig, overwrite: bool = False) -> dict:
 
 
 def _read(out: Path) -> dict:
-    from ..utils import read_json
+    from ..files import read_json
 
     return read_json(out / "diagnostics.json")
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..configs import ConfigError, parse_config
 from ..outputs import read_record
-from ..utils import atomic_savefig, atomic_write_text, environment_info, write_json
+from ..files import atomic_savefig, atomic_write_text, write_json
+from ..envinfo import environment_info
 
 REPORT_FILES = ("results.json", "report.md", "gap_closed.png", "gus_hist.png")
 # Keys the report reads from each per-seed record: one without them (an empty `{}`) is an error naming the file.
@@ -60,7 +61,7 @@ def _fmt(mean, std, digits=3):
 
 def variants(exp) -> list:
     """The experiment's unlearning variants (methods x budgets x grid), as ``run`` planned them."""
-    from .run import unlearn_variants
+    from ..protocol import unlearn_variants
 
     return unlearn_variants(exp, type(exp.unlearn))
 
@@ -386,7 +387,7 @@ def main(cfg: ReportConfig) -> Path:
     from ..configs import to_dict
     from ..locks import DirLock
     from ..outputs import remove_temporary
-    from .run import load_experiment
+    from ..tracks import load_experiment
 
     if cfg.run_dir is None:
         raise ConfigError("run_dir is required")

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from ..configs import ConfigError, load_config, parse_config, to_dict
+from ..configs import ConfigError, parse_config, to_dict
 from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
 from ..testing import TinyModelConfig
-from ..utils import atomic_write_text, is_atomic_tmp
+from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
+from ..files import atomic_write_text, is_atomic_tmp
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
@@ -208,18 +209,9 @@ def _identity_dict(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("output_dir", "workers", "overwrite")}
 
 
-def track_name(data: dict | None) -> str:
-    """The ``track`` key of an experiment mapping (default llm), checked to be a string."""
-    name = (data or {}).get("track", "llm") if isinstance(data, dict) else "llm"
-    if not isinstance(name, str):
-        raise ConfigError(f"track: expected a string, got {name!r}")
-    return name
-
-
 def _resolve(cfg, **overrides):
     """A validated experiment config (of its track's class) from a config, a mapping or a YAML path."""
     from ..configs import build_config, read_yaml, validate_config
-    from ..tracks import get_track
 
     if isinstance(cfg, (str, os.PathLike)):
         cfg = read_yaml(cfg)
@@ -257,7 +249,6 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
         raise ConfigError("each experiment needs its own output_dir")
     from ..configs import check_writable_dir
     from ..locks import acquire, release
-    from ..tracks import get_track
 
     jobs = []
     for i, c in enumerate(cfgs):
@@ -358,27 +349,11 @@ def _argv_track(argv) -> str:
 
 
 def cli(argv=None) -> None:
-    from ..tracks import get_track
-
     track = get_track(_argv_track(argv))
     cfg = parse_config(track.config_cls, argv, prog="llm-unlearn run")
     report = run_experiment(cfg)
     print(f"report: {report}")
     print(f"results: {Path(cfg.output_dir) / 'results.json'}")
-
-
-def load_experiment(run_dir: str | os.PathLike):
-    """The experiment config a run directory was made with (of its track's class)."""
-    from ..tracks import get_track
-
-    p = Path(run_dir) / "experiment.yaml"
-    if not p.is_file():
-        raise ConfigError(f"run_dir {str(run_dir)!r} holds no experiment.yaml (not a `llm-unlearn run` directory)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} does not parse ({str(e).splitlines()[0]})") from e
-    return load_config(get_track(track_name(data)).config_cls, data)
 
 
 def describe(cfg: ExperimentConfig) -> str:
@@ -390,3 +365,6 @@ def describe(cfg: ExperimentConfig) -> str:
         f"{p.poison_fraction:g} of the training set ({what}), training {cfg.train.num_train_epochs:g} epochs; "
         f"unlearning {'with LoRA' if cfg.unlearn.use_peft else 'full-parameter'}."
     )
+
+
+TRACK = Track("llm", ExperimentConfig, plan, describe)

@@ -21,14 +21,18 @@ from typing import Any, Literal
 from ..configs import ConfigError
 from ..harness import is_main_process, parse_stage, run_stage, stage_parser
 from ..outputs import write_records
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN/Inf: the run stops and is reported as diverged."""
-
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
+from ..training import (
+    DivergedError,
+    all_ranks_finite,
+    all_ranks_sum,
+    check_trainer_args,
+    checkpoint_arguments,
+    load_whole_model,
+    remove_checkpoints,
+    resume_point,
+    save_trained,
+    training_arguments,
+)
 
 
 @dataclass
@@ -91,105 +95,6 @@ class TrainConfig:
         check_trainer_args(self.trainer_args)
 
 
-_OWNED = {"output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "max_steps"}
-
-
-def check_trainer_args(extra: dict) -> None:
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in extra:
-        if key in _OWNED:
-            raise ConfigError(f"trainer_args.{key}: set it as a top-level key, not in trainer_args")
-        if key not in names:
-            raise ConfigError(f"trainer_args: unknown TrainingArguments key {key!r}")
-
-
-def training_arguments(cfg, output_dir: Path, **overrides):
-    """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default)."""
-    import os
-
-    from transformers import TrainingArguments
-
-    kwargs = dict(
-        output_dir=str(output_dir / "trainer"),
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=cfg.bf16,
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        remove_unused_columns=False,  # noise_seed/index are ours, not the model's
-        dataloader_num_workers=0,  # worker processes cost more than they save on tiny batches
-        dataloader_pin_memory=False,
-        disable_tqdm=not cfg.progress,
-        # Our compute_loss raises DivergedError on a non-finite loss first, so HF's filter of the logged loss never
-        # sees one; it would still test every step's loss (on a GPU, two device syncs a step).
-        logging_nan_inf_filter=False,
-        # Our compute_loss ignores ``num_items_in_batch`` (it returns a per-batch mean, which the Trainer scales for
-        # accumulation), so gathering that token count over processes at every step would be a collective for nothing.
-        average_tokens_across_devices=False,
-    )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
-        # Several CPU processes (accelerate + DeepSpeed): accelerate finds no GPU backend, leaves it unset and then
-        # counts a single process, so DeepSpeed's batch-size check fails. gloo is what DeepSpeed itself uses on CPU.
-        kwargs["ddp_backend"] = "gloo"
-    kwargs.update(overrides)
-    kwargs.update(cfg.trainer_args)
-    return TrainingArguments(**kwargs)
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... behind one call
-    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
-
-
-def all_ranks_sum(accelerator, value: float) -> float:
-    """``value`` summed over all processes (a collective: every rank must call it); itself with one process."""
-    if accelerator.num_processes == 1:
-        return float(value)
-    import torch
-
-    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(t, reduction="sum").item())
-
-
-def all_ranks_finite(accelerator, loss) -> bool:
-    """Whether the loss is finite on every rank. A rank that stopped alone would leave the others waiting in the
-    gradient all-reduce, so with several processes the divergence check is itself collective."""
-    import torch
-
-    finite = torch.isfinite(loss.detach()).all()
-    if accelerator.num_processes == 1:
-        return bool(finite)
-    flags = accelerator.gather(finite.to(torch.float32).reshape(1))
-    return bool(flags.min() > 0)
-
-
-def load_whole_model(path: str, cfg):
-    """The model a stage trains, loaded with all its tensors even when an earlier ``TrainingArguments`` in this process
-    registered a ZeRO-3 config (``from_pretrained`` would then create sharded, empty parameters). Vocabulary checks,
-    the embedding RMS and the methods' model hooks need the whole tensors; DeepSpeed shards the model when training
-    starts. (Reference models are different: loaded after the Trainer, they are meant to be created sharded.)"""
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    from ..modeling import load_model
-
-    unset_hf_deepspeed_config()
-    return load_model(path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
-
-
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -208,7 +113,7 @@ def _make_trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             # Order from (seed, epoch) alone: a run resumed from a checkpoint then sees the batches an uninterrupted
             # run would (HF's samplers draw from the global RNG, which resuming restores at the checkpoint's step).
-            from ..utils import epoch_seeded_sampler
+            from ..seeding import epoch_seeded_sampler
 
             ds = self.train_dataset if train_dataset is None else train_dataset
             by_length = self.args.train_sampling_strategy == "group_by_length"
@@ -238,29 +143,6 @@ def _make_trainer_class():
     return CompletionTrainer
 
 
-def save_trained(trainer, tokenizer, out: Path) -> None:
-    """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
-
-    Every rank must call it (the ZeRO-3 gather is a collective); only the main process writes. The files are written
-    into a staging dir and then renamed into ``out`` one by one, so a kill never leaves a half-written weight file.
-    ``Trainer.save_model`` also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those
-    settings, so the pickle is removed: no pickle ever sits next to the weights.
-    """
-    import os
-    import shutil
-
-    staging = out / ".weights.tmp"  # a name utils.is_atomic_tmp recognises as a leftover of a killed write
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
-    if trainer.is_world_process_zero():
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(str(staging))
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-        staging.rmdir()
-
-
 def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
     return run_stage(
@@ -276,7 +158,7 @@ def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
 def _check(cfg: TrainConfig) -> None:
     """Inputs, before anything is written: the model dir, the poison stage's output and a split worth training on."""
     from ..modeling import check_model_path, read_manifest
-    from ..protocol import check_split_sizes
+    from ..budget import check_split_sizes
 
     check_model_path(cfg.model_name_or_path)
     manifest = read_manifest(cfg.dataset_dir)
@@ -295,7 +177,7 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
     from ..attacks.gaussian import embedding_rms
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..tasks.causal_lm import CompletionCollator
-    from ..utils import set_seed
+    from ..seeding import set_seed
 
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
     set_seed(cfg.seed)
@@ -352,42 +234,6 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         write_records(out, cfg, {"training_info.json": info})
         raise DivergedError(diverged, train_loss)
     return {"training_info.json": info}
-
-
-def remove_checkpoints(out: Path) -> None:
-    """Delete a finished stage's Trainer checkpoints: they hold pickles (optimizer.pt, rng_state.pth, ...) and are
-    of no use once the stage's weights are written."""
-    import shutil
-
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-
-
-def checkpoint_arguments(save_steps: int) -> dict:
-    """TrainingArguments for periodic checkpoints (none with 0); the last two are kept, and removed at the end."""
-    return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=2) if save_steps else {}
-
-
-def resume_point(trainer, cfg, extra_state=None) -> str | None:
-    """With ``cfg.save_steps``: the last complete checkpoint to resume from (the trainer's compute counter restored),
-    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages.
-
-    ``extra_state``: an optional ``(get, set)`` pair for state the Trainer does not checkpoint itself (e.g. an
-    augmentation generator); ``get()`` returns a JSON-able dict saved with every checkpoint, ``set(d)`` restores it.
-    """
-    from ..utils import checkpoint_state_callback, latest_checkpoint
-
-    if not cfg.save_steps:
-        return None
-    get_extra, set_extra = extra_state if extra_state is not None else (dict, None)
-    trainer.add_callback(
-        checkpoint_state_callback(lambda: {"compute_tokens": trainer.compute_tokens, "extra": get_extra()})
-    )
-    path, state = latest_checkpoint(trainer.args.output_dir, trainer.args.process_index)
-    if path is not None:
-        trainer.compute_tokens = state["compute_tokens"]
-        if set_extra is not None:
-            set_extra(state.get("extra", {}))
-    return path
 
 
 def make_parser():

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ..configs import ConfigError
 from ..harness import is_main_process, parse_stage, run_stage, stage_parser
-from ..utils import read_json
+from ..files import read_json
 
 
 # Shared with the image track's unlearn config: schedules follow the budget (UnlearnTrainer.create_scheduler).
@@ -76,7 +76,7 @@ class UnlearnConfig:
 
     def validate(self) -> None:
         from ..methods import build_method_config
-        from .train import check_trainer_args
+        from ..training import check_trainer_args
 
         build_method_config(self.method, self.method_args)
         if not 0.0 < self.budget <= 1.0:
@@ -120,25 +120,11 @@ def reference_compute(cfg: UnlearnConfig) -> float:
         raise ConfigError(f"retrain_dir: {str(info)!r} holds no readable compute_tokens ({e}); redo that stage") from e
 
 
-def peft_config(cfg: UnlearnConfig):
-    """LoRA config through trl's ``ModelConfig``/``get_peft_config``, as TRL scripts build it."""
-    from trl import ModelConfig, get_peft_config
-
-    return get_peft_config(
-        ModelConfig(
-            use_peft=True,
-            lora_r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            lora_target_modules=cfg.lora_target_modules,
-            lora_task_type="CAUSAL_LM",
-        )
-    )
-
-
 def prepare_model(cfg: UnlearnConfig, model):
     """The method's own preparation (freezing, re-initialisation), then LoRA wrapping when ``use_peft``."""
     from peft import PeftModel, get_peft_model
+
+    from ..training import peft_config
 
     from ..methods import build_method_config, get_method, uses_adapter
 
@@ -157,7 +143,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
 
     from ..methods import build_method_config, get_method
     from ..methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
-    from .train import checkpoint_arguments, training_arguments
+    from ..training import checkpoint_arguments, training_arguments
 
     spec = get_method(cfg.method)
     method_cfg = build_method_config(cfg.method, cfg.method_args)
@@ -215,7 +201,7 @@ def check_inputs(cfg: UnlearnConfig) -> None:
     """Before anything is written: the model, the poison stage's output with forget and retain sets a batch can be
     drawn from, the budget's reference, and a gold model of the same architecture and tokenizer as the initial."""
     from ..modeling import check_model_path, check_same_model, read_manifest
-    from ..protocol import check_budget_buys_a_step, check_split_sizes
+    from ..budget import check_budget_buys_a_step, check_split_sizes
 
     check_model_path(cfg.model_dir, "model_dir")
     manifest = read_manifest(cfg.dataset_dir)
@@ -261,8 +247,15 @@ def step_cost(cfg, forget, retain, world_size: int = 1) -> int:
 def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
     from ..methods import uses_adapter
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
-    from ..utils import set_seed
-    from .train import DivergedError, all_ranks_sum, load_whole_model, remove_checkpoints, resume_point, save_trained
+    from ..seeding import set_seed
+    from ..training import (
+        DivergedError,
+        all_ranks_sum,
+        load_whole_model,
+        remove_checkpoints,
+        resume_point,
+        save_trained,
+    )
 
     ref_tokens = reference_compute(cfg)
     dd, manifest = load_dataset_dir(cfg.dataset_dir)

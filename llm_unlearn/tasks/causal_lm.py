@@ -7,11 +7,19 @@ indexed that way), and on the left for generation.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from ..configs import ConfigError
+
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
+
+_LAYER_LISTS = ("layers", "h", "blocks")  # Llama/Mistral/Qwen, GPT-2/GPT-J, MPT/Falcon-style
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
 
 def tokenize_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
@@ -176,3 +184,95 @@ def completion_nll(model, batch: dict, inputs_embeds: torch.Tensor | None = None
     (see :func:`completion_token_logps`); equal to it up to float round-off."""
     logps, _ = completion_token_logps(model, batch, inputs_embeds)
     return -logps.sum(-1)
+
+
+def _find_layers(model) -> tuple[str, torch.nn.Module, torch.nn.ModuleList]:
+    """(attribute name, owner module, ModuleList) of the decoder layers of a (peft-wrapped) causal LM."""
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    owners = [model.get_decoder() if hasattr(model, "get_decoder") else model, getattr(model, "model", None)]
+    owners.append(getattr(model, "transformer", None))
+    for owner in owners:
+        for name in _LAYER_LISTS:
+            layers = getattr(owner, name, None)
+            if isinstance(layers, torch.nn.ModuleList):
+                return name, owner, layers
+    raise ConfigError(
+        f"cannot find the decoder layers of {type(model).__name__} (looked for .{'/.'.join(_LAYER_LISTS)})"
+    )
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return _find_layers(model)[2]
+
+
+def top_modules(model, layer_ids: list[int]) -> list[torch.nn.Module]:
+    """The chosen decoder layers plus what sits above the last layer: the final norm and an untied LM head.
+
+    A head tied to the input embeddings is left out: training or re-initialising it would change the embeddings, i.e.
+    the very bottom of the network, which CF-k/EU-k keep frozen."""
+    _, owner, layers = _find_layers(model)
+    modules = [layers[i] for i in layer_ids]
+    modules += [getattr(owner, n) for n in _FINAL_NORMS if isinstance(getattr(owner, n, None), torch.nn.Module)][:1]
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and (emb is None or head.weight is not emb.weight):
+        modules.append(head)
+    elif head is not None:
+        logger.warning("LM head is tied to the input embeddings: it stays frozen")
+    return modules
+
+
+class CausalLMTask:
+    """The task seam for causal LMs: completion-token losses, compute in tokens, decoder layers as blocks.
+
+    Every task provides the same methods (``ClassificationTask`` mirrors them for classifiers):
+    ``nll`` (the training loss, a scalar), ``cost`` (compute units of one forward+backward pass of a batch),
+    ``sequence_logps`` (log p(y|x) per example, (n,)), ``lengths`` (|y| per example), ``logits`` (the logits KL terms
+    compare and the mask of positions that count), ``logits_nll`` (the training loss from those logits),
+    ``forward`` (a plain forward pass, for hooks), ``hidden_view`` (a block's output as (n, positions, width) plus a
+    position mask), ``blocks`` (the model's ordered blocks: the last k are what CF-k/EU-k touch), ``top_modules``
+    (those blocks plus what sits above them), ``model_inputs`` and ``collate``.
+    """
+
+    name = "causal_lm"
+
+    def nll(self, model, batch: dict) -> torch.Tensor:
+        return mean_token_nll(model, batch)
+
+    def cost(self, batch: dict) -> float:
+        return float(batch_tokens(batch))
+
+    def sequence_logps(self, model, batch: dict) -> torch.Tensor:
+        return sequence_logps(model, batch)
+
+    def lengths(self, batch: dict) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)
+
+    def logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits at the positions predicting a completion token (n, L-1, V) in float32, and their mask."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        return logits, batch["labels"][:, 1:] != IGNORE_INDEX
+
+    def logits_nll(self, logits: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Mean NLL over masked positions from logits already shifted by :meth:`logits` (labels unshifted)."""
+        targets = batch["labels"][:, 1:].masked_fill(~mask, 0)
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return -(logps * mask).sum() / mask.sum().clamp_min(1)
+
+    def forward(self, model, batch: dict):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def hidden_view(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden, batch["attention_mask"]
+
+    def blocks(self, model) -> torch.nn.ModuleList:
+        return decoder_layers(model)
+
+    def top_modules(self, model, layer_ids: list[int]) -> list[torch.nn.Module]:
+        return top_modules(model, layer_ids)
+
+    def model_inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    def collator(self, pad_token_id: int):
+        return CompletionCollator(pad_token_id)

@@ -3,7 +3,7 @@
 A batch is ``{"pixel_values": (n, ...), "labels": (n,)}`` (plus side columns such as ``index``); the model is any
 ``torch.nn.Module`` whose ``forward(pixel_values=...)`` returns an object with ``.logits`` of shape (n, classes) and
 which lists its ordered blocks in a ``blocks`` ``ModuleList`` (stem first, classification head last). The mapping to
-the causal-LM task (``llm_unlearn.methods.base.CausalLMTask``):
+the causal-LM task (``llm_unlearn.tasks.causal_lm.CausalLMTask``):
 
 - loss: mean cross-entropy of the batch (the LM's mean completion-token NLL);
 - cost: examples through forward+backward (the LM counts tokens), the unit the image train stage records as its
@@ -42,7 +42,7 @@ class ClassificationCollator:
 
 
 class ClassificationTask:
-    """Cross-entropy classification behind the same methods as :class:`~llm_unlearn.methods.base.CausalLMTask`.
+    """Cross-entropy classification behind the same methods as :class:`~llm_unlearn.tasks.causal_lm.CausalLMTask`.
 
     Args:
         augment: optional ``(pixel_values, generator) -> pixel_values`` applied to training batches of the methods

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from llm_unlearn.scheduler import _output_dir, _stage_kind, run_job
     from llm_unlearn.stages.run import _resolve, check_output_dir, run_experiment
     from llm_unlearn.tracks import get_track
-    from llm_unlearn.utils import atomic_write_text, is_complete
+    from llm_unlearn.files import atomic_write_text, is_complete
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="experiment YAML (an ExperimentConfig)")

@@ -1,0 +1,226 @@
+"""Training machinery shared below every stage and method: the HF ``TrainingArguments`` the stages build, collective
+helpers for several processes (sums, divergence), saving weights atomically, LoRA configs, and resuming a stage from
+its last Trainer checkpoint. Stages and methods import this module; it imports no stage, method or attack.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .configs import ConfigError
+from .files import read_json, write_json
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN/Inf: the run stops and is reported as diverged."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+_OWNED = {"output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "max_steps"}
+
+
+def check_trainer_args(extra: dict) -> None:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in extra:
+        if key in _OWNED:
+            raise ConfigError(f"trainer_args.{key}: set it as a top-level key, not in trainer_args")
+        if key not in names:
+            raise ConfigError(f"trainer_args: unknown TrainingArguments key {key!r}")
+
+
+def training_arguments(cfg, output_dir: Path, **overrides):
+    """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default)."""
+    import os
+
+    from transformers import TrainingArguments
+
+    kwargs = dict(
+        output_dir=str(output_dir / "trainer"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,  # noise_seed/index are ours, not the model's
+        dataloader_num_workers=0,  # worker processes cost more than they save on tiny batches
+        dataloader_pin_memory=False,
+        disable_tqdm=not cfg.progress,
+        # Our compute_loss raises DivergedError on a non-finite loss first, so HF's filter of the logged loss never
+        # sees one; it would still test every step's loss (on a GPU, two device syncs a step).
+        logging_nan_inf_filter=False,
+        # Our compute_loss ignores ``num_items_in_batch`` (it returns a per-batch mean, which the Trainer scales for
+        # accumulation), so gathering that token count over processes at every step would be a collective for nothing.
+        average_tokens_across_devices=False,
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        # Several CPU processes (accelerate + DeepSpeed): accelerate finds no GPU backend, leaves it unset and then
+        # counts a single process, so DeepSpeed's batch-size check fails. gloo is what DeepSpeed itself uses on CPU.
+        kwargs["ddp_backend"] = "gloo"
+    kwargs.update(overrides)
+    kwargs.update(cfg.trainer_args)
+    return TrainingArguments(**kwargs)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... behind one call
+    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
+
+
+def all_ranks_sum(accelerator, value: float) -> float:
+    """``value`` summed over all processes (a collective: every rank must call it); itself with one process."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    import torch
+
+    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum").item())
+
+
+def all_ranks_finite(accelerator, loss) -> bool:
+    """Whether the loss is finite on every rank. A rank that stopped alone would leave the others waiting in the
+    gradient all-reduce, so with several processes the divergence check is itself collective."""
+    import torch
+
+    finite = torch.isfinite(loss.detach()).all()
+    if accelerator.num_processes == 1:
+        return bool(finite)
+    flags = accelerator.gather(finite.to(torch.float32).reshape(1))
+    return bool(flags.min() > 0)
+
+
+def load_whole_model(path: str, cfg):
+    """The model a stage trains, loaded with all its tensors even when an earlier ``TrainingArguments`` in this process
+    registered a ZeRO-3 config (``from_pretrained`` would then create sharded, empty parameters). Vocabulary checks,
+    the embedding RMS and the methods' model hooks need the whole tensors; DeepSpeed shards the model when training
+    starts. (Reference models are different: loaded after the Trainer, they are meant to be created sharded.)"""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .modeling import load_model
+
+    unset_hf_deepspeed_config()
+    return load_model(path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+
+
+def save_trained(trainer, tokenizer, out: Path) -> None:
+    """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
+
+    Every rank must call it (the ZeRO-3 gather is a collective); only the main process writes. The files are written
+    into a staging dir and then renamed into ``out`` one by one, so a kill never leaves a half-written weight file.
+    ``Trainer.save_model`` also pickles ``training_args.bin``; the resolved ``config.yaml`` already records those
+    settings, so the pickle is removed: no pickle ever sits next to the weights.
+    """
+    import os
+    import shutil
+
+    staging = out / ".weights.tmp"  # a name utils.is_atomic_tmp recognises as a leftover of a killed write
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(staging))
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+        staging.rmdir()
+
+
+CHECKPOINT_STATE = "llm_unlearn_state-rank{rank}.json"
+
+
+def latest_checkpoint(trainer_dir: str | os.PathLike, rank: int = 0) -> tuple[str | None, dict]:
+    """The newest ``checkpoint-<step>`` under ``trainer_dir`` whose save finished, and our state saved with it.
+
+    The Trainer writes a checkpoint's files one by one; our state file is written after all of them (``on_save``), so
+    its presence is what marks a checkpoint complete. A checkpoint cut short by a kill is ignored.
+    """
+    best: tuple[int, Path] | None = None
+    for p in Path(trainer_dir).glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if step.isdigit() and (p / CHECKPOINT_STATE.format(rank=rank)).is_file():
+            if best is None or int(step) > best[0]:
+                best = (int(step), p)
+    if best is None:
+        return None, {}
+    return str(best[1]), read_json(best[1] / CHECKPOINT_STATE.format(rank=rank))
+
+
+def checkpoint_state_callback(get_state):
+    """A ``TrainerCallback`` that saves ``get_state()`` (e.g. the compute counter) into every checkpoint, last."""
+    from transformers import TrainerCallback
+
+    class SaveStateCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / CHECKPOINT_STATE.format(rank=args.process_index), get_state())
+            return control
+
+    return SaveStateCallback()
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Delete a finished stage's Trainer checkpoints: they hold pickles (optimizer.pt, rng_state.pth, ...) and are
+    of no use once the stage's weights are written."""
+    import shutil
+
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+
+
+def checkpoint_arguments(save_steps: int) -> dict:
+    """TrainingArguments for periodic checkpoints (none with 0); the last two are kept, and removed at the end."""
+    return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=2) if save_steps else {}
+
+
+def resume_point(trainer, cfg, extra_state=None) -> str | None:
+    """With ``cfg.save_steps``: the last complete checkpoint to resume from (the trainer's compute counter restored),
+    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages.
+
+    ``extra_state``: an optional ``(get, set)`` pair for state the Trainer does not checkpoint itself (e.g. an
+    augmentation generator); ``get()`` returns a JSON-able dict saved with every checkpoint, ``set(d)`` restores it.
+    """
+    if not cfg.save_steps:
+        return None
+    get_extra, set_extra = extra_state if extra_state is not None else (dict, None)
+    trainer.add_callback(
+        checkpoint_state_callback(lambda: {"compute_tokens": trainer.compute_tokens, "extra": get_extra()})
+    )
+    path, state = latest_checkpoint(trainer.args.output_dir, trainer.args.process_index)
+    if path is not None:
+        trainer.compute_tokens = state["compute_tokens"]
+        if set_extra is not None:
+            set_extra(state.get("extra", {}))
+    return path
+
+
+def peft_config(cfg):
+    """LoRA config through trl's ``ModelConfig``/``get_peft_config``, as TRL scripts build it."""
+    from trl import ModelConfig, get_peft_config
+
+    return get_peft_config(
+        ModelConfig(
+            use_peft=True,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            lora_target_modules=cfg.lora_target_modules,
+            lora_task_type="CAUSAL_LM",
+        )
+    )
