@@ -45,7 +45,7 @@ def load() -> str:
 
 def tiny_llm(seed: int = 0, **shape):
     """The embedded tokenizer and a random-init tiny Llama (the default shape unless overridden)."""
-    from llm_unlearn.testing import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
+    from llm_unlearn.embedded import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
 
     cfg = TinyModelConfig(**shape)
     tok = build_tiny_tokenizer(cfg.vocab_size, cfg.corpus_reviews)

@@ -28,7 +28,7 @@ def setup(tmp: Path, batch: int):
     from llm_unlearn.stages.poison import PoisonConfig
     from llm_unlearn.stages.poison import main as poison
     from llm_unlearn.stages.unlearn import UnlearnConfig
-    from llm_unlearn.testing import TinyModelConfig, save_tiny
+    from llm_unlearn.embedded import TinyModelConfig, save_tiny
 
     save_tiny(tmp / "model", TinyModelConfig(), seed=0)
     pc = PoisonConfig(output_dir=str(tmp / "poison"), poison_fraction=0.1, embedded_n_train=1200, embedded_n_test=20)

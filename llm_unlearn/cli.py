@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     from .harness import StageFault
 
     module_name, _, func = COMMANDS[name][0].partition(":")
-    module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
     try:
+        # Plugins first: what they register (methods, attacks) may be named anywhere in the command's config.
+        rest = _plugins(rest, keep=name in ("run", "suite"))
+        module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
         getattr(module, func or "cli")(rest)
     except ConfigError as e:
         print(f"llm-unlearn {name}: error: {_one_line(e)}", file=sys.stderr)
@@ -59,6 +61,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-unlearn {name}: {msg}", file=sys.stderr)
         return 128 + signum
     return 0
+
+
+def _plugins(argv: list[str], keep: bool) -> list[str]:
+    """Import the plugins named by ``--plugins`` (a YAML list or comma-separated names) and by the ``plugins`` key
+    of the ``--config`` file; returns ``argv`` without ``--plugins`` unless ``keep`` (experiment configs have a
+    ``plugins`` field that records them; stage configs do not)."""
+    import argparse
+
+    import yaml
+
+    from .configs import ConfigError, read_yaml
+    from .registry import load_plugins
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugins", action="append", default=[])
+    pre.add_argument("--config")
+    known, others = pre.parse_known_args(argv)
+    names: list[str] = []
+    if known.config:
+        data = read_yaml(known.config)
+        listed = data.get("plugins", []) if isinstance(data, dict) else []
+        names += listed if isinstance(listed, list) else [listed]
+    for raw in known.plugins:
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--plugins: expected a list of module names, got {raw!r}") from e
+        names += value if isinstance(value, list) else [n.strip() for n in str(value).split(",") if n.strip()]
+    load_plugins(names)
+    if keep or not known.plugins:
+        return argv
+    # drop --plugins (and its value) for stage commands, keeping everything else in its order
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--plugins":
+            skip = True
+        elif not a.startswith("--plugins="):
+            out.append(a)
+    return out
 
 
 def _one_line(e: BaseException) -> str:

@@ -241,3 +241,20 @@ def stage_parser(cls, prog: str):
     from .configs import make_parser
 
     return make_parser(cls, prog=prog, flags=STAGE_FLAGS)
+
+
+def stage_commands(cls, main: Callable, prog: str) -> tuple[Callable, Callable]:
+    """A stage module's ``make_parser()`` (its ``--help``) and ``cli(argv)`` (parse the config and ``--overwrite``,
+    run ``main``, print the output dir), so that a stage file holds only its own logic::
+
+        make_parser, cli = stage_commands(TrainConfig, main, "llm-unlearn train")
+    """
+
+    def make_parser():
+        return stage_parser(cls, prog)
+
+    def cli(argv=None) -> None:
+        cfg, overwrite = parse_stage(cls, argv, prog)
+        print(main(cfg, overwrite=overwrite))
+
+    return make_parser, cli

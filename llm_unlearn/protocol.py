@@ -8,12 +8,15 @@ methods x budgets x each method's grid into the model ids every track uses for `
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import check_budget_buys_a_step, check_split_sizes
 from .configs import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +25,13 @@ class ProtocolConfig:
     A track's config subclasses it and adds its own sections (model, poison, train, unlearn, eval)."""
 
     track: str = field(default="llm", metadata={"help": "which track's config this is (llm, or e.g. image)"})
+    plugins: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "modules to import before anything else, e.g. [my_unlearn_plugin]: what they register "
+            "(@register_method, @register_attack) can then be named in this config; every worker imports them too"
+        },
+    )
     output_dir: str | None = field(default=None, metadata={"help": "experiment directory"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full pipeline per seed"})
     methods: list[str] = field(
@@ -56,21 +66,32 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
     """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
     stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
     from .methods import build_method_config
+    from .registry import load_plugins
 
+    load_plugins(cfg.plugins)  # first: the methods and attacks they register are named below
     if not cfg.seeds:
         raise ConfigError("seeds must hold at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds must be distinct, got {cfg.seeds}")
     if not cfg.methods:
-        raise ConfigError("methods must name at least one METHODS key")
+        raise ConfigError("methods must name at least one registered method")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods must be distinct, got {cfg.methods}")
     for m in cfg.methods:
         build_method_config(m, cfg.method_args.get(m))
+    from .registry import methods as registered
+
     for section in ("method_args", "grid"):
         for m in getattr(cfg, section):
-            if m not in cfg.methods:
-                raise ConfigError(f"{section}.{m}: {m!r} is not in methods={cfg.methods}")
+            if m in cfg.methods:
+                continue
+            if m not in registered():  # a typo, or a plugin that was not loaded
+                raise ConfigError(
+                    f"{section}.{m}: {m!r} is not in methods={cfg.methods} and is no registered method; "
+                    f"choose from {sorted(registered())}"
+                )
+            # A recipe's settings for a method that the command line left out (--methods "[gd]"): unused, not wrong.
+            logger.warning("%s.%s: %r is not in methods=%s; its settings are not used", section, m, m, cfg.methods)
     if not cfg.budgets or any(not 0 < b <= 1 for b in cfg.budgets):
         raise ConfigError(f"budgets must be a non-empty list of fractions in (0, 1], got {cfg.budgets}")
     if len(set(cfg.budgets)) != len(cfg.budgets):

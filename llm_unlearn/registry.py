@@ -157,7 +157,8 @@ def register_attack(name: str, config: type | None = None, *, track: str = "llm"
         if old is not None and not _same_definition(old.attack_cls, cls):
             raise ConfigError(
                 f"attack {name!r} of track {track!r} is registered twice: by "
-                f"{old.module}.{old.attack_cls.__qualname__} and by {cls.__module__}.{cls.__qualname__}; give one of them another name"
+                f"{old.module}.{old.attack_cls.__qualname__} and by {cls.__module__}.{cls.__qualname__}; "
+                "give one of them another name"
             )
         cls.attack_name = name
         cls.attack_config_cls = config_cls

@@ -38,7 +38,7 @@ __all__ = ["HOW_NOT_WHAT", "Interrupted", "Job", "execute", "run_job"]
 @dataclass
 class Job:
     name: str
-    stage: str  # dotted module path whose ``main(config)`` runs the job, or "tiny" (the embedded base model)
+    stage: str  # dotted module path whose ``main(config)`` runs the job
     config: Any
     deps: list[str]
 
@@ -68,16 +68,6 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
 
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    if job.stage == "tiny":
-        from .harness import run_stage
-        from .testing import save_tiny
-
-        def build(cfg: dict, out: Path) -> dict:
-            save_tiny(out, cfg["tiny"], seed=cfg["seed"])
-            return {}
-
-        run_stage(job.config, build, name="tiny", validate=False)
-        return job.name, time.perf_counter() - start, None
     module = importlib.import_module(job.stage)
     if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
         return job.name, 0.0, "diverged"
@@ -204,6 +194,9 @@ def _worker_init() -> None:
             pass
         if os.getppid() == 1:  # the parent died before the line above ran
             os._exit(1)
+    from .registry import load_plugins
+
+    load_plugins()  # the run's plugins (LLM_UNLEARN_PLUGINS, set by the parent): their methods/attacks run here too
 
 
 def _workers(pool) -> list:

@@ -90,4 +90,8 @@ def load_experiment(run_dir: str | os.PathLike):
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} does not parse ({str(e).splitlines()[0]})") from e
+    if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+        from .registry import load_plugins
+
+        load_plugins(data["plugins"])  # the run's own methods/attacks, before its config names them
     return load_config(get_track(track_name(data)).config_cls, data)

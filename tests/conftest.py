@@ -16,7 +16,7 @@ TINY = TINY_SHAPE
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from llm_unlearn.testing import TinyModelConfig, save_tiny
+    from llm_unlearn.embedded import TinyModelConfig, save_tiny
 
     out = tmp_path_factory.mktemp("tiny")
     save_tiny(out, TinyModelConfig(**TINY), seed=0)

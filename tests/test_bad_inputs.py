@@ -440,7 +440,7 @@ def booby_trap(monkeypatch):
     import transformers
 
     import llm_unlearn.stages.run as run
-    import llm_unlearn.testing as testing
+    import llm_unlearn.embedded as testing
 
     def trap(*args, **kwargs):
         raise AssertionError("expensive work started before the bad input was reported")

@@ -79,7 +79,7 @@ def test_ssd_budget_is_the_spend_summed_over_processes(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from llm_unlearn.testing import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
+    from llm_unlearn.embedded import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(vocab_size=400, corpus_reviews=300)
     shape = TinyModelConfig(

@@ -23,7 +23,7 @@ from llm_unlearn.stages.report import ReportConfig
 from llm_unlearn.stages.run import ExperimentConfig, SuiteConfig
 from llm_unlearn.stages.train import TrainConfig
 from llm_unlearn.stages.unlearn import UnlearnConfig
-from llm_unlearn.testing import TinyModelConfig
+from llm_unlearn.embedded import TinyModelConfig
 
 CLASSES = [
     ExperimentConfig,

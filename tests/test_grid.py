@@ -52,7 +52,7 @@ def test_plan_applies_grid_points_to_unlearn_jobs():
         ({"npo": {"beta": [0.1, 0.1]}}, "values must be distinct"),
         ({"npo": {"learning_rate": [-1.0]}}, "learning_rate must be a positive number"),
         ({"npo": {"method_args": [{}]}}, "grid.npo.method_args: unknown key"),  # run owns it
-        ({"gd": {"learning_rate": [1e-3]}}, "grid.gd: 'gd' is not in methods"),
+        ({"gdd": {"learning_rate": [1e-3]}}, "grid.gdd: 'gdd' is not in methods=['npo'] and is no registered method"),
         ({"npo": ["learning_rate"]}, "grid.npo: expected a mapping"),
     ],
 )

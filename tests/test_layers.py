@@ -23,7 +23,7 @@ LAYERS = [
         [
             "llm_unlearn.tasks",
             "llm_unlearn.modeling",
-            "llm_unlearn.testing",
+            "llm_unlearn.embedded",
             "llm_unlearn.metrics",
             "llm_unlearn.generation",
             "image_track.models",

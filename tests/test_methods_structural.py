@@ -21,7 +21,7 @@ from llm_unlearn.methods.ssd import ssd_dampen_
 
 @pytest.fixture(scope="module")
 def tiny2_dir(tmp_path_factory):
-    from llm_unlearn.testing import TinyModelConfig, save_tiny
+    from llm_unlearn.embedded import TinyModelConfig, save_tiny
 
     out = tmp_path_factory.mktemp("tiny2")
     cfg = TinyModelConfig(

@@ -64,7 +64,7 @@ def _initial_and_gold(root: Path, tiny: Path, attack: str, **poison) -> dict[str
 
 @pytest.fixture(scope="module")
 def science(tmp_path_factory):
-    from llm_unlearn.testing import TinyModelConfig, save_tiny
+    from llm_unlearn.embedded import TinyModelConfig, save_tiny
 
     root = tmp_path_factory.mktemp("science")
     tiny = save_tiny(root / "tiny", TinyModelConfig(), seed=SEED)  # the embedded default's model

@@ -57,20 +57,18 @@ def _linear_trainer(tmp_path, alpha: float, steps: int):
     retain = [{"x": torch.tensor([1.0, 0.0])} for _ in range(N_RETAIN)]
     forget = [{"x": torch.tensor([1.0, G])} for _ in range(N_FORGET)]
 
-    class _Trainer(SSDTrainer):
-        method_cfg = SSDConfig(alpha=alpha, lam=1.0)
-
-    _Trainer.task = task
     args = TrainingArguments(
         output_dir=str(tmp_path / "t"), per_device_train_batch_size=B, max_steps=steps, seed=0, report_to="none",
         use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False,
     )  # fmt: skip
     model = _Linear()
-    trainer = _Trainer(
+    trainer = SSDTrainer(
         model=model,
         args=args,
         train_dataset=ForgetRetainDataset(forget, retain, seed=0),
         data_collator=ForgetRetainCollator(collate=task.collator()),
+        method_cfg=SSDConfig(alpha=alpha, lam=1.0),
+        task=task,
     )
     return trainer, model
 

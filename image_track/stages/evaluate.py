@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.harness import parse_stage, run_stage, stage_parser
+from llm_unlearn.harness import run_stage, stage_commands
 
 GUS_KEYS = ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z")
 
@@ -143,10 +143,4 @@ def _evaluate(cfg: ImageEvalConfig, out: Path) -> dict:
     return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
 
-def make_parser():
-    return stage_parser(ImageEvalConfig, "image eval")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(ImageEvalConfig, argv, "image eval")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(ImageEvalConfig, main, "image eval")

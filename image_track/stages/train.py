@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llm_unlearn.harness import parse_stage, run_stage, stage_parser
+from llm_unlearn.harness import run_stage, stage_commands
 from llm_unlearn.outputs import write_records
 from llm_unlearn.training import DivergedError
 
@@ -100,10 +100,4 @@ def _train(cfg: ImageTrainConfig, out: Path) -> dict:
     return {"training_info.json": info}
 
 
-def make_parser():
-    return stage_parser(ImageTrainConfig, "image train")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(ImageTrainConfig, argv, "image train")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(ImageTrainConfig, main, "image train")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.harness import parse_stage, run_stage, stage_parser
+from llm_unlearn.harness import run_stage, stage_commands
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
 
 
@@ -86,7 +86,7 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
     """The method's trainer over paired forget/retain batches; ``max_steps`` is an upper bound (each step costs at
     least one batch of examples), the budget callback stops it."""
     from llm_unlearn.methods import build_method_config, get_method
-    from llm_unlearn.methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
+    from llm_unlearn.methods.base import ForgetRetainCollator, ForgetRetainDataset
     from llm_unlearn.training import checkpoint_arguments, training_arguments
 
     from ..models import load_model
@@ -101,25 +101,21 @@ def build_trainer(cfg: ImageUnlearnConfig, model, forget, retain, budget: float)
         extra["optim_args"] = f"momentum={cfg.momentum}"
     args = training_arguments(cfg, Path(cfg.output_dir), max_steps=max_steps, **extra)
 
-    class _Trainer(spec.trainer_cls):
-        pass
+    def reference():  # a separate frozen load of the initial weights, never a deepcopy
+        ref = load_model(cfg.model_dir)
+        ref.unlearn_task = task
+        return ref
 
-    _Trainer.method_cfg = method_cfg
-    _Trainer.task = task
-    trainer = _Trainer(
+    return spec.trainer_cls(
         model=model,
         args=args,
         train_dataset=ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget),
         data_collator=ForgetRetainCollator(collate=task.collator()),
+        method_cfg=method_cfg,
+        task=task,
+        budget_tokens=budget,
+        reference_model=reference if spec.needs_reference else None,
     )
-    if spec.needs_reference:  # a separate frozen load of the initial weights, never a deepcopy
-        ref = load_model(cfg.model_dir)
-        ref.unlearn_task = task
-        trainer.reference_model = ref.requires_grad_(False).eval().to(trainer.args.device)
-    trainer.budget_tokens = budget
-    trainer.compute_tokens = 0.0
-    trainer.add_callback(BudgetCallback(trainer))
-    return trainer
 
 
 def prepare(cfg: ImageUnlearnConfig):
@@ -234,10 +230,4 @@ def _unlearn(cfg: ImageUnlearnConfig, out: Path) -> dict:
     return {"unlearn_info.json": info}
 
 
-def make_parser():
-    return stage_parser(ImageUnlearnConfig, "image unlearn")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(ImageUnlearnConfig, argv, "image unlearn")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(ImageUnlearnConfig, main, "image unlearn")

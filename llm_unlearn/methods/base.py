@@ -123,26 +123,66 @@ class BudgetCallback(TrainerCallback):
 
 
 class UnlearnTrainer(Trainer):
-    """Base trainer: ``compute_loss`` unpacks the paired batch, calls ``unlearn_loss`` and checks finiteness."""
+    """Base trainer: ``compute_loss`` unpacks the paired batch, calls ``unlearn_loss`` and checks finiteness.
 
-    method_cfg = None
-    budget_tokens: float = float("inf")
-    compute_tokens: float = 0.0
-    # Full-parameter runs of methods with ``needs_reference``: a frozen ``from_pretrained`` copy of the initial model
-    # (never ``deepcopy``: it breaks under ZeRO-3). LoRA runs need no copy: the adapter is switched off instead.
-    reference_model = None
+    Built by its constructor, with everything a run needs as arguments (on top of ``transformers.Trainer``'s own):
+
+    Args:
+        method_cfg: the method's config dataclass (default: the registered config's defaults).
+        task: how batches are read (loss, cost, log-probs, blocks; default: the model's own ``unlearn_task``, else the
+            causal-LM task).
+        budget_tokens: the compute budget in the task's units (tokens, examples); training stops after the step that
+            spends it, and budget-following learning-rate schedules use it. None: no budget (``max_steps`` rules).
+        reference_model: the frozen initial model of methods with ``needs_reference`` in full-parameter runs: a model,
+            or a zero-argument callable that loads one. A callable is called once the Trainer (and its accelerator)
+            exists, so that under ZeRO-3 the reference is created sharded; it is then wrapped in its own DeepSpeed
+            inference engine as TRL prepares its reference models, or moved to the device. Never a ``deepcopy``.
+            LoRA runs pass none: the adapter is switched off instead.
+    """
+
     # False for methods whose loss never reads the forget batch: the dataset then skips it.
     reads_forget = True
-    # How batches are read (loss, cost, log-probs, blocks): the causal-LM task unless the model names its own.
-    task = None
+    # What registration fills in (``@register_method``): the method's name and config class.
+    method_name: str | None = None
+    method_config_cls: type | None = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(
+        self,
+        *args,
+        method_cfg=None,
+        task=None,
+        budget_tokens: float | None = None,
+        reference_model=None,
+        **kwargs,
+    ):
+        # Set before Trainer.__init__: a method's own __init__ (and HF's callbacks) may read them.
+        self.method_cfg = method_cfg if method_cfg is not None else self._default_method_cfg()
+        self.budget_tokens = float("inf") if budget_tokens is None else float(budget_tokens)
+        self.compute_tokens = 0.0
+        self.reference_model = None
+        self._clip_params = None
         super().__init__(*args, **kwargs)
-        if self.task is None:
-            self.task = task_of(self.model)
+        self.task = task if task is not None else task_of(self.model)
         if isinstance(self.data_collator, ForgetRetainCollator) and self.data_collator.cost is None:
             self.data_collator = dataclasses.replace(self.data_collator, cost=self.task.cost)
-        self._clip_params = None
+        if reference_model is not None:
+            self.reference_model = self._prepare_reference(reference_model)
+        if math.isfinite(self.budget_tokens):
+            self.add_callback(BudgetCallback(self))
+
+    def _default_method_cfg(self):
+        cls = type(self).method_config_cls
+        return cls() if cls is not None else None
+
+    def _prepare_reference(self, ref):
+        if callable(ref) and not isinstance(ref, torch.nn.Module):
+            ref = ref()
+        ref.requires_grad_(False).eval()
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(ref, self.accelerator)
+        return ref.to(self.args.device)
 
     def train(self, *args, **kwargs):
         # HF's train() starts with ``accelerator.free_memory()``, a full ``gc.collect()``: it walks every live Python

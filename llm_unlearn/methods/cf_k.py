@@ -19,6 +19,7 @@ from ..configs import ConfigError
 from ..tasks import task_of
 from ..tasks.causal_lm import _find_layers
 from .gd import GDTrainer
+from ..registry import register_method
 
 logger = logging.getLogger(__name__)
 
@@ -126,5 +127,11 @@ def prepare_cf_k(model, method_cfg: CFKConfig, unlearn_cfg):
     return train_only(model, task_of(model).top_modules(model, ids))
 
 
+@register_method(
+    "cf_k",
+    config=CFKConfig,
+    summary="fine-tune only the last k layers on retain",
+    prepare_model=prepare_cf_k,
+)
 class CFKTrainer(GDTrainer):
     """The loss is plain retain NLL (GD's); what makes CF-k is which parameters ``prepare_cf_k`` leaves trainable."""

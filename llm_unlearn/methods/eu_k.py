@@ -13,6 +13,7 @@ from ..configs import ConfigError
 from ..tasks import task_of
 from .cf_k import last_k_layer_ids, train_only
 from .gd import GDTrainer
+from ..registry import register_method
 
 
 @dataclass
@@ -115,5 +116,12 @@ def prepare_eu_k(model, method_cfg: EUKConfig, unlearn_cfg):
     return train_only(model, modules)
 
 
+@register_method(
+    "eu_k",
+    config=EUKConfig,
+    summary="re-initialise the last k layers, train them on retain",
+    prepare_model=prepare_eu_k,
+    supports_peft=False,
+)
 class EUKTrainer(GDTrainer):
     """Retain NLL (GD's loss) on the re-initialised top; ``prepare_eu_k`` does the re-initialisation and freezing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import UnlearnTrainer
+from ..registry import register_method
 
 
 @dataclass
@@ -16,6 +17,7 @@ def ga_loss(forget_nll):
     return -forget_nll
 
 
+@register_method("ga", config=GAConfig, summary="gradient ascent on the forget set")
 class GATrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         return ga_loss(self.nll(model, forget))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import UnlearnTrainer
+from ..registry import register_method
 
 
 @dataclass
@@ -16,6 +17,7 @@ def gd_loss(retain_nll):
     return retain_nll
 
 
+@register_method("gd", config=GDConfig, summary="fine-tune on the retain set")
 class GDTrainer(UnlearnTrainer):
     reads_forget = False
 

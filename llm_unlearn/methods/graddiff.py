@@ -34,6 +34,7 @@ import torch
 from ..configs import ConfigError
 from .base import UnlearnTrainer
 from .scrub import scrub_kl
+from ..registry import register_method
 
 RETAIN_LOSSES = ("nll", "kl")
 KL_POSITIONS = ("all", "completion")
@@ -124,6 +125,12 @@ def retain_term(trainer: UnlearnTrainer, model, retain: dict, cfg) -> torch.Tens
     return trainer.nll(model, retain)
 
 
+@register_method(
+    "graddiff",
+    config=GradDiffConfig,
+    summary="forget ascent + retain NLL or KL to the initial model",
+    needs_reference=True,
+)
 class GradDiffTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         cfg = self.method_cfg

@@ -24,6 +24,7 @@ import torch
 
 from ..configs import ConfigError
 from .base import UnlearnTrainer
+from ..registry import register_method
 
 
 @dataclass
@@ -59,6 +60,7 @@ def neggrad_plus_loss(retain_nll, forget_nll, beta: float, l2=0.0):
     return beta * (retain_nll + l2) - (1.0 - beta) * forget_nll
 
 
+@register_method("neggrad_plus", config=NegGradPlusConfig, summary="beta * retain loss - (1 - beta) * forget loss")
 class NegGradPlusTrainer(UnlearnTrainer):
     # (trainable parameters, their values when training started), set by train() when l2_weight > 0.
     _l2_params: list[torch.Tensor] | None = None

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 
 from ..configs import ConfigError
 from .base import UnlearnTrainer
+from ..registry import register_method
 
 # The paper's Fig. 6: sigma^2 = 1e-7.
 PAPER_SIGMA = math.sqrt(1e-7)
@@ -160,6 +161,7 @@ def _current_lr(trainer) -> float:
     return float(trainer.optimizer.param_groups[0]["lr"])
 
 
+@register_method("ngd", config=NGDConfig, summary="GD on retain + Gaussian gradient noise")
 class NGDTrainer(UnlearnTrainer):
     reads_forget = False
 

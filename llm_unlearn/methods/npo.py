@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..configs import ConfigError
 from .base import UnlearnTrainer
 from .graddiff import KL_POSITIONS_HELP, RETAIN_LOSS_HELP, check_forget_retain, retain_term
+from ..registry import register_method
 
 
 @dataclass
@@ -60,6 +61,12 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
 
 
+@register_method(
+    "npo",
+    config=NPOConfig,
+    summary="negative preference optimisation vs the initial model + retain NLL",
+    needs_reference=True,
+)
 class NPOTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         cfg = self.method_cfg

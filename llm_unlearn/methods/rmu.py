@@ -36,6 +36,7 @@ from ..configs import ConfigError
 from .base import UnlearnTrainer
 from ..tasks import task_of
 from .cf_k import lora_on_layers, resolve_layer_ids, train_only
+from ..registry import register_method
 
 # WMDP's setting on Zephyr-7B: steer layer 7 of 32.
 AUTHORS_LAYER, AUTHORS_DEPTH = 7, 32
@@ -214,6 +215,13 @@ def _lora_targets(blocks, layer_ids: list[int], regex: str | None, unlearn_cfg):
     return dataclasses.replace(unlearn_cfg, lora_target_modules=sorted(linear))
 
 
+@register_method(
+    "rmu",
+    config=RMUConfig,
+    summary="steer forget activations to a random direction, anchor retain",
+    needs_reference=True,
+    prepare_model=prepare_rmu,
+)
 class RMUTrainer(UnlearnTrainer):
     control_vec = None  # c u, drawn on the first step (needs the width); not `control`: Trainer owns that
 

@@ -31,6 +31,7 @@ import torch
 from ..configs import ConfigError
 from ..tasks.causal_lm import CausalLMTask
 from .base import UnlearnTrainer
+from ..registry import register_method
 
 
 @dataclass
@@ -132,6 +133,12 @@ class ScrubScheduleDataset(torch.utils.data.Dataset):
         return {"retain": self.retain[j]}
 
 
+@register_method(
+    "scrub",
+    config=SCRUBConfig,
+    summary="teacher-student KL: forget max-steps, retain min-steps",
+    needs_reference=True,
+)
 class SCRUBTrainer(UnlearnTrainer):
     """Student = the model being trained; teacher = ``self.reference(model)``, the frozen initial model.
 

@@ -28,6 +28,7 @@ from ..configs import ConfigError
 from ..tasks.causal_lm import CausalLMTask
 from .base import UnlearnTrainer
 from .graddiff import check_forget_retain
+from ..registry import register_method
 
 
 @dataclass
@@ -71,6 +72,7 @@ def completion_lengths(batch: dict) -> torch.Tensor:
     return CausalLMTask().lengths(batch)
 
 
+@register_method("simnpo", config=SimNPOConfig, summary="reference-free length-normalised NPO + retain NLL")
 class SimNPOTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, forget, retain):
         cfg = self.method_cfg

@@ -36,6 +36,7 @@ from transformers.trainer_utils import TrainOutput
 from ..configs import ConfigError
 from ..training import DivergedError, all_ranks_finite, all_ranks_sum
 from .base import UnlearnTrainer, costed
+from ..registry import register_method
 
 
 @dataclass
@@ -81,6 +82,12 @@ def seeded_batches(n: int, batch_size: int, seed: int, stream: int, rank: int = 
             j += 1
 
 
+@register_method(
+    "ssd",
+    config=SSDConfig,
+    summary="selective synaptic dampening (Fisher ratio, no training)",
+    supports_peft=False,
+)
 class SSDTrainer(UnlearnTrainer):
     """Fisher passes over real batches of D and of D_f (see the module docstring), then one dampening; no optimizer."""
 

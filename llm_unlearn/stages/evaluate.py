@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from ..configs import ConfigError
-from ..harness import parse_stage, run_stage, stage_parser
+from ..harness import run_stage, stage_commands
 
 
 @dataclass
@@ -305,10 +305,4 @@ def _evaluate(cfg: EvalConfig, out: Path) -> dict:
     return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
 
-def make_parser():
-    return stage_parser(EvalConfig, "llm-unlearn eval")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(EvalConfig, argv, "llm-unlearn eval")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(EvalConfig, main, "llm-unlearn eval")

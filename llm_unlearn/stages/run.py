@@ -24,12 +24,13 @@ import yaml
 from ..configs import ConfigError, parse_config, to_dict
 from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
-from ..testing import TinyModelConfig
+from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
 from ..files import atomic_write_text, is_atomic_tmp
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
+from .tiny import TinyConfig
 from .train import TrainConfig
 from .unlearn import UnlearnConfig
 
@@ -107,7 +108,8 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
         base = cfg.model_name_or_path
         if base == EMBEDDED_TINY:
             base = str(d / "base")
-            jobs.append(Job(f"s{seed}/base", "tiny", {"output_dir": base, "seed": seed, "tiny": cfg.tiny}, []))
+            tiny = TinyConfig(output_dir=base, seed=seed, tiny=cfg.tiny)
+            jobs.append(Job(f"s{seed}/base", _STAGES + "tiny", tiny, []))
             base_deps = [f"s{seed}/base"]
         poison = dataclasses.replace(cfg.poison, output_dir=str(d / "poison"), seed=seed)
         jobs.append(Job(f"s{seed}/poison", _STAGES + "poison", poison, []))

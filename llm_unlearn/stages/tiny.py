@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..harness import parse_stage, run_stage, stage_parser
-from ..testing import TinyModelConfig
+from ..harness import run_stage, stage_commands
+from ..embedded import TinyModelConfig
 
 
 @dataclass
@@ -20,7 +20,7 @@ class TinyConfig:
 
 def main(cfg: TinyConfig, overwrite: bool = False) -> Path:
     """Build the model through the stage harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
-    from ..testing import save_tiny
+    from ..embedded import save_tiny
 
     def build(c: TinyConfig, out: Path) -> dict:
         save_tiny(out, c.tiny, seed=c.seed)
@@ -29,10 +29,4 @@ def main(cfg: TinyConfig, overwrite: bool = False) -> Path:
     return run_stage(cfg, build, name="tiny", overwrite=overwrite)
 
 
-def make_parser():
-    return stage_parser(TinyConfig, "llm-unlearn tiny")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(TinyConfig, argv, "llm-unlearn tiny")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(TinyConfig, main, "llm-unlearn tiny")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..configs import ConfigError
-from ..harness import is_main_process, parse_stage, run_stage, stage_parser
+from ..harness import is_main_process, run_stage, stage_commands
 from ..outputs import write_records
 from ..training import (
     DivergedError,
@@ -236,10 +236,4 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
     return {"training_info.json": info}
 
 
-def make_parser():
-    return stage_parser(TrainConfig, "llm-unlearn train")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(TrainConfig, argv, "llm-unlearn train")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(TrainConfig, main, "llm-unlearn train")

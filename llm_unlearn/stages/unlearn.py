@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..configs import ConfigError
-from ..harness import is_main_process, parse_stage, run_stage, stage_parser
+from ..harness import is_main_process, run_stage, stage_commands
 from ..files import read_json
 
 
@@ -142,7 +142,7 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     from peft import PeftModel
 
     from ..methods import build_method_config, get_method
-    from ..methods.base import BudgetCallback, ForgetRetainCollator, ForgetRetainDataset
+    from ..methods.base import ForgetRetainCollator, ForgetRetainDataset
     from ..training import checkpoint_arguments, training_arguments
 
     spec = get_method(cfg.method)
@@ -154,35 +154,24 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
     per_step = step_cost(cfg, forget, retain, args.world_size)
     args.max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
 
-    class _Trainer(spec.trainer_cls):
-        pass
+    reference = None
+    if spec.needs_reference and not isinstance(model, PeftModel):  # LoRA runs switch the adapter off instead
 
-    _Trainer.method_cfg = method_cfg
-    trainer = _Trainer(
+        def reference():
+            from ..modeling import load_model
+
+            return load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+
+    return spec.trainer_cls(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        method_cfg=method_cfg,
+        budget_tokens=budget_tokens,
+        reference_model=reference,
     )
-    if spec.needs_reference and not isinstance(model, PeftModel):
-        from ..modeling import load_model
-
-        # Loaded after the Trainer exists, so under ZeRO-3 it is created sharded (zero.Init); then wrapped in its own
-        # inference engine, as TRL prepares its reference models. Never a deepcopy of the trained model.
-        ref = load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
-        ref.requires_grad_(False).eval()
-        if trainer.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
-
-            ref = prepare_deepspeed(ref, trainer.accelerator)
-        else:
-            ref = ref.to(trainer.args.device)
-        trainer.reference_model = ref
-    trainer.budget_tokens = budget_tokens
-    trainer.compute_tokens = 0.0
-    trainer.add_callback(BudgetCallback(trainer))
-    return trainer
 
 
 def main(cfg: UnlearnConfig, overwrite: bool = False) -> Path:
@@ -301,10 +290,4 @@ def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
     return {"unlearn_info.json": info}
 
 
-def make_parser():
-    return stage_parser(UnlearnConfig, "llm-unlearn unlearn")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(UnlearnConfig, argv, "llm-unlearn unlearn")
-    print(main(cfg, overwrite=overwrite))
+make_parser, cli = stage_commands(UnlearnConfig, main, "llm-unlearn unlearn")
