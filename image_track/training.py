@@ -1,25 +1,18 @@
-"""Training and inference loops for the image classifiers (plain PyTorch: SGD with momentum, as in the paper).
+"""Image classifiers through the shared trainer (``llm_unlearn.training.task_trainer_class``): SGD with momentum, as
+in the paper, on the classification task; checkpoints and resume are the Trainer's, as on the LLM track. Plus the
+batched inference helpers the image attacks and the evaluation use.
 
 The compute unit is the one the unlearning budget uses for classifiers (``ClassificationTask.cost``): examples
-through one forward+backward pass, recorded as ``compute_tokens``.
-
-With a ``checkpoint_dir`` and ``save_epochs``, ``fit`` saves a checkpoint every ``save_epochs`` epochs and a rerun
-resumes from the newest one to exactly the model an uninterrupted run trains (bit for bit on CPU): at an epoch
-boundary the whole state is the weights, the SGD momentum buffers, the scheduler's step and the one
-``torch.Generator`` that draws the batch order and the augmentation. Checkpoints are safetensors + JSON (no
-pickles), written into a temporary dir that is renamed into place, so a kill mid-save leaves nothing to resume from.
+through one forward+backward pass, recorded as ``compute_tokens``. Attack surrogates (Witches' Brew, gradient
+canceling) train through :func:`train_classifier` too, so "surrogate = the victim's recipe" holds exactly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.training import DivergedError
 
 logger = logging.getLogger(__name__)
 
@@ -68,204 +60,103 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit(
+class TensorDataset(torch.utils.data.Dataset):
+    """(images, labels) as the rows the classification collator stacks."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+@dataclass
+class _Resume:
+    save_steps: int  # what llm_unlearn.training.resume_point reads
+
+
+def train_classifier(
     model,
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: TrainSection,
     seed: int,
+    output_dir: str | os.PathLike,
     on_epoch_end=None,
-    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoints: bool = False,
 ) -> dict:
-    """Train ``model`` in place on (x, y); returns steps, compute (examples through forward+backward), final-epoch
-    loss, wall seconds and ``resumed_from_epoch``. Raises :class:`DivergedError` on a non-finite loss.
+    """Train ``model`` in place on (x, y) with the shared trainer; returns steps, compute (examples through
+    forward+backward), loss, wall seconds and ``resumed_from_step``. Raises ``DivergedError`` on a non-finite loss.
     ``on_epoch_end(epoch, model)`` (epochs from 1) lets an attacker keep checkpoints of its surrogate's trajectory.
+    ``checkpoints``: save the Trainer's checkpoints every ``cfg.save_epochs`` epochs under ``output_dir/trainer``
+    and resume from the last complete one (the caller removes them when the model is written)."""
+    from transformers import TrainerCallback, TrainingArguments
 
-    With ``checkpoint_dir`` and ``cfg.save_epochs > 0``: resume from the newest complete checkpoint there (if it was
-    made by the same training: config, seed, data and architecture) and save one every ``cfg.save_epochs`` epochs,
-    keeping the last two. The caller deletes them (:func:`remove_checkpoints`) once the trained model is written.
-    """
+    from llm_unlearn.tasks.classification import ClassificationCollator, ClassificationTask
+    from llm_unlearn.training import fit, task_trainer_class
+
     from .data import make_augment
 
-    dev = device()
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None and cfg.save_epochs > 0 else None
-    key = _checkpoint_key(model, x, y, cfg, seed) if ckpt is not None else None
-    model.to(dev).train()
-    x, y = x.to(dev), y.to(dev)
-    g = torch.Generator().manual_seed(seed)
-    augment = make_augment(cfg.augment)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    task = ClassificationTask(augment=make_augment(cfg.augment), seed=seed)
     per_epoch = math.ceil(len(y) / cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
-    start, step, compute, epoch_loss = time.perf_counter(), 0, 0, float("nan")
-    first_epoch, resumed_from, wall_before = 0, None, 0.0
-    if ckpt is not None:
-        state = _resume(ckpt, key, model, opt, sched, g)
-        if state is not None:
-            first_epoch = resumed_from = state["epoch"]
-            step, compute, epoch_loss, wall_before = (
-                state["steps"],
-                state["compute_tokens"],
-                state["train_loss"],
-                state["wall_seconds"],
-            )
-    for epoch in range(first_epoch, cfg.epochs):
-        perm = torch.randperm(len(y), generator=g).to(dev)
-        losses = []
-        for i in range(0, len(y), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            xb = x[idx]
-            if augment is not None:
-                # The crop's permutes leave a channels-last batch; this torch's CPU ResNet backward on channels-last
-                # input with few channels (seen at width 2-4) corrupts memory. Same values, standard layout.
-                xb = augment(xb, g).contiguous()
-            loss = F.cross_entropy(model(pixel_values=xb).logits.float(), y[idx])
-            if not bool(torch.isfinite(loss)):
-                raise DivergedError(step, float(loss))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            compute += len(idx)
-            losses.append(float(loss.detach()))
-        epoch_loss = sum(losses) / len(losses)
-        if ckpt is not None and (epoch + 1) % cfg.save_epochs == 0 and epoch + 1 < cfg.epochs:
-            scalars = {"epoch": epoch + 1, "steps": step, "compute_tokens": compute, "train_loss": epoch_loss}
-            scalars["wall_seconds"] = wall_before + time.perf_counter() - start
-            _save_checkpoint(ckpt, key, scalars, model, opt, sched, g)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, model)
+    save_steps = cfg.save_epochs * per_epoch if checkpoints and cfg.save_epochs else 0
+    args = TrainingArguments(
+        output_dir=str(Path(output_dir) / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        optim="sgd",
+        optim_args=f"momentum={cfg.momentum}",
+        lr_scheduler_type="cosine" if cfg.lr_schedule == "cosine" else "constant",
+        max_grad_norm=0.0,  # no clipping, as in the paper's SGD recipe
+        seed=seed,
+        data_seed=seed,
+        logging_strategy="no",  # the stage records what it needs; HF would print a dict per log step
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        logging_nan_inf_filter=False,
+        average_tokens_across_devices=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    callbacks = []
+    if on_epoch_end is not None:
+
+        class EpochEnd(TrainerCallback):
+            def on_epoch_end(self, args, state, control, model=None, **kwargs):
+                on_epoch_end(round(state.epoch), model)
+
+        callbacks.append(EpochEnd())
+    trainer = task_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=TensorDataset(x, y),
+        data_collator=ClassificationCollator(),
+        task=task,
+        callbacks=callbacks,
+    )
+    # The augmentation generator is the task's, not the Trainer's: checkpoints carry it so a resumed run draws the
+    # crops an uninterrupted run would.
+    info = fit(trainer, _Resume(save_steps), (task.get_rng_state, task.set_rng_state))
     model.eval()
-    return {
-        "steps": step,
-        "compute_tokens": compute,
-        "train_loss": epoch_loss,
-        "wall_seconds": wall_before + time.perf_counter() - start,
-        "resumed_from_epoch": resumed_from,
-    }
+    return info
 
 
-# --- Checkpoints: <checkpoint_dir>/checkpoint-<epoch>/{model,optimizer}.safetensors + state JSON (written last) ---
+def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int, on_epoch_end=None) -> dict:
+    """:func:`train_classifier` without checkpoints, in a scratch dir: how attack surrogates are trained."""
+    import tempfile
 
-_MODEL_FILE, _OPTIMIZER_FILE, _GENERATOR_KEY = "model.safetensors", "optimizer.safetensors", "generator_state"
-_TMP_PREFIX = ".tmp-"  # a dir being written or deleted; never resumed from, swept away on the next start
-
-
-def _checkpoint_key(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int) -> dict:
-    """What a checkpoint must have been trained on to be resumed from: the recipe (not the checkpoint frequency),
-    the seed, the data (a digest of its bytes) and the architecture (parameter names and shapes)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for t in (x, y):
-        digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    recipe = {k: v for k, v in asdict(cfg).items() if k != "save_epochs"}
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return json.loads(json.dumps({"train": recipe, "seed": seed, "data": digest.hexdigest(), "shapes": shapes}))
-
-
-def _save_checkpoint(ckpt: Path, key: dict, scalars: dict, model, opt, sched, g: torch.Generator) -> None:
-    """Write ``checkpoint-<epoch>`` atomically (a temp dir renamed into place), then keep only the last two."""
-    from safetensors.torch import save_file
-
-    from llm_unlearn.training import CHECKPOINT_STATE
-    from llm_unlearn.files import write_json
-
-    final = ckpt / f"checkpoint-{scalars['epoch']}"
-    tmp = ckpt / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / _MODEL_FILE))
-    opt_state = opt.state_dict()
-    tensors, other = {_GENERATOR_KEY: g.get_state()}, {}
-    for idx, entries in opt_state["state"].items():
-        for name, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                other.setdefault(str(idx), {})[name] = value
-    save_file(tensors, str(tmp / _OPTIMIZER_FILE))
-    state = {
-        **scalars,
-        "key": key,
-        "optimizer": {"param_groups": opt_state["param_groups"], "state": other},
-        "scheduler": sched.state_dict(),
-    }
-    write_json(tmp / CHECKPOINT_STATE.format(rank=0), state)  # last: a checkpoint without it is incomplete
-    if final.exists():
-        _discard(final)
-    os.replace(tmp, final)
-    for old in _complete_checkpoints(ckpt)[:-2]:
-        _discard(old)
-
-
-def _complete_checkpoints(ckpt: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    from llm_unlearn.training import CHECKPOINT_STATE
-
-    found = [
-        (int(p.name.removeprefix("checkpoint-")), p)
-        for p in ckpt.glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit() and (p / CHECKPOINT_STATE.format(rank=0)).is_file()
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def _resume(ckpt: Path, key: dict, model, opt, sched, g: torch.Generator) -> dict | None:
-    """Load the newest complete checkpoint made by the same training into model/opt/sched/g; its scalars, or None."""
-    from safetensors.torch import load_file
-
-    from llm_unlearn.training import latest_checkpoint
-
-    if ckpt.is_dir():
-        for p in ckpt.glob(f"{_TMP_PREFIX}*"):  # a save or a deletion cut short by a kill
-            shutil.rmtree(p, ignore_errors=True)
-    path, state = latest_checkpoint(ckpt)
-    if path is None:
-        return None
-    if state.get("key") != key:
-        logger.warning("%s: checkpoints of another training (config, seed, data or model); starting over", ckpt)
-        for p in _complete_checkpoints(ckpt):
-            _discard(p)
-        return None
-    try:
-        model.load_state_dict(load_file(str(Path(path) / _MODEL_FILE)))
-        tensors = load_file(str(Path(path) / _OPTIMIZER_FILE))
-        g.set_state(tensors.pop(_GENERATOR_KEY))
-        opt_state = {int(i): dict(v) for i, v in state["optimizer"]["state"].items()}
-        for name, value in tensors.items():
-            idx, entry = name.split(".", 1)
-            opt_state.setdefault(int(idx), {})[entry] = value
-        opt.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
-        sched.load_state_dict(state["scheduler"])
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
-        raise RuntimeError(f"cannot resume from checkpoint {path} ({e}); delete it to start over") from e
-    logger.info("resuming training from %s (epoch %d)", path, state["epoch"])
-    return state
-
-
-def _discard(path: Path) -> None:
-    """Delete a checkpoint dir: renamed out of sight first (atomic), so a kill mid-deletion leaves no checkpoint
-    with some of its files gone."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-deleting-{os.getpid()}")
-    os.replace(path, tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_checkpoints(checkpoint_dir: str | os.PathLike) -> None:
-    """Delete ``checkpoint_dir`` and everything in it (a finished stage keeps no checkpoints), and what an earlier
-    deletion cut short by a kill left beside it."""
-    path = Path(checkpoint_dir)
-    if path.exists():
-        _discard(path)
-    for p in path.parent.glob(f"{_TMP_PREFIX}{path.name}-deleting-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="surrogate-") as scratch:
+        return train_classifier(model, x, y, cfg, seed, scratch, on_epoch_end=on_epoch_end)
 
 
 @torch.no_grad()

@@ -224,3 +224,109 @@ def peft_config(cfg):
             lora_task_type="CAUSAL_LM",
         )
     )
+
+
+# --- The one trainer of initial, gold and surrogate models, whatever the task ---
+
+
+def train_without_full_gc(trainer, train, *args, **kwargs):
+    """``train(*args, **kwargs)`` (a Trainer's ``super().train``) without HF's full collection on CPU.
+
+    HF's train() starts with ``accelerator.free_memory()``, a full ``gc.collect()``: it walks every live Python object
+    (~0.5M once torch and transformers are imported: ~0.3-0.7 s, which a 60-step run of the tiny model pays as 5 ms a
+    step). It is there to return accelerator memory held by dead reference cycles. On CPU, the objects alive now are
+    instead frozen (left out of that and of every automatic collection) until train() returns: reference counting
+    still frees them, and cycles among them are collected afterwards. On an accelerator, or when someone else froze
+    objects (unfreezing would release theirs too), HF's collection runs as usual."""
+    import gc
+
+    if trainer.args.device.type != "cpu" or gc.get_freeze_count() > 0:
+        return train(*args, **kwargs)
+    gc.freeze()
+    try:
+        return train(*args, **kwargs)
+    finally:
+        gc.unfreeze()
+
+
+def task_trainer_class():
+    """``TaskTrainer``: the HF ``Trainer`` that trains initial, gold (and attack surrogate) models of every task.
+
+    Its loss is ``task.nll`` on ``task.model_inputs(batch)`` (completion-token NLL for causal LMs, cross-entropy
+    with the task's augmentation for classifiers); ``poison`` is the attack's training-time hook (``None``: clean
+    training), ``poison(trainer, model, inputs, side) -> inputs`` given the batch and its side columns
+    (``noise_seed``, ``prompt_len``, ...), e.g. the Gaussian attack's embedding noise. Batches are drawn in an order
+    that depends only on (seed, epoch), a non-finite loss (on any rank) raises :class:`DivergedError`, and the compute
+    spent (``task.cost``: tokens or examples through forward+backward) is counted in ``compute_tokens``.
+    Built on first use (transformers is imported then, not when this module is)."""
+    global _TASK_TRAINER
+    if _TASK_TRAINER is None:
+        _TASK_TRAINER = _make_task_trainer()
+    return _TASK_TRAINER
+
+
+_TASK_TRAINER = None
+SIDE_COLUMNS = ("noise_seed", "prompt_len", "index")  # what collators pass along besides the model's inputs
+
+
+def _make_task_trainer():
+    from transformers import Trainer
+
+    from .seeding import epoch_seeded_sampler
+
+    class TaskTrainer(Trainer):
+        # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps. (It would not
+        # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated count.)
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, task, poison=None, lengths: list[int] | None = None, **kwargs):
+            self.task, self.poison, self._lengths = task, poison, lengths
+            self.compute_tokens = 0.0  # this process's; ``all_ranks_sum`` gives the run's
+            super().__init__(*args, **kwargs)
+
+        def train(self, *args, **kwargs):
+            return train_without_full_gc(self, super().train, *args, **kwargs)
+
+        def _get_grad_norm(self, model, grad_norm=None):
+            # Without clipping HF still computes the norm, only to log it: a pass over every gradient each step.
+            if grad_norm is None and not self.args.max_grad_norm:
+                return None
+            return super()._get_grad_norm(model, grad_norm)
+
+        def _get_train_sampler(self, train_dataset=None):
+            # Order from (seed, epoch) alone: a run resumed from a checkpoint then sees the batches an uninterrupted
+            # run would (HF's samplers draw from the global RNG, which resuming restores at the checkpoint's step).
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            by_length = self.args.train_sampling_strategy == "group_by_length"
+            return epoch_seeded_sampler(len(ds), self.args.seed, batch, self._lengths if by_length else None)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            side = {k: inputs.pop(k) for k in SIDE_COLUMNS if k in inputs}
+            if self.poison is not None:
+                inputs = self.poison(self, model, inputs, side)
+            loss = self.task.nll(model, self.task.model_inputs(inputs))
+            if not all_ranks_finite(self.accelerator, loss):
+                raise DivergedError(self.state.global_step, float(loss))
+            self.compute_tokens += self.task.cost(inputs)
+            return loss
+
+    return TaskTrainer
+
+
+def fit(trainer, cfg, extra_state=None) -> dict:
+    """Train a :func:`task_trainer_class` trainer to the end, resuming from its last complete checkpoint when
+    ``cfg.save_steps`` asks for checkpoints; returns what the training stages record (compute summed over ranks).
+    Raises :class:`DivergedError` on a non-finite loss. ``extra_state``: see :func:`resume_point`."""
+    import time
+
+    resume = resume_point(trainer, cfg, extra_state)
+    start = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    return {
+        "steps": trainer.state.global_step,
+        "compute_tokens": all_ranks_sum(trainer.accelerator, trainer.compute_tokens),
+        "train_loss": out.training_loss,
+        "wall_seconds": time.perf_counter() - start,
+        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
+    }

@@ -1,5 +1,7 @@
-"""Reliability, image track: a training stage killed with SIGKILL mid-epoch resumes from its last epoch checkpoint
-to exactly the model an uninterrupted run trains (safetensors + JSON checkpoints, removed when the stage completes)."""
+"""Reliability, image track: a training stage killed with SIGKILL mid-epoch resumes from its last checkpoint to
+exactly the model an uninterrupted run trains. The checkpoints are the shared trainer's (as on the LLM track: every
+``save_epochs`` epochs, the last two kept, removed when the stage completes), with the augmentation generator's state
+saved beside them."""
 
 from __future__ import annotations
 
@@ -95,9 +97,9 @@ def test_image_training_resumes_after_sigkill_to_the_same_model(dataset_dir, tmp
     ref = read_json(straight / "training_info.json")
     per_epoch = ref["steps"] // TRAIN["epochs"]
     assert ref["steps"] == per_epoch * TRAIN["epochs"] and per_epoch >= 3, ref
-    assert ref["resumed_from_epoch"] is None
+    assert ref["resumed_from_step"] is None
 
-    # Killed in the middle of the fourth epoch: checkpoints 1-3 were saved, the last two kept.
+    # Killed in the middle of the fourth epoch: checkpoints after epochs 1-3 were saved, the last two kept.
     kill_at = 3 * per_epoch + 2
     proc = subprocess.run(
         [sys.executable, "-c", KILL_AT_STEP, json.dumps(_config(dataset_dir, resumed)), str(kill_at)],
@@ -106,37 +108,55 @@ def test_image_training_resumes_after_sigkill_to_the_same_model(dataset_dir, tmp
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
-    ckpts = resumed / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    ckpts = resumed / "trainer"
+    assert sorted(p.name for p in ckpts.iterdir()) == [f"checkpoint-{2 * per_epoch}", f"checkpoint-{3 * per_epoch}"]
     assert not (resumed / ".complete").exists() and not (resumed / "model.safetensors").exists()
-    assert {p.name for p in (ckpts / "checkpoint-3").iterdir()} == {
-        "model.safetensors",
-        "optimizer.safetensors",
-        "llm_unlearn_state-rank0.json",
-    }
+    last = ckpts / f"checkpoint-{3 * per_epoch}"
+    assert {"model.safetensors", "llm_unlearn_state-rank0.json"} <= {p.name for p in last.iterdir()}
+    assert "augment_rng" in read_json(last / "llm_unlearn_state-rank0.json")["extra"]
 
     main(_build(_config(dataset_dir, resumed)))
     info = read_json(resumed / "training_info.json")
-    assert info["resumed_from_epoch"] == 3
+    assert info["resumed_from_step"] == 3 * per_epoch
     assert info["steps"] == ref["steps"] and info["compute_tokens"] == ref["compute_tokens"]
-    assert info["train_loss"] == ref["train_loss"]
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     for d in (straight, resumed):
         assert (d / ".complete").is_file()
-        assert not (d / "checkpoints").exists(), "checkpoints are removed when the stage completes"
-        assert not [p for p in d.rglob("*") if p.name.startswith(".tmp-")]
+        assert not (d / "trainer").exists(), "checkpoints are removed when the stage completes"
         assert not [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
+def test_a_killed_training_rerun_with_another_recipe_starts_over(dataset_dir, tmp_path):
+    """Checkpoints of another recipe are never resumed: the stage harness restarts a dir started with another
+    config (its checkpoints go with it)."""
+    from image_track.stages.train import main
+    from llm_unlearn.files import read_json
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, json.dumps(_config(dataset_dir, out)), "8"],
+        env=_child_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+    assert any((out / "trainer").glob("checkpoint-*"))
+    other = _config(dataset_dir, out)
+    other["train"] = {**other["train"], "learning_rate": 0.01}
+    main(_build(other))
+    assert read_json(out / "training_info.json")["resumed_from_step"] is None
+
+
 def _tiny_fit(tmp_path: Path, stop_after: int | None = None, **train):
-    """``fit`` of a linear model on random images, checkpointing every epoch; ``stop_after`` interrupts it there."""
+    """A linear model on random images through the shared trainer, checkpointing every epoch; ``stop_after``
+    interrupts it after that epoch."""
     import torch
 
     from image_track.models import ModelConfig, build_model
-    from image_track.training import TrainSection, fit
+    from image_track.training import TrainSection, train_classifier
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 1, 4, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
@@ -148,7 +168,7 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None = None, **train):
             raise KeyboardInterrupt
 
     try:
-        info = fit(model, x, y, cfg, seed=0, on_epoch_end=stop, checkpoint_dir=tmp_path / "ckpt")
+        info = train_classifier(model, x, y, cfg, 0, tmp_path, on_epoch_end=stop, checkpoints=True)
     except KeyboardInterrupt:
         return None, model
     return info, model
@@ -157,31 +177,23 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None = None, **train):
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     import torch
 
-    from llm_unlearn.files import write_json
-
     ref, ref_model = _tiny_fit(tmp_path / "ref")
     _tiny_fit(tmp_path, stop_after=2)
-    ckpt = tmp_path / "ckpt"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-1", "checkpoint-2"]
-    # A save killed before its state file (the last write), and one killed before the rename: neither counts.
-    (ckpt / "checkpoint-3").mkdir()
-    (ckpt / "checkpoint-3" / "model.safetensors").write_bytes(b"half")
-    tmp = ckpt / ".tmp-checkpoint-3-12345"
-    tmp.mkdir()
-    write_json(tmp / "llm_unlearn_state-rank0.json", {"epoch": 3})
+    ckpt = tmp_path / "trainer"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-3", "checkpoint-6"]  # 3 steps an epoch
+    # A save killed before our state file (written last, after the Trainer's own files): it does not count.
+    (ckpt / "checkpoint-9").mkdir()
+    (ckpt / "checkpoint-9" / "model.safetensors").write_bytes(b"half")
     info, model = _tiny_fit(tmp_path)
-    assert info["resumed_from_epoch"] == 2 and not tmp.exists()
-    assert info["steps"] == ref["steps"] and info["train_loss"] == ref["train_loss"]
+    assert info["resumed_from_step"] == 6
+    assert info["steps"] == ref["steps"] and info["compute_tokens"] == ref["compute_tokens"]
     for k, v in ref_model.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
 
 
-def test_checkpoints_of_another_training_are_not_resumed(tmp_path):
-    _tiny_fit(tmp_path, stop_after=2)
-    info, _ = _tiny_fit(tmp_path, learning_rate=0.01)  # another recipe in the same dir: start over
-    assert info["resumed_from_epoch"] is None
-    info, _ = _tiny_fit(tmp_path / "other", stop_after=1, save_epochs=0)
-    assert info is None and not (tmp_path / "other" / "ckpt").exists(), "save_epochs 0 writes no checkpoints"
+def test_save_epochs_zero_writes_no_checkpoints(tmp_path):
+    info, _ = _tiny_fit(tmp_path, stop_after=1, save_epochs=0)
+    assert info is None and not list(tmp_path.rglob("checkpoint-*"))
 
 
 def test_save_epochs_must_not_be_negative():

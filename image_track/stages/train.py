@@ -2,9 +2,10 @@
 from the same seeded initialisation. Writes ``model.safetensors`` + ``model_config.json``, ``training_info.json``
 (``compute_tokens`` = examples through forward+backward: the 100 % of unlearning budgets) and ``config.yaml``.
 
-With ``train.save_epochs`` it checkpoints into ``<output_dir>/checkpoints`` and a rerun after a kill resumes from the
-last checkpoint (``resumed_from_epoch`` in ``training_info.json``); the checkpoints are deleted once the model is
-written."""
+Training is the shared trainer's (``image_track.training.train_classifier``). With ``train.save_epochs`` it saves
+the Trainer's checkpoints into ``<output_dir>/trainer`` and a rerun after a kill resumes from the last one
+(``resumed_from_step`` in ``training_info.json``), as the LLM track's train stage does; they are deleted once the
+model is written."""
 
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ from llm_unlearn.training import DivergedError
 
 from ..models import ModelConfig
 from ..training import TrainSection
-
-CHECKPOINTS = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<epoch>, while the stage runs
-
 
 @dataclass
 class ImageTrainConfig:
@@ -67,7 +65,9 @@ def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> Non
 def _train(cfg: ImageTrainConfig, out: Path) -> dict:
     from ..data import load_dataset_dir, splits
     from ..models import build_model, save_model
-    from ..training import fit, remove_checkpoints
+    from llm_unlearn.training import remove_checkpoints
+
+    from ..training import train_classifier
 
     tensors, manifest = load_dataset_dir(cfg.dataset_dir)
     data = splits(tensors, manifest)[cfg.split]
@@ -75,9 +75,8 @@ def _train(cfg: ImageTrainConfig, out: Path) -> dict:
         cfg.model, manifest["image_shape"], manifest["num_classes"], manifest["mean"], manifest["std"], seed=cfg.seed
     )
     diverged, info = None, {}
-    checkpoints = out / CHECKPOINTS
     try:
-        info = fit(model, data.images, data.labels, cfg.train, seed=cfg.seed, checkpoint_dir=checkpoints)
+        info = train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
     except DivergedError as e:
         diverged = e
     info = {
@@ -89,11 +88,11 @@ def _train(cfg: ImageTrainConfig, out: Path) -> dict:
         "train_loss": info.get("train_loss", diverged.loss if diverged else None),
         "diverged": diverged is not None,
         "diverged_step": diverged.step if diverged else None,
-        "wall_seconds": info.get("wall_seconds", 0.0),  # resumed: summed over runs, less the work a kill lost
-        "resumed_from_epoch": info.get("resumed_from_epoch"),  # the checkpoint this run started from (None: scratch)
+        "wall_seconds": info.get("wall_seconds", 0.0),  # this run's (a resumed run: since it resumed)
+        "resumed_from_step": info.get("resumed_from_step"),  # the checkpoint this run started from (None: scratch)
     }
     save_model(model.cpu(), out)
-    remove_checkpoints(checkpoints)  # also after a divergence: the rerun trains from scratch, as without them
+    remove_checkpoints(out)  # also after a divergence: the rerun trains from scratch, as without them
     if diverged is not None:  # the record without the marker: the stage is not finished
         write_records(out, cfg, {"training_info.json": info})
         raise diverged

@@ -140,22 +140,6 @@ def reference_compute(cfg: ImageUnlearnConfig) -> float:
     return _rc(cfg)
 
 
-def _generator_state(task):
-    """(get, set) of the task's augmentation generator as JSON (hex bytes): Trainer checkpoints do not hold it, and
-    a resumed run must draw the augmentations an uninterrupted run would."""
-    import torch
-
-    def get() -> dict:
-        return {"augment_rng": task.generator.get_state().numpy().tobytes().hex()}
-
-    def set_(state: dict) -> None:
-        if "augment_rng" in state:
-            raw = bytearray.fromhex(state["augment_rng"])
-            task.generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
-
-    return get, set_
-
-
 def main(cfg: ImageUnlearnConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
     return run_stage(
@@ -201,7 +185,8 @@ def _unlearn(cfg: ImageUnlearnConfig, out: Path) -> dict:
     set_seed(cfg.seed)
     model = prepare(cfg)
     trainer = build_trainer(cfg, model, data["forget"], data["retain"], cfg.budget * ref)
-    resume = resume_point(trainer, cfg, _generator_state(model.unlearn_task))
+    task = model.unlearn_task
+    resume = resume_point(trainer, cfg, (task.get_rng_state, task.set_rng_state))
     start = time.perf_counter()
     diverged, loss = None, None
     try:

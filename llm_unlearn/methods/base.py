@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import random
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..training import DivergedError, all_ranks_finite
+from ..training import DivergedError, all_ranks_finite, train_without_full_gc
 from ..tasks import causal_lm, task_of
 
 FORWARD_ONLY_COST = 1.0 / 3.0
@@ -185,20 +184,8 @@ class UnlearnTrainer(Trainer):
         return ref.to(self.args.device)
 
     def train(self, *args, **kwargs):
-        # HF's train() starts with ``accelerator.free_memory()``, a full ``gc.collect()``: it walks every live Python
-        # object (~0.5M once torch and transformers are imported: ~0.3 s, which a 60-step run of the tiny model pays
-        # as 5 ms a step). It is there to return accelerator memory held by dead reference cycles. On CPU, the objects
-        # alive now are instead frozen (left out of that and of every automatic collection) until train() returns:
-        # reference counting still frees them, and cycles among them are collected afterwards. On an accelerator, or
-        # when someone else froze objects (unfreezing would release theirs too), HF's collection runs as usual.
         self._clip_params = None
-        if self.args.device.type != "cpu" or gc.get_freeze_count() > 0:
-            return super().train(*args, **kwargs)
-        gc.freeze()
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            gc.unfreeze()
+        return train_without_full_gc(self, super().train, *args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """A learning-rate schedule over the *budget* rather than over ``max_steps``.

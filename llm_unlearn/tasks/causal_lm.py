@@ -237,7 +237,8 @@ class CausalLMTask:
     name = "causal_lm"
 
     def nll(self, model, batch: dict) -> torch.Tensor:
-        return mean_token_nll(model, batch)
+        # inputs_embeds: the embeddings a training-time attack hook (the Gaussian noise) replaced the ids with
+        return mean_token_nll(model, batch, batch.get("inputs_embeds"))
 
     def cost(self, batch: dict) -> float:
         return float(batch_tokens(batch))
@@ -272,7 +273,7 @@ class CausalLMTask:
         return top_modules(model, layer_ids)
 
     def model_inputs(self, batch: dict) -> dict:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "inputs_embeds") if k in batch}
 
     def collator(self, pad_token_id: int):
         return CompletionCollator(pad_token_id)

@@ -55,6 +55,16 @@ class ClassificationTask:
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
 
+    def get_rng_state(self) -> dict:
+        """The augmentation generator's state as JSON (hex bytes): Trainer checkpoints do not hold it, and a resumed
+        run must draw the augmentations an uninterrupted run would."""
+        return {"augment_rng": self.generator.get_state().numpy().tobytes().hex()}
+
+    def set_rng_state(self, state: dict) -> None:
+        if "augment_rng" in state:
+            raw = bytearray.fromhex(state["augment_rng"])
+            self.generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+
     def forward(self, model, batch: dict):
         return model(pixel_values=batch[INPUT_KEY])
 
@@ -110,7 +120,9 @@ class ClassificationTask:
     def model_inputs(self, batch: dict) -> dict:
         x = batch[INPUT_KEY]
         if self.augment is not None and torch.is_grad_enabled():
-            x = self.augment(x, self.generator)
+            # contiguous: the crop leaves a channels-last batch, whose CPU ResNet backward with few channels (seen at
+            # width 2-4 with this torch) corrupts memory; same values, standard layout
+            x = self.augment(x, self.generator).contiguous()
         return {INPUT_KEY: x, "labels": batch["labels"]}
 
     def collator(self, pad_token_id: int | None = None) -> ClassificationCollator:
