@@ -147,13 +147,13 @@ def _record_image_fit(monkeypatch):
     import image_track.training as training
 
     seen = {}
-    fit = training.fit
+    train = training.train_classifier
 
     def recording(model, x, y, *a, **kw):
         seen["x"], seen["y"] = x.clone(), y.clone()
-        return fit(model, x, y, *a, **kw)
+        return train(model, x, y, *a, **kw)
 
-    monkeypatch.setattr(training, "fit", recording)
+    monkeypatch.setattr(training, "train_classifier", recording)
     return seen
 
 
@@ -190,7 +190,7 @@ def _image_train(dataset_dir, out):
 
 
 def _image_trained(tmp_path, monkeypatch, attack):
-    """Poison, train the initial classifier and return (what fit saw, manifest, clean images, poison indices)."""
+    """Poison, train the initial classifier and return (what the trainer saw, manifest, clean images, poison indices)."""
     from image_track.data import load_dataset_dir
 
     seen = _record_image_fit(monkeypatch)
