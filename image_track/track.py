@@ -1,18 +1,17 @@
 """The image track for ``llm-unlearn run``: an experiment config and a planner of image stage jobs, registered as
 the ``image`` entry point of ``llm_unlearn.tracks`` (``llm_unlearn`` never imports this package).
 
-The job graph and output layout are the LLM track's (``seed_<s>/{poison,initial,retrain,unlearn/<id>,eval/<id>,
-diag/<id>}``), so the shared report reads both; the grid and model ids come from ``unlearn_variants``.
+The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``); this module only says
+how each image stage's config is filled in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.protocol import ProtocolConfig
+from llm_unlearn.protocol import ProtocolConfig, StageBuilders, plan_jobs
 from llm_unlearn.tracks import Track
 
 from .data import DataConfig
@@ -85,68 +84,61 @@ class ImageExperimentConfig(ProtocolConfig):
         return min(n, d.max_train_samples or n)
 
 
-def plan(cfg: ImageExperimentConfig) -> list:
-    """The DAG of image stage jobs for the whole grid."""
-    from llm_unlearn.protocol import unlearn_variants
-    from llm_unlearn.scheduler import Job
-
-    from .stages.diagnose import ImageDiagnoseConfig
+def _poison(cfg: ImageExperimentConfig, seed: int, out: str):
     from .stages.poison import ImagePoisonConfig
+
+    return ImagePoisonConfig(
+        output_dir=out, seed=seed, poison=cfg.poison, data=cfg.data, model=cfg.model, train=cfg.train
+    )
+
+
+def _train(cfg: ImageExperimentConfig, seed: int, split: str, dataset_dir: str, out: str, base_dir):
     from .stages.train import ImageTrainConfig
 
-    root = Path(cfg.output_dir)
-    jobs = []
-    for seed in cfg.seeds:
-        d = root / f"seed_{seed}"
-        poison = ImagePoisonConfig(
-            output_dir=str(d / "poison"), seed=seed, poison=cfg.poison, data=cfg.data, model=cfg.model, train=cfg.train
-        )
-        jobs.append(Job(f"s{seed}/poison", _STAGES + "poison", poison, []))
-        for name, split in (("initial", "train"), ("retrain", "retain")):
-            tc = ImageTrainConfig(
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / name),
-                split=split,
-                seed=seed,
-                model=cfg.model,
-                train=cfg.train,
-            )
-            jobs.append(Job(f"s{seed}/{name}", _STAGES + "train", tc, [f"s{seed}/poison"]))
-            ec = dataclasses.replace(
-                cfg.eval, model_dir=tc.output_dir, dataset_dir=poison.output_dir, output_dir=str(d / "eval" / name)
-            )
-            jobs.append(Job(f"s{seed}/eval/{name}", _STAGES + "evaluate", ec, [f"s{seed}/{name}"]))
-        for v in unlearn_variants(cfg, ImageUnlearnConfig, RUN_OWNED):
-            uc = dataclasses.replace(
-                cfg.unlearn,
-                **v.overrides,
-                model_dir=str(d / "initial"),
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / "unlearn" / v.model_id),
-                retrain_dir=str(d / "retrain"),
-                method=v.method,
-                method_args=dict(v.method_args),
-                budget=v.budget,
-                seed=seed,
-            )
-            unlearn_job = f"s{seed}/unlearn/{v.model_id}"
-            jobs.append(Job(unlearn_job, _STAGES + "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
-            ec = dataclasses.replace(
-                cfg.eval,
-                model_dir=uc.output_dir,
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / "eval" / v.model_id),
-            )
-            jobs.append(Job(f"s{seed}/eval/{v.model_id}", _STAGES + "evaluate", ec, [unlearn_job]))
-            if cfg.diagnostics:
-                dc = ImageDiagnoseConfig(
-                    initial_dir=str(d / "initial"),
-                    retrain_dir=str(d / "retrain"),
-                    model_dir=uc.output_dir,
-                    output_dir=str(d / "diag" / v.model_id),
-                )
-                jobs.append(Job(f"s{seed}/diag/{v.model_id}", _STAGES + "diagnose", dc, [unlearn_job]))
-    return jobs
+    return ImageTrainConfig(
+        dataset_dir=dataset_dir, output_dir=out, split=split, seed=seed, model=cfg.model, train=cfg.train
+    )
+
+
+def _unlearn(cfg: ImageExperimentConfig, seed: int, v, dataset_dir: str, initial: str, retrain: str, out: str):
+    return dataclasses.replace(
+        cfg.unlearn,
+        **v.overrides,
+        model_dir=initial,
+        dataset_dir=dataset_dir,
+        output_dir=out,
+        retrain_dir=retrain,
+        method=v.method,
+        method_args=dict(v.method_args),
+        budget=v.budget,
+        seed=seed,
+    )
+
+
+def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
+    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+
+
+def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: str):
+    from .stages.diagnose import ImageDiagnoseConfig
+
+    return ImageDiagnoseConfig(initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out)
+
+
+STAGES = StageBuilders(
+    unlearn_cls=ImageUnlearnConfig,
+    run_owned=RUN_OWNED,
+    poison=(_STAGES + "poison", _poison),
+    train=(_STAGES + "train", _train),
+    unlearn=(_STAGES + "unlearn", _unlearn),
+    evaluate=(_STAGES + "evaluate", _evaluate),
+    diagnose=(_STAGES + "diagnose", _diagnose),
+)
+
+
+def plan(cfg: ImageExperimentConfig) -> list:
+    """The DAG of image stage jobs for the whole grid (the shared planner, ``llm_unlearn.protocol.plan_jobs``)."""
+    return plan_jobs(cfg, STAGES)
 
 
 def describe(cfg: ImageExperimentConfig) -> str:

@@ -265,3 +265,79 @@ def poison_effect_problem(metric: str, initial: dict, gold: dict) -> str | None:
     if abs(mi - mg) < threshold:
         return f"{metric} = {mi:.3f} (initial) and {mg:.3f} (gold) differ by less than {threshold:g}"
     return None
+
+
+# --- The one planner: the job graph and the run-dir layout every track shares ---
+
+
+@dataclass(frozen=True)
+class StageBuilders:
+    """How a track fills in each stage's config; the planner (:func:`plan_jobs`) owns the graph and the layout
+    (``seed_<s>/{base,poison,initial,retrain,unlearn/<id>,eval/<id>,diag/<id>}``), so the report reads every track.
+
+    Each entry is ``(stage module, builder)``; a builder returns the stage's config (``None`` for an optional
+    stage that this experiment skips: the base-model build, diagnostics). Builders get the experiment config, the
+    seed and the dirs the planner chose::
+
+        base(cfg, seed, out)                                        -> config | None
+        poison(cfg, seed, out)                                      -> config
+        train(cfg, seed, split, dataset_dir, out, base_dir)         -> config   (split: train | retain)
+        unlearn(cfg, seed, variant, dataset_dir, initial, retrain, out) -> config
+        evaluate(cfg, model_dir, dataset_dir, out, unlearn_cfg)     -> config   (unlearn_cfg: None for initial/gold)
+        diagnose(cfg, initial, retrain, eval_cfg, out)              -> config | None
+    """
+
+    unlearn_cls: type
+    run_owned: tuple
+    poison: tuple
+    train: tuple
+    unlearn: tuple
+    evaluate: tuple
+    diagnose: tuple
+    base: tuple | None = None
+
+
+def plan_jobs(cfg, stages: StageBuilders) -> list:
+    """The DAG of stage jobs for the whole grid (seeds x methods x budgets x grid points), any track."""
+    from pathlib import Path
+
+    from .scheduler import Job
+
+    root = Path(cfg.output_dir)
+    jobs = []
+    for seed in cfg.seeds:
+        d = root / f"seed_{seed}"
+        s = f"s{seed}"
+        base_dir, base_deps = None, []
+        if stages.base is not None:
+            module, build = stages.base
+            bc = build(cfg, seed, str(d / "base"))
+            if bc is not None:
+                jobs.append(Job(f"{s}/base", module, bc, []))
+                base_dir, base_deps = bc.output_dir, [f"{s}/base"]
+        module, build = stages.poison
+        poison = build(cfg, seed, str(d / "poison"))
+        jobs.append(Job(f"{s}/poison", module, poison, []))
+        dataset_dir = poison.output_dir
+        for name, split in (("initial", "train"), ("retrain", "retain")):
+            module, build = stages.train
+            tc = build(cfg, seed, split, dataset_dir, str(d / name), base_dir)
+            jobs.append(Job(f"{s}/{name}", module, tc, [f"{s}/poison", *base_deps]))
+            module, build = stages.evaluate
+            ec = build(cfg, str(d / name), dataset_dir, str(d / "eval" / name), None)
+            jobs.append(Job(f"{s}/eval/{name}", module, ec, [f"{s}/{name}"]))
+        for v in unlearn_variants(cfg, stages.unlearn_cls, stages.run_owned):
+            module, build = stages.unlearn
+            initial, retrain = str(d / "initial"), str(d / "retrain")
+            uc = build(cfg, seed, v, dataset_dir, initial, retrain, str(d / "unlearn" / v.model_id))
+            unlearn_job = f"{s}/unlearn/{v.model_id}"
+            jobs.append(Job(unlearn_job, module, uc, [f"{s}/initial", f"{s}/retrain"]))
+            module, build = stages.evaluate
+            ec = build(cfg, uc.output_dir, dataset_dir, str(d / "eval" / v.model_id), uc)
+            jobs.append(Job(f"{s}/eval/{v.model_id}", module, ec, [unlearn_job]))
+            if cfg.diagnostics:
+                module, build = stages.diagnose
+                dc = build(cfg, initial, retrain, ec, str(d / "diag" / v.model_id))
+                if dc is not None:
+                    jobs.append(Job(f"{s}/diag/{v.model_id}", module, dc, [unlearn_job]))
+    return jobs

@@ -20,6 +20,7 @@ from llm_unlearn.training import DivergedError
 from ..models import ModelConfig
 from ..training import TrainSection
 
+
 @dataclass
 class ImageTrainConfig:
     """Train an image classifier on a split of a poisoned image dataset."""

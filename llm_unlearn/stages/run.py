@@ -22,7 +22,15 @@ from pathlib import Path
 import yaml
 
 from ..configs import ConfigError, parse_config, to_dict
-from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
+from ..protocol import (  # noqa: F401 (API)
+    ProtocolConfig,
+    StageBuilders,
+    Variant,
+    check_experiment,
+    model_id,
+    plan_jobs,
+    unlearn_variants,
+)
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
 from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
@@ -96,73 +104,70 @@ ExperimentConfig.CLI_EXCLUDE = frozenset(f"{sec}.{n}" for sec, names in RUN_OWNE
 _STAGES = "llm_unlearn.stages."
 
 
-def plan(cfg: ExperimentConfig) -> list[Job]:
-    """The DAG of stage jobs for the whole grid."""
+def _base(cfg: ExperimentConfig, seed: int, out: str):
+    # The embedded default is built per seed (an ordinary stage); a model dir or Hub id needs no job.
+    return TinyConfig(output_dir=out, seed=seed, tiny=cfg.tiny) if cfg.model_name_or_path == EMBEDDED_TINY else None
+
+
+def _train(cfg: ExperimentConfig, seed: int, split: str, dataset_dir: str, out: str, base_dir: str | None):
+    base = base_dir or cfg.model_name_or_path
+    return dataclasses.replace(
+        cfg.train, model_name_or_path=base, dataset_dir=dataset_dir, output_dir=out, split=split, seed=seed
+    )
+
+
+def _unlearn(cfg: ExperimentConfig, seed: int, v, dataset_dir: str, initial: str, retrain: str, out: str):
+    return dataclasses.replace(
+        cfg.unlearn,
+        **v.overrides,
+        model_dir=initial,
+        dataset_dir=dataset_dir,
+        output_dir=out,
+        retrain_dir=retrain,
+        method=v.method,
+        method_args=dict(v.method_args),
+        budget=v.budget,
+        seed=seed,
+    )
+
+
+def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
     from ..methods import uses_adapter
 
-    root = Path(cfg.output_dir)
-    jobs: list[Job] = []
-    for seed in cfg.seeds:
-        d = root / f"seed_{seed}"
-        base_deps = []
-        base = cfg.model_name_or_path
-        if base == EMBEDDED_TINY:
-            base = str(d / "base")
-            tiny = TinyConfig(output_dir=base, seed=seed, tiny=cfg.tiny)
-            jobs.append(Job(f"s{seed}/base", _STAGES + "tiny", tiny, []))
-            base_deps = [f"s{seed}/base"]
-        poison = dataclasses.replace(cfg.poison, output_dir=str(d / "poison"), seed=seed)
-        jobs.append(Job(f"s{seed}/poison", _STAGES + "poison", poison, []))
-        for name, split in (("initial", "train"), ("retrain", "retain")):
-            tc = dataclasses.replace(
-                cfg.train,
-                model_name_or_path=base,
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / name),
-                split=split,
-                seed=seed,
-            )
-            jobs.append(Job(f"s{seed}/{name}", _STAGES + "train", tc, [f"s{seed}/poison", *base_deps]))
-            ec = dataclasses.replace(
-                cfg.eval, model_dir=tc.output_dir, dataset_dir=poison.output_dir, output_dir=str(d / "eval" / name)
-            )
-            jobs.append(Job(f"s{seed}/eval/{name}", _STAGES + "evaluate", ec, [f"s{seed}/{name}"]))
-        for v in unlearn_variants(cfg, UnlearnConfig, RUN_OWNED):
-            uc = dataclasses.replace(
-                cfg.unlearn,
-                **v.overrides,
-                model_dir=str(d / "initial"),
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / "unlearn" / v.model_id),
-                retrain_dir=str(d / "retrain"),
-                method=v.method,
-                method_args=dict(v.method_args),
-                budget=v.budget,
-                seed=seed,
-            )
-            unlearn_job = f"s{seed}/unlearn/{v.model_id}"
-            jobs.append(Job(unlearn_job, _STAGES + "unlearn", uc, [f"s{seed}/initial", f"s{seed}/retrain"]))
-            adapter = uses_adapter(v.method, uc.use_peft)  # else the unlearned dir holds a full model
-            ec = dataclasses.replace(
-                cfg.eval,
-                model_dir=str(d / "initial") if adapter else uc.output_dir,
-                adapter_dir=uc.output_dir if adapter else None,
-                dataset_dir=poison.output_dir,
-                output_dir=str(d / "eval" / v.model_id),
-            )
-            jobs.append(Job(f"s{seed}/eval/{v.model_id}", _STAGES + "evaluate", ec, [unlearn_job]))
-            if cfg.diagnostics:
-                dc = DiagnoseConfig(
-                    initial_dir=str(d / "initial"),
-                    retrain_dir=str(d / "retrain"),
-                    model_dir=ec.model_dir,
-                    adapter_dir=ec.adapter_dir,
-                    output_dir=str(d / "diag" / v.model_id),
-                    dtype=cfg.unlearn.dtype,
-                    trust_remote_code=cfg.unlearn.trust_remote_code,
-                )
-                jobs.append(Job(f"s{seed}/diag/{v.model_id}", _STAGES + "diagnose", dc, [unlearn_job]))
-    return jobs
+    if uc is not None and uses_adapter(uc.method, uc.use_peft):  # the adapter on top of the initial model
+        return dataclasses.replace(
+            cfg.eval, model_dir=uc.model_dir, adapter_dir=model_dir, dataset_dir=dataset_dir, output_dir=out
+        )
+    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+
+
+def _diagnose(cfg: ExperimentConfig, initial: str, retrain: str, ec, out: str):
+    return DiagnoseConfig(
+        initial_dir=initial,
+        retrain_dir=retrain,
+        model_dir=ec.model_dir,
+        adapter_dir=ec.adapter_dir,
+        output_dir=out,
+        dtype=cfg.unlearn.dtype,
+        trust_remote_code=cfg.unlearn.trust_remote_code,
+    )
+
+
+STAGES = StageBuilders(
+    unlearn_cls=UnlearnConfig,
+    run_owned=RUN_OWNED,
+    base=(_STAGES + "tiny", _base),
+    poison=(_STAGES + "poison", lambda cfg, seed, out: dataclasses.replace(cfg.poison, output_dir=out, seed=seed)),
+    train=(_STAGES + "train", _train),
+    unlearn=(_STAGES + "unlearn", _unlearn),
+    evaluate=(_STAGES + "evaluate", _evaluate),
+    diagnose=(_STAGES + "diagnose", _diagnose),
+)
+
+
+def plan(cfg: ExperimentConfig) -> list[Job]:
+    """The DAG of stage jobs for the whole grid (the shared planner, :func:`llm_unlearn.protocol.plan_jobs`)."""
+    return plan_jobs(cfg, STAGES)
 
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
