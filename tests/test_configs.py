@@ -55,7 +55,11 @@ def test_yaml_float_without_dot_is_accepted():
     [
         (PoisonConfig, {"poison_fraction": 0.0}, r"poison_fraction must be in \(0, 1\)"),
         (PoisonConfig, {"poison_fraction": 1.0}, r"poison_fraction must be in \(0, 1\)"),
-        (PoisonConfig, {"attack": "flip"}, r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian'\]"),
+        (
+            PoisonConfig,
+            {"attack": "flip"},
+            r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian'\]",
+        ),
         (PoisonConfig, {"attack": "backdoor", "attack_args": {"trigger": "  "}}, "trigger must be a non-empty"),
         (PoisonConfig, {"attack_args": {"noise_eps": 0}}, "noise_eps must be > 0"),
         (

@@ -222,7 +222,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
 
     attack = rows[0]["attack"]
     metric = manifests[exp.seeds[0]]["metric"]
-    spec = attack_class(exp, attack)
+    attack_cls = attack_class(exp, attack)
     chosen = _chosen_rows(rows)
     tol = exp.selection_tolerance
     n_variants = len({r["variant"] for r in rows if r["budget"] is not None})
@@ -247,7 +247,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
             "below and in results.json.",
             "",
         ]
-    cols = list(spec.report_columns or ("clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"))
+    cols = list(attack_cls.report_columns or ("clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"))
     lines += _table(chosen, cols, marker=False)
     if any("shift_cosine" in r["metrics"] for r in chosen):
         lines += [
@@ -263,7 +263,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
         lines += _table(
             [r for r in chosen if r["budget"] is not None], ["shift_ratio", "shift_cosine", "dist_ratio"], marker=False
         )
-    if spec.gus_audit:
+    if attack_cls.gus_audit:
         lines += ["", "## Gaussian test per seed and pooled (Stouffer z = sum z / sqrt(#seeds))", ""]
         lines.append("| model | budget | " + " | ".join(f"z seed {s}" for s in exp.seeds) + " | pooled z | pooled p |")
         lines.append("|---|---|" + "---|" * (len(exp.seeds) + 2))
@@ -286,7 +286,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
     lines += [
         "",
         "Plots: `gap_closed.png` (gap closed vs budget, selected variants)"
-        + (", `gus_hist.png`" if spec.gus_audit else "")
+        + (", `gus_hist.png`" if attack_cls.gus_audit else "")
         + ".",
         "",
         "## Environment",
