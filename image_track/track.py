@@ -14,6 +14,7 @@ from llm_unlearn.configs import ConfigError
 from llm_unlearn.protocol import ProtocolConfig, StageBuilders, plan_jobs
 from llm_unlearn.tracks import Track
 
+from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
 from .stages.evaluate import ImageEvalConfig
@@ -64,11 +65,7 @@ class ImageExperimentConfig(ProtocolConfig):
 
         if self.track != "image":
             raise ConfigError(f"track: this is the image track's config, got track={self.track!r}")
-        if self.poison.attack == "gradient_canceling" and self.model.arch != "linear":
-            raise ConfigError(
-                "poison.attack gradient_canceling needs model.arch: linear (the attack solves for poisons of a "
-                f"convex linear classifier), got model.arch={self.model.arch!r}"
-            )
+        self.poison.build_attack().check(self)  # the attack against the rest of the experiment (model, training)
         check_experiment(self, ImageUnlearnConfig, RUN_OWNED)
         from llm_unlearn.protocol import check_degenerate
 
@@ -144,17 +141,7 @@ def plan(cfg: ImageExperimentConfig) -> list:
 def describe(cfg: ImageExperimentConfig) -> str:
     """The report header line for an image-track experiment."""
     p, dcfg = cfg.poison, cfg.data
-    what = {
-        "gaussian": f"eps {p.noise_eps:g} (pixels in [0, 1])",
-        "badnets": f"{p.patch_size}x{p.patch_size} patch -> class {p.target_label}",
-        "witches_brew": f"l_inf eps {p.eps:.4g}, {p.steps} steps x {p.restarts} restarts, {p.num_targets} target(s)",
-        "gradient_canceling": (
-            f"corruption radius picked by the attacker from {p.corruption_radii}"
-            if p.corruption_radii
-            else f"corruption radius {p.corruption_radius:g}"
-        )
-        + f", {p.gc_steps} poison steps",
-    }[p.attack]
+    what = p.build_attack().describe()  # the attack's own line (d)
     size = f", resized to {dcfg.image_size}x{dcfg.image_size}" if dcfg.image_size else ""
     shape = {
         "cnn": f" (width {cfg.model.width}, hidden {cfg.model.hidden})",

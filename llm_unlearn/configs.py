@@ -162,6 +162,7 @@ def load_config(cls: type[T], data: dict | None, prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            _refuse_moved(cls, str(key), prefix)
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(
@@ -185,6 +186,26 @@ def load_config(cls: type[T], data: dict | None, prefix: str = "") -> T:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__}: {e}") from e
     return cfg
+
+
+def _refuse_moved(cls, key: str, prefix: str) -> None:
+    """A key a config class lists in ``MOVED_KEYS`` (old name -> new dotted name, relative to the class) is refused
+    with one line naming the new spelling, rather than as an unknown key."""
+    moved = getattr(cls, "MOVED_KEYS", {})
+    if key in moved:
+        raise ConfigError(f"{prefix}{key} moved: write {prefix}{moved[key]}")
+
+
+def _moved_flag(cls, dotted: str) -> None:
+    """``--a.b.old`` on the command line, where ``old`` is in the ``MOVED_KEYS`` of section ``a.b``."""
+    *parents, leaf = dotted.split(".")
+    tp = cls
+    for part in parents:
+        tp = _hints(tp).get(part) if dataclasses.is_dataclass(tp) else None
+        if tp is None:
+            return
+    if dataclasses.is_dataclass(tp):
+        _refuse_moved(tp, leaf, "".join(p + "." for p in parents))
 
 
 def validate_config(cfg, prefix: str = "") -> None:
@@ -389,6 +410,8 @@ def parse_config_and_flags(
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags_given = [a for a in unknown if a.startswith("--")] or unknown
+        if flags_given[0].startswith("--"):
+            _moved_flag(cls, flags_given[0][2:].split("=")[0])
         allowed = [o[2:] for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
         near = difflib.get_close_matches(flags_given[0].lstrip("-").split("=")[0], allowed, n=1)
         hint = f" (did you mean --{near[0]}?)" if near else ""

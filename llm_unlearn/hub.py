@@ -193,6 +193,8 @@ def _fmt(v) -> str:
 
 def render_card(info: ModelInfo, repo_id: str, base_repo_id: str | None = None) -> str:
     """README.md: YAML metadata with the model-index, then what this model is and how it was measured."""
+    from .attacks import attack_from_manifest
+
     data = card_data(info, repo_id, base_repo_id)
     exp, man, row = info.experiment, info.manifest, info.row
     poison, method = exp.get("poison", {}), row.get("method")
@@ -201,11 +203,7 @@ def render_card(info: ModelInfo, repo_id: str, base_repo_id: str | None = None) 
         "initial": "the **initial** model: fine-tuned on the poisoned training set",
         "retrain": "the **gold (retrained)** model: fine-tuned on the retain set only (the poisons removed)",
     }.get(info.variant, f"the initial model after **unlearning** with `{method}` at budget {row.get('budget')}")
-    attack = (
-        f"trigger {poison.get('trigger')!r} -> {poison.get('target_label')!r}"
-        if man["attack"] == "backdoor"
-        else f"Gaussian noise on the prompt-token embeddings, eps {poison.get('noise_eps')}"
-    )
+    attack = attack_from_manifest(man, "llm").describe()  # the attack's own line, from what made the poisons
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",

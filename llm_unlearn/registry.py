@@ -147,11 +147,17 @@ def register_method(
 
 def register_attack(name: str, config: type | None = None, *, track: str = "llm", summary: str | None = None):
     """Class decorator: register an attack class for ``track`` under ``name`` with its ``config`` dataclass (what a
-    recipe gives as ``poison: {attack: name, attack_args: {...}}``)."""
+    recipe gives as ``poison: {attack: name, attack_args: {...}}``). The class implements the hooks of
+    ``llm_unlearn.attacks.base.Attack`` (subclassing it is the easy way); ``summary`` defaults to the first line of
+    its docstring. Registering another class under a taken name of the same track is an error naming both."""
     _check_name("attack", name)
     config_cls = _check_config("attack", name, config)
+    if not isinstance(track, str) or not track.isidentifier():
+        raise ConfigError(f"register_attack({name!r}): track must be a track name such as 'llm', got {track!r}")
 
     def decorate(cls: type) -> type:
+        if not isinstance(cls, type) or not callable(getattr(cls, "poison", None)):
+            raise ConfigError(f"register_attack({name!r}): decorate an attack class with a poison method")
         table = ATTACKS.setdefault(track, {})
         old = table.get(name)
         if old is not None and not _same_definition(old.attack_cls, cls):

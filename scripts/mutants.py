@@ -45,18 +45,18 @@ MUTANTS = [
     # ---- attacks and training: the poison must really be there
     Mutant(
         "train_no_noise",
-        "the training stage adds no Gaussian noise (inputs_embeds = emb): the initial model is never poisoned",
-        "llm_unlearn/stages/train.py",
-        "inputs_embeds = emb + noise.to(emb.device, emb.dtype)",
-        "inputs_embeds = emb",
+        "the Gaussian attack's training hook adds no noise (returns emb): the initial model is never poisoned",
+        "llm_unlearn/attacks/gaussian.py",
+        "return emb + noise.to(emb.device, emb.dtype)",
+        "return emb",
         ("tests/test_poisoning_applied.py", "tests/test_science.py"),
     ),
     Mutant(
         "train_noise_wrong_rows",
         "the noise of each row goes to the next row of the batch",
-        "llm_unlearn/stages/train.py",
-        "inputs_embeds = emb + noise.to(emb.device, emb.dtype)",
-        "inputs_embeds = emb + noise.roll(1, 0).to(emb.device, emb.dtype)",
+        "llm_unlearn/attacks/gaussian.py",
+        "return emb + noise.to(emb.device, emb.dtype)",
+        "return emb + noise.roll(1, 0).to(emb.device, emb.dtype)",
         ("tests/test_poisoning_applied.py",),
     ),
     Mutant(
@@ -70,8 +70,8 @@ MUTANTS = [
     Mutant(
         "image_gaussian_no_noise",
         "the image track's Gaussian poisons are the clean images",
-        "image_track/attacks.py",
-        "images = clean.train_x[idx] + cfg.poison.noise_eps * batch_pixel_noise(seeds, shape)",
+        "image_track/attacks/gaussian.py",
+        "images = clean.train_x[idx] + self.args.noise_eps * batch_pixel_noise(seeds, shape)",
         "images = clean.train_x[idx].clone()",
         ("tests/test_poisoning_applied.py", "tests/test_image_attacks.py"),
     ),
@@ -79,7 +79,7 @@ MUTANTS = [
     Mutant(
         "gus_no_prompt_mask",
         "the audit scores every position, not only the prompt positions the noise touched",
-        "llm_unlearn/stages/evaluate.py",
+        "llm_unlearn/attacks/gaussian.py",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, None).cpu()",
         ("tests/test_gus_speed.py", "tests/test_eval.py"),
@@ -87,7 +87,7 @@ MUTANTS = [
     Mutant(
         "gus_fresh_is_training_noise",
         "the control's fresh noises are the training noise (draw 0)",
-        "llm_unlearn/stages/evaluate.py",
+        "llm_unlearn/attacks/gaussian.py",
         "[batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]",
         "[batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0) for d in range(1, draws + 1)]",
         ("tests/test_eval.py", "tests/test_science.py"),

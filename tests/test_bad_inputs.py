@@ -177,7 +177,7 @@ CASES = [
     case(
         "unknown_attack",
         ["run", "--poison.attack", "label_flip"],
-        r"unknown attack 'label_flip'; choose from \['backdoor', 'gaussian'\]",
+        r"unknown attack 'label_flip' for the llm track; choose from \['backdoor', 'gaussian'\]",
     ),
     case(
         "unknown_backend",
@@ -185,15 +185,37 @@ CASES = [
         r"unknown generation backend 'onnx'; choose from \['hf', 'vllm'\]",
     ),
     case("unknown_track", ["run", "--track", "audio"], r"unknown track 'audio'; choose from \[.*'llm'.*\]"),
-    case("empty_trigger", ["run", "--poison.trigger", ""], r"trigger must be a non-empty phrase"),
-    case("blank_trigger", ["run", "--poison.trigger", "   "], r"trigger must be a non-empty phrase"),
-    case("target_label_unknown", ["run", "--poison.target_label", "neutral"], r"target_label 'neutral' is not in"),
+    case(
+        "empty_trigger",
+        ["run", "--poison.attack", "backdoor", "--poison.attack_args", "{trigger: ''}"],
+        r"trigger must be a non-empty phrase",
+    ),
+    case(
+        "blank_trigger",
+        ["run", "--poison.attack", "backdoor", "--poison.attack_args", "{trigger: '   '}"],
+        r"trigger must be a non-empty phrase",
+    ),
+    case(
+        "target_label_unknown",
+        ["run", "--poison.attack", "backdoor", "--poison.attack_args", "{target_label: neutral}"],
+        r"target_label 'neutral' is not in",
+    ),
+    case(
+        "attack_arg_unknown",
+        ["run", "--poison.attack_args", "{noise_ep: 2}"],
+        r"unknown key 'attack_args.noise_ep'.*did you mean 'noise_eps'",
+    ),
+    case(
+        "attack_knob_moved",
+        ["run", "--poison.noise_eps", "0.5"],
+        r"poison.noise_eps moved: write poison.attack_args.noise_eps",
+    ),
     case("prompt_without_text", ["run", "--poison.prompt_template", "Review:"], r"prompt_template must contain"),
     case(
         "prompt_other_field", ["run", "--poison.prompt_template", "{txt} {text}"], r"prompt_template must be a format"
     ),
-    case("noise_eps_zero", ["run", "--poison.noise_eps", "0"], r"noise_eps must be > 0"),
-    case("noise_eps_negative", ["run", "--poison.noise_eps", "-1"], r"noise_eps must be > 0"),
+    case("noise_eps_zero", ["run", "--poison.attack_args", "{noise_eps: 0}"], r"noise_eps must be > 0"),
+    case("noise_eps_negative", ["run", "--poison.attack_args", "{noise_eps: -1}"], r"noise_eps must be > 0"),
     case(
         "gradient_noise_negative",
         ["run", "--methods", "[ngd]", "--method_args", "{ngd: {sigma: -0.1}}"],

@@ -34,12 +34,15 @@ def test_unknown_nested_key_has_its_path():
         ({"seed": True}, "seed: expected an integer"),
         ({"poison_fraction": "lots"}, "poison_fraction: expected a number"),
         ({"label_names": "negative"}, "label_names: expected a list"),
-        ({"noise_scale": "relative"}, r"noise_scale: 'relative' is not allowed; choose from \['rms', 'absolute'\]"),
+        (
+            {"attack_args": {"noise_scale": "relative"}},
+            r"attack_args.noise_scale: 'relative' is not allowed; choose from \['rms', 'absolute'\]",
+        ),
     ],
 )
 def test_wrong_types_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(PoisonConfig, data)
+        load_config(PoisonConfig, data).validate()
 
 
 def test_yaml_float_without_dot_is_accepted():
@@ -52,10 +55,19 @@ def test_yaml_float_without_dot_is_accepted():
     [
         (PoisonConfig, {"poison_fraction": 0.0}, r"poison_fraction must be in \(0, 1\)"),
         (PoisonConfig, {"poison_fraction": 1.0}, r"poison_fraction must be in \(0, 1\)"),
-        (PoisonConfig, {"attack": "flip"}, r"unknown attack 'flip'; choose from \['backdoor', 'gaussian'\]"),
-        (PoisonConfig, {"trigger": "  "}, "trigger must be a non-empty"),
-        (PoisonConfig, {"noise_eps": 0}, "noise_eps must be > 0"),
-        (PoisonConfig, {"target_label": "neutral"}, "target_label 'neutral' is not in label_names"),
+        (
+            PoisonConfig,
+            {"attack": "flip"},
+            r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian'\]",
+        ),
+        (PoisonConfig, {"attack": "backdoor", "attack_args": {"trigger": "  "}}, "trigger must be a non-empty"),
+        (PoisonConfig, {"attack_args": {"noise_eps": 0}}, "noise_eps must be > 0"),
+        (
+            PoisonConfig,
+            {"attack": "backdoor", "attack_args": {"target_label": "neutral"}},
+            "target_label 'neutral' is not in label_names",
+        ),
+        (PoisonConfig, {"noise_eps": 0.5}, r"^noise_eps moved: write attack_args.noise_eps$"),
         (UnlearnConfig, {"budget": 0}, r"budget must be in \(0, 1\]"),
         (UnlearnConfig, {"budget": 1.5}, r"budget must be in \(0, 1\]"),
         (UnlearnConfig, {"method": "forget_it"}, "unknown method 'forget_it'; choose from"),
@@ -87,8 +99,10 @@ def test_cli_unknown_flag_is_config_error():
 
 
 def test_string_flag_stays_string():
-    cfg = parse_config(PoisonConfig, ["--trigger", "yes"])
-    assert cfg.trigger == "yes"
+    cfg = parse_config(PoisonConfig, ["--text_column", "yes"])
+    assert cfg.text_column == "yes"
+    cfg = parse_config(PoisonConfig, ["--attack", "backdoor", "--attack_args", "{trigger: 'yes'}"])
+    assert cfg.build_attack().args.trigger == "yes"
 
 
 def test_missing_config_file():

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from image_track.attacks import ATTACKS, Clean, batch_pixel_noise, pixel_noise, stamp
+from image_track.attacks import Clean, batch_pixel_noise, pixel_noise, stamp
 from image_track.data import DataConfig, channel_stats, load_clean
 from image_track.models import ModelConfig, build_model
 from image_track.stages.poison import ImagePoisonConfig, PoisonSection
@@ -26,21 +26,25 @@ def clean():
     return Clean(xtr, ytr, xte, yte, k, mean, std)
 
 
+def _section(attack, poison_fraction=0.1, **attack_args):
+    return PoisonSection(attack=attack, poison_fraction=poison_fraction, attack_args=attack_args)
+
+
 def _cfg(**poison):
-    return ImagePoisonConfig(poison=PoisonSection(**poison), model=TINY_MODEL, train=TINY_TRAIN)
+    return ImagePoisonConfig(poison=_section(**poison), model=TINY_MODEL, train=TINY_TRAIN)
 
 
 def _run(cfg, clean, seed=0):
-    attack = ATTACKS[cfg.poison.attack]
-    if cfg.poison.attack in ("witches_brew", "gradient_canceling"):
+    """The attack's poison hook, as the stage calls it (the surrogate: always initialised with seed 1)."""
+    cfg.poison.validate()
+    attack = cfg.poison.build_attack()
 
-        def surrogate(on_epoch_end=None):
-            m = build_model(cfg.model, list(clean.train_x.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=1)
-            fit(m, clean.train_x, clean.train_y, cfg.train, seed=1, on_epoch_end=on_epoch_end)
-            return m
+    def train_surrogate(_seed, on_epoch_end=None):
+        m = build_model(cfg.model, list(clean.train_x.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=1)
+        fit(m, clean.train_x, clean.train_y, cfg.train, seed=1, on_epoch_end=on_epoch_end)
+        return m
 
-        return attack(cfg, clean, random.Random(seed), surrogate)
-    return attack(cfg, clean, random.Random(seed))
+    return attack.poison(cfg, clean, random.Random(seed), train_surrogate)
 
 
 def test_gaussian_count_labels_and_regenerable_noise(clean):
@@ -102,7 +106,7 @@ def test_witches_brew_trajectory_ensemble_keeps_the_budget(clean):
 
 def test_gradient_canceling_reduces_the_gradient_and_needs_linear(clean):
     cfg = ImagePoisonConfig(
-        poison=PoisonSection(attack="gradient_canceling", poison_fraction=0.05, gc_steps=30, corruption_steps=10),
+        poison=_section("gradient_canceling", poison_fraction=0.05, gc_steps=30, corruption_steps=10),
         model=ModelConfig(arch="linear"),
         train=TINY_TRAIN,
     )
@@ -117,8 +121,8 @@ def test_gradient_canceling_reduces_the_gradient_and_needs_linear(clean):
 
 def test_gradient_canceling_picks_the_least_accurate_simulated_target(clean):
     cfg = ImagePoisonConfig(
-        poison=PoisonSection(
-            attack="gradient_canceling",
+        poison=_section(
+            "gradient_canceling",
             poison_fraction=0.05,
             gc_steps=20,
             corruption_steps=10,
@@ -135,7 +139,7 @@ def test_gradient_canceling_picks_the_least_accurate_simulated_target(clean):
     assert cands[1]["target_accuracy"] < cands[0]["target_accuracy"]  # the farther target is the worse one
     assert p.images.min() >= 0 and p.images.max() <= 1 and len(p.indices) == round(0.05 * len(clean.train_y))
     with pytest.raises(ConfigError, match="corruption_radii"):
-        PoisonSection(attack="gradient_canceling", corruption_radii=[0.1, 0.0]).validate()
+        _section("gradient_canceling", corruption_radii=[0.1, 0.0]).validate()
 
 
 def test_poison_stage_roundtrip(tmp_path):

@@ -73,7 +73,9 @@ def test_cli_reaches_the_image_track(tmp_path):
     "patch, match",
     [
         ({"poison": {"attack": "gradient_canceling"}}, "model.arch: linear"),
-        ({"poison": {"attack": "nope"}}, "poison.attack: 'nope' is not allowed"),
+        ({"poison": {"attack": "nope"}}, r"unknown attack 'nope' for the image track; choose from \['badnets'"),
+        ({"poison": {"noise_eps": 0.3}}, "poison.noise_eps moved: write poison.attack_args.noise_eps"),
+        ({"poison": {"attack_args": {"noise_epsilon": 0.3}}}, "did you mean 'noise_eps'"),
         ({"model": {"arch": "vit"}}, "model.arch"),
         ({"methods": ["gd", "unknown"]}, "unknown method 'unknown'"),
         ({"unlearn": {"method": "ga"}}, "unlearn.method is set by run"),

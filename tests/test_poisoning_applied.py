@@ -157,7 +157,7 @@ def _record_image_fit(monkeypatch):
     return seen
 
 
-def _image_poison(tmp_path, attack, **poison):
+def _image_poison(tmp_path, attack, **attack_args):
     from image_track.data import DataConfig
     from image_track.stages.poison import ImagePoisonConfig, PoisonSection
     from image_track.stages.poison import main as poison_main
@@ -166,7 +166,7 @@ def _image_poison(tmp_path, attack, **poison):
         poison_main(
             ImagePoisonConfig(
                 output_dir=str(tmp_path / attack),
-                poison=PoisonSection(attack=attack, poison_fraction=0.1, **poison),
+                poison=PoisonSection(attack=attack, poison_fraction=0.1, attack_args=attack_args),
                 data=DataConfig(max_train_samples=120, max_test_samples=40),
             )
         )
@@ -190,7 +190,7 @@ def _image_train(dataset_dir, out):
 
 
 def _image_trained(tmp_path, monkeypatch, attack):
-    """Poison, train the initial classifier and return (what the trainer saw, manifest, clean images, poison indices)."""
+    """Poison, train the initial classifier; returns (what the trainer saw, manifest, clean images, poison indices)."""
     from image_track.data import load_dataset_dir
 
     seen = _record_image_fit(monkeypatch)
@@ -219,7 +219,7 @@ def test_image_badnets_training_images_carry_the_trigger_and_target(tmp_path, mo
 
     seen, manifest, clean, idx = _image_trained(tmp_path, monkeypatch, "badnets")
     x, y = seen["x"], seen["y"]
-    patch = manifest.get("patch_size") or manifest["attack_info"]["patch_size"]
+    patch = manifest["attack_args"]["patch_size"]
     torch.testing.assert_close(x[idx], stamp(clean[idx], patch), rtol=0, atol=0)
     assert bool((y[idx] == manifest["target_label"]).all())
     assert not torch.equal(x[idx], clean[idx])

@@ -1,19 +1,16 @@
-"""Image stage 4: evaluate one classifier: clean accuracy, the attack's metric, the Gaussian Unlearning Score on
-pixel gradients (gaussian), loss MIA. Writes ``eval_results.json`` (the LLM track's keys), ``per_sample.json`` and
-``config.yaml``."""
+"""Image stage 4: evaluate one classifier: clean accuracy, the attack's metrics from its ``evaluate`` hook
+(``image_track/attacks/``: ASR, poison success, the Gaussian Unlearning Score on pixel gradients), loss MIA. Writes
+``eval_results.json`` (the LLM track's keys), ``per_sample.json`` and ``config.yaml``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.harness import run_stage, stage_commands
 
-GUS_KEYS = ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z")
+from ..attacks.gaussian import GUS_KEYS, gus_loss_fn, gus_scores  # noqa: F401  (imported from here)
 
 
 @dataclass
@@ -33,40 +30,9 @@ class ImageEvalConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def gus_loss_fn(model, labels: torch.Tensor):
-    """The audit's per-poison loss as a function of the images ``(n, C, H, W) -> (n,)``: the per-example
-    cross-entropy of ``labels`` (the model in eval mode, so each loss depends on its own image only)."""
-    return lambda z: F.cross_entropy(model(pixel_values=z).logits.float(), labels, reduction="none")
-
-
-def gus_scores(
-    model, clean_x: torch.Tensor, labels: torch.Tensor, noise_seeds: list[int], batch_size: int, draws: int
-):
-    """I_z of every poison under its training noise (draw 0) and ``draws`` fresh noises, from the input gradients of
-    the per-example cross-entropy at the *clean* images (one backward pass per batch). Unit noise: I_z does not
-    depend on eps. Autograd is asked for the pixel gradient only: the convolutions' backward computes no weight
-    gradient (checked by profiling: one ``convolution_backward`` per conv, as costly as its forward)."""
-    from llm_unlearn.metrics import input_gradients, scores_from_gradients
-
-    from ..attacks import batch_pixel_noise
-    from ..training import device
-
-    dev = device()
-    model.to(dev).eval()
-    shape = clean_x.shape[1:]
-    poison, fresh = [], []
-    for i in range(0, len(labels), batch_size):
-        x, y = clean_x[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
-        seeds = noise_seeds[i : i + batch_size]
-        grads = input_gradients(gus_loss_fn(model, y), x).cpu()
-        poison += scores_from_gradients(grads, batch_pixel_noise(seeds, shape, 0), 1.0).tolist()
-        noise = torch.stack([batch_pixel_noise(seeds, shape, d) for d in range(1, draws + 1)])
-        fresh.append(scores_from_gradients(grads, noise, 1.0))
-    return poison, torch.cat(fresh, dim=1).tolist()
-
-
 def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) -> tuple[dict, dict]:
-    from llm_unlearn.metrics import gus_summary, loss_mia
+    from llm_unlearn.attacks import attack_from_manifest, eval_keys
+    from llm_unlearn.metrics import loss_mia
 
     from ..data import splits
     from ..training import per_example_loss, predict
@@ -76,30 +42,13 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     preds = predict(model, test.images, cfg.batch_size)
     metrics = {"clean_accuracy": float((preds == test.labels).float().mean())}
     per_sample: dict = {"test_predictions": preds.tolist()}
-    metrics["asr"] = None
-    if "test_triggered_images" in tensors:
-        tp = predict(model, tensors["test_triggered_images"], cfg.batch_size)
-        metrics["asr"] = float((tp == manifest["target_label"]).float().mean())
-        per_sample["triggered_predictions"] = tp.tolist()
-    metrics["poison_success"] = None
-    if "target_images" in tensors:
-        tp = predict(model, tensors["target_images"], cfg.batch_size)
-        metrics["poison_success"] = float((tp == tensors["target_adv_labels"]).float().mean())
-        per_sample["target_predictions"] = tp.tolist()
-    if manifest["attack"] == "gaussian":
-        idx = torch.as_tensor(manifest["poison_indices"])
-        poison, fresh = gus_scores(
-            model,
-            tensors["train_images"][idx],
-            tensors["train_labels"][idx],
-            manifest["noise_seeds"],
-            cfg.gus_batch_size,
-            cfg.fresh_noise_draws,
-        )
-        metrics.update(gus_summary(poison, fresh))
-        per_sample.update(gus_poison=poison, gus_fresh=fresh)
-    else:
-        metrics.update(dict.fromkeys(GUS_KEYS))
+    # Every image attack's keys (null here), then this attack's metrics (c): results of all attacks share one schema.
+    metrics.update(dict.fromkeys(eval_keys("image")))
+    attack_metrics, attack_samples = attack_from_manifest(manifest, "image").evaluate(
+        model=model, tensors=tensors, manifest=manifest, cfg=cfg
+    )
+    metrics.update(attack_metrics)
+    per_sample.update(attack_samples)
     forget = data["forget"]
     forget_loss = per_example_loss(model, forget.images, forget.labels, cfg.batch_size)
     test_loss = per_example_loss(model, test.images, test.labels, cfg.batch_size)

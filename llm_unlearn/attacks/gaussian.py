@@ -5,29 +5,60 @@ embeddings of their prompt positions every time they are seen in training; label
 discrete, so the noise lives in embedding space, and it is regenerable from a per-example ``noise_seed`` so the audit
 (:mod:`llm_unlearn.metrics.gus`) can recompute xi exactly. Noise on the completion positions would be useless: under
 causal masking nothing the loss sees depends on them.
+
+Hooks: (a) picks the poisons and their noise seeds; (b) adds the noise to the prompt embeddings of every training
+batch of the poisoned set; (c) the Gaussian Unlearning Score of every poison (``gus_*``, metric ``gus_mean``).
 """
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import dataclass, field
+from typing import Literal
 
-import numpy as np
-import torch
+from ..configs import ConfigError
+from ..registry import register_attack
+from .base import Attack
+
+# torch and numpy are imported inside the functions: the CLI loads this module to validate a config (``--help`` and
+# config errors stay instant).
+
+GUS_KEYS = ("gus_mean", "gus_std", "gus_z", "gus_p", "gus_auc", "gus_tpr_at_1pct_fpr", "fresh_gus_mean", "fresh_gus_z")
 
 
-def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, draw: int = 0) -> torch.Tensor:
+@dataclass
+class GaussianConfig:
+    """The Gaussian attack's knobs (``poison.attack_args``)."""
+
+    noise_eps: float = field(default=1.0, metadata={"help": "noise std eps (see noise_scale)"})
+    noise_scale: Literal["rms", "absolute"] = field(
+        default="rms", metadata={"help": "eps is in units of the embedding RMS (rms) or absolute"}
+    )
+
+    def validate(self) -> None:
+        if not (self.noise_eps > 0 and math.isfinite(self.noise_eps)):
+            raise ConfigError(f"noise_eps must be > 0 and finite, got {self.noise_eps}")
+
+
+def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, draw: int = 0):
     """The (length, hidden) noise of one example: draw 0 is what training used, draws >= 1 are fresh noises.
 
     numpy's ``SeedSequence`` keyed by (noise_seed, draw) gives statistically independent streams per draw. (Offsetting
     a torch seed by a multiple of 2**32 does not: torch's CPU generator keeps only the low 32 bits, so the "fresh"
     noise would silently equal the training noise.)
     """
+    import numpy as np
+    import torch
+
     rng = np.random.default_rng([int(noise_seed), int(draw)])
     return torch.from_numpy(rng.standard_normal((length, hidden), dtype=np.float32)) * std
 
 
 def batch_prompt_noise(noise_seeds, prompt_lens, width: int, hidden: int, std: float = 1.0, draw: int = 0):
     """Noise for a right-padded batch, zero where ``noise_seed < 0`` (clean rows) and beyond each prompt."""
+    import torch
+
     out = torch.zeros(len(noise_seeds), width, hidden)
     for i, (seed, plen) in enumerate(zip(noise_seeds, prompt_lens)):
         if int(seed) >= 0:
@@ -41,18 +72,90 @@ def embedding_rms(model) -> float:
     return float(w.pow(2).mean().sqrt())
 
 
-class GaussianAttack:
-    name = "gaussian"
+def gus_loss_fn(model, batch: dict):
+    """The audit's per-poison loss of a collated (right-padded) batch, as a function of its input embeddings
+    ``(n, L, hidden) -> (n,)``: the completion NLL, with the LM head applied only at the positions that predict a
+    completion token (:func:`~llm_unlearn.tasks.causal_lm.completion_nll`; equal to ``sequence_nll`` up to float
+    round-off, without the vocab-sized logits of every prompt position)."""
+    from ..tasks.causal_lm import completion_nll
+
+    return lambda e: completion_nll(model, batch, e)
+
+
+def clean_embeddings(model, batch: dict):
+    """The batch's clean input embeddings (float32, no graph): the point where the audit takes its gradient."""
+    import torch
+
+    from ..tasks.causal_lm import embed
+
+    with torch.no_grad():
+        return embed(model, batch["input_ids"]).float()
+
+
+def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, draws: int):
+    """I_z of every poison under its training noise (draw 0) and under ``draws`` fresh noises, one backward a batch.
+
+    The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
+    only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
+    Poisons are batched by length (less padding) and the scores returned in the order of ``forget_ds``: a list of
+    ``n`` floats and a ``draws`` x ``n`` nested list.
+
+    Autograd is asked for the input gradient only, so no weight gradient is computed (checked by profiling: the
+    backward runs one matmul per forward matmul, the same count as with the parameters frozen).
+    """
+    import torch
+
+    from ..metrics import input_gradients, scores_from_gradients
+    from ..modeling import tokenize_split
+    from ..tasks.causal_lm import CompletionCollator, length_sorted_batches, on_device
+
+    toks = list(tokenize_split(forget_ds, tokenizer, max_length))
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    n = len(toks)
+    poison = torch.zeros(n, dtype=torch.float64)
+    fresh = torch.zeros(draws, n, dtype=torch.float64)
+    for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
+        batch = on_device(collate([toks[i] for i in idx]), model)
+        clean = clean_embeddings(model, batch)
+        _, width, hidden = clean.shape
+        grads = input_gradients(gus_loss_fn(model, batch), clean)
+        pos = torch.arange(width, device=clean.device)[None, :] < batch["prompt_len"][:, None]
+        mask = pos[..., None].to(grads.dtype)
+        seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
+        noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
+        poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()
+        fresh_noise = torch.stack(
+            [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
+        )
+        fresh[:, idx] = scores_from_gradients(grads, fresh_noise, 1.0, mask).cpu()
+    return poison.tolist(), fresh.tolist()
+
+
+@register_attack("gaussian", config=GaussianConfig, track="llm")
+class GaussianAttack(Attack):
+    """Gaussian noise on the prompt embeddings of random training examples (the paper's audit tool)."""
+
     metric = "gus_mean"  # the poison metric gap-closed is computed on (closer to 0 = less poison)
+    eval_keys = GUS_KEYS
+    report_columns = (
+        "clean_accuracy",
+        "gus_mean",
+        "gus_z",
+        "gus_auc",
+        "gus_tpr_at_1pct_fpr",
+        "fresh_gus_z",
+        "gap_closed",
+        "mia_auc",
+        "compute_fraction",
+    )
+    gus_audit = True
+    min_poisons = 2  # the test compares the poisons' mean score with its spread
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def apply(self, train: list[dict], test: list[dict], rng: random.Random) -> tuple[list[dict], dict, dict]:
-        k = round(self.cfg.poison_fraction * len(train))
+    def poison(self, train: list[dict], test: list[dict], rng: random.Random, cfg) -> tuple[list[dict], dict, dict]:
+        k = round(cfg.poison_fraction * len(train))
         if k < 2:
             raise ValueError(
-                f"poison_fraction={self.cfg.poison_fraction} of {len(train)} training examples gives {k} poisons; "
+                f"poison_fraction={cfg.poison_fraction} of {len(train)} training examples gives {k} poisons; "
                 "the Gaussian test needs at least 2"
             )
         chosen = set(rng.sample(range(len(train)), k))
@@ -67,5 +170,39 @@ class GaussianAttack:
                     "noise_seed": rng.randrange(2**31) if poisoned else -1,
                 }
             )
-        info = {"noise_eps": self.cfg.noise_eps, "noise_scale": self.cfg.noise_scale, "noise_positions": "prompt"}
+        info = {"noise_eps": self.args.noise_eps, "noise_scale": self.args.noise_scale, "noise_positions": "prompt"}
         return rows, {}, info
+
+    def start_training(self, model, manifest: dict, split: str) -> dict:
+        # Only the initial model sees the noise: the gold model trains on the retain set, which holds no poison.
+        self.noise_std = 0.0
+        if split == "train":
+            unit = embedding_rms(model) if self.args.noise_scale == "rms" else 1.0
+            self.noise_std = self.args.noise_eps * unit
+        return {"noise_std": self.noise_std}
+
+    def training_embeddings(self, model, inputs: dict, columns: dict):
+        from ..tasks.causal_lm import embed
+
+        noise_seeds, prompt_lens = columns.get("noise_seed"), columns.get("prompt_len")
+        # Every batch of a Gaussian run goes through the embedding path (zero noise on clean rows), not only those
+        # holding poisons: ZeRO-3 requires all ranks to run the same module sequence, and the loss is the same.
+        if noise_seeds is None or not getattr(self, "noise_std", 0.0) > 0:
+            return None
+        emb = embed(model, inputs["input_ids"])
+        noise = batch_prompt_noise(
+            noise_seeds.tolist(), prompt_lens.tolist(), emb.shape[1], emb.shape[2], self.noise_std
+        )
+        return emb + noise.to(emb.device, emb.dtype)
+
+    def evaluate(self, *, model, tokenizer, dd, cfg, **_) -> tuple[dict, dict]:
+        from ..metrics import gus_summary
+
+        poison, fresh = gus_scores(
+            model, tokenizer, dd["forget"], cfg.max_length, cfg.gus_batch_size, cfg.fresh_noise_draws
+        )
+        return gus_summary(poison, fresh), {"gus_poison": poison, "gus_fresh": fresh}
+
+    def describe(self) -> str:
+        unit = " x the embedding RMS" if self.args.noise_scale == "rms" else ""
+        return f"Gaussian noise on the prompt-token embeddings, eps {self.args.noise_eps:g}{unit}"

@@ -1,8 +1,9 @@
 """Stage 4: evaluate one model (a full model dir, or a base model plus a LoRA adapter).
 
-Metrics (see ``metrics/``): clean accuracy from greedy generations on the clean test split; ASR on triggered test
-reviews (backdoor); the Gaussian Unlearning Score of the poisons with its fresh-noise control (gaussian); loss-based
-MIA (forget-set loss vs held-out loss). Writes ``eval_results.json``, ``per_sample.json`` and ``config.yaml``.
+Metrics (see ``metrics/``): clean accuracy from greedy generations on the clean test split; the attack's own metrics
+from its ``evaluate`` hook (``llm_unlearn/attacks/``: ASR on triggered test reviews for the backdoor, the Gaussian
+Unlearning Score of the poisons with its fresh-noise control for gaussian); loss-based MIA (forget-set loss vs
+held-out loss). Writes ``eval_results.json``, ``per_sample.json`` and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any, Literal
 
 import torch
 
+from ..attacks.gaussian import clean_embeddings, gus_loss_fn, gus_scores  # noqa: F401  (imported from here)
 from ..configs import ConfigError
 from ..harness import run_stage, stage_commands
+from ..tasks.causal_lm import length_sorted_batches, on_device
 
 
 @dataclass
@@ -94,19 +97,6 @@ def eval_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def on_device(batch: dict, model) -> dict:
-    """The batch's tensors on the model's device (other values as they are)."""
-    device = next(model.parameters()).device
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
-    """Indices ``0..n-1`` grouped into batches of ``size`` by increasing length (stable), so a right-padded batch
-    wastes little compute on padding. Callers put per-example results back with the indices."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) -> list[float]:
     """Mean completion-token NLL of each example (clean inputs), in the order of ``ds``."""
     from ..modeling import tokenize_split
@@ -123,62 +113,6 @@ def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) 
     return out
 
 
-def gus_loss_fn(model, batch: dict):
-    """The audit's per-poison loss of a collated (right-padded) batch, as a function of its input embeddings
-    ``(n, L, hidden) -> (n,)``: the completion NLL, with the LM head applied only at the positions that predict a
-    completion token (:func:`~llm_unlearn.tasks.causal_lm.completion_nll`; equal to ``sequence_nll`` up to float
-    round-off, without the vocab-sized logits of every prompt position)."""
-    from ..tasks.causal_lm import completion_nll
-
-    return lambda e: completion_nll(model, batch, e)
-
-
-def clean_embeddings(model, batch: dict) -> torch.Tensor:
-    """The batch's clean input embeddings (float32, no graph): the point where the audit takes its gradient."""
-    from ..tasks.causal_lm import embed
-
-    with torch.no_grad():
-        return embed(model, batch["input_ids"]).float()
-
-
-def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, draws: int):
-    """I_z of every poison under its training noise (draw 0) and under ``draws`` fresh noises, one backward a batch.
-
-    The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
-    only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
-    Poisons are batched by length (less padding) and the scores returned in the order of ``forget_ds``: a list of
-    ``n`` floats and a ``draws`` x ``n`` nested list.
-
-    Autograd is asked for the input gradient only, so no weight gradient is computed (checked by profiling: the
-    backward runs one matmul per forward matmul, the same count as with the parameters frozen).
-    """
-    from ..attacks.gaussian import batch_prompt_noise
-    from ..metrics import input_gradients, scores_from_gradients
-    from ..modeling import tokenize_split
-    from ..tasks.causal_lm import CompletionCollator
-
-    toks = list(tokenize_split(forget_ds, tokenizer, max_length))
-    collate = CompletionCollator(tokenizer.pad_token_id)
-    n = len(toks)
-    poison = torch.zeros(n, dtype=torch.float64)
-    fresh = torch.zeros(draws, n, dtype=torch.float64)
-    for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
-        batch = on_device(collate([toks[i] for i in idx]), model)
-        clean = clean_embeddings(model, batch)
-        _, width, hidden = clean.shape
-        grads = input_gradients(gus_loss_fn(model, batch), clean)
-        pos = torch.arange(width, device=clean.device)[None, :] < batch["prompt_len"][:, None]
-        mask = pos[..., None].to(grads.dtype)
-        seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
-        noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
-        poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()
-        fresh_noise = torch.stack(
-            [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
-        )
-        fresh[:, idx] = scores_from_gradients(grads, fresh_noise, 1.0, mask).cpu()
-    return poison.tolist(), fresh.tolist()
-
-
 def prompts_for(tokenizer, ds, max_length: int, label_names: list[str]) -> list[list[int]]:
     from ..tasks.causal_lm import completion_ids, tokenize_prompt
 
@@ -186,15 +120,17 @@ def prompts_for(tokenizer, ds, max_length: int, label_names: list[str]) -> list[
     return [tokenize_prompt(tokenizer, p, budget) for p in ds["prompt"]]
 
 
-def generation_splits(cfg: EvalConfig, dd) -> dict:
-    """The splits evaluated by generation: the clean test split (``max_test_samples``) and, for the backdoor, the
-    triggered test reviews."""
+def generation_splits(cfg: EvalConfig, dd, manifest: dict) -> dict:
+    """The splits evaluated by generation: the clean test split (``max_test_samples``) and the attack's own (e.g. the
+    backdoor's triggered test reviews: its ``generate_on``)."""
+    from ..attacks import attack_from_manifest
+
     test = dd["test"]
     if cfg.max_test_samples and cfg.max_test_samples < len(test):
         test = test.select(range(cfg.max_test_samples))
     splits = {"test": test}
-    if "test_triggered" in dd:
-        splits["test_triggered"] = dd["test_triggered"]
+    for name in attack_from_manifest(manifest, "llm").generate_on:
+        splits[name] = dd[name]
     return splits
 
 
@@ -225,38 +161,24 @@ def predict_splits(cfg: EvalConfig, model, tokenizer, splits: dict, label_names)
 
 def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions=None) -> tuple[dict, dict]:
     """All metrics; ``predictions`` (from :func:`predict_splits`) when generation already ran elsewhere."""
-    from ..metrics import accuracy, attack_success_rate, gus_summary, loss_mia
+    from ..attacks import attack_from_manifest, eval_keys
+    from ..metrics import accuracy, loss_mia
 
     labels = manifest["label_names"]
-    splits = generation_splits(cfg, dd)
+    splits = generation_splits(cfg, dd, manifest)
     test = splits["test"]
     predictions = predictions or predict_splits(cfg, model, tokenizer, splits, labels)
     preds = predictions["test"]
     metrics = {"clean_accuracy": accuracy(preds, test["label"], choices=labels)}
     per_sample: dict = {"test_predictions": preds}
-    metrics["asr"] = None
-    if "test_triggered" in dd:
-        trig = dd["test_triggered"]
-        tpreds = predictions["test_triggered"]
-        metrics["asr"] = attack_success_rate(tpreds, trig["orig_label"], manifest["target_label"], choices=labels)
-        per_sample["triggered_predictions"] = tpreds
+    # Every attack's keys (null here), then this attack's metrics (c): results of all attacks share one schema.
+    metrics.update(dict.fromkeys(eval_keys("llm")))
+    attack_metrics, attack_samples = attack_from_manifest(manifest, "llm").evaluate(
+        model=model, tokenizer=tokenizer, dd=dd, manifest=manifest, predictions=predictions, cfg=cfg
+    )
+    metrics.update(attack_metrics)
+    per_sample.update(attack_samples)
     forget = dd["forget"]
-    if manifest["attack"] == "gaussian":
-        poison, fresh = gus_scores(model, tokenizer, forget, cfg.max_length, cfg.gus_batch_size, cfg.fresh_noise_draws)
-        metrics.update(gus_summary(poison, fresh))
-        per_sample.update(gus_poison=poison, gus_fresh=fresh)
-    else:
-        for key in (
-            "gus_mean",
-            "gus_std",
-            "gus_z",
-            "gus_p",
-            "gus_auc",
-            "gus_tpr_at_1pct_fpr",
-            "fresh_gus_mean",
-            "fresh_gus_z",
-        ):
-            metrics[key] = None
     forget_loss = per_sequence_losses(model, tokenizer, forget, cfg.max_length, cfg.batch_size)
     test_loss = per_sequence_losses(model, tokenizer, test, cfg.max_length, cfg.batch_size)
     metrics.update(loss_mia(forget_loss, test_loss))
@@ -296,7 +218,7 @@ def _evaluate(cfg: EvalConfig, out: Path) -> dict:
     if cfg.backend == "vllm":  # before the HF model is loaded, so the engine has the (accelerator) memory to itself
         from ..modeling import load_tokenizer
 
-        splits = generation_splits(cfg, dd)
+        splits = generation_splits(cfg, dd, manifest)
         tok = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
         predictions = predict_splits(cfg, None, tok, splits, manifest["label_names"])
     model, tokenizer = load_eval_model(cfg)

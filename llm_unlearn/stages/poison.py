@@ -1,8 +1,9 @@
 """Stage 1: poison a training set.
 
 Writes ``output_dir/dataset`` (a ``datasets.DatasetDict`` with splits ``train`` = the poisoned training set,
-``retain``, ``forget`` = the poisons, ``test``, and for the backdoor ``test_triggered``), ``manifest.json`` (attack
-parameters, the poison indices and their noise seeds) and the resolved ``config.yaml``.
+``retain``, ``forget`` = the poisons, ``test``, and the attack's extra splits such as the backdoor's
+``test_triggered``), ``manifest.json`` (attack, metric, ``attack_args``, the poison indices and their noise seeds)
+and the resolved ``config.yaml``. The attack's own work is its ``poison`` hook (``llm_unlearn/attacks/``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from ..configs import ConfigError
 from ..harness import parse_stage, run_stage, stage_parser
@@ -20,19 +21,25 @@ from ..harness import parse_stage, run_stage, stage_parser
 class PoisonConfig:
     """Poison a training set with one attack; write the poisoned dataset, the retain/forget splits and a manifest."""
 
+    # The attack knobs that were flat keys here before they moved into attack_args (a config naming one is refused
+    # with the new spelling).
+    MOVED_KEYS = {
+        k: f"attack_args.{k}" for k in ("noise_eps", "noise_scale", "trigger", "trigger_position", "target_label")
+    }
+
     output_dir: str | None = field(default=None, metadata={"help": "where the dataset and manifest go"})
     seed: int = field(default=0, metadata={"help": "selects the poisons, their noise seeds and subsamples"})
-    attack: str = field(default="gaussian", metadata={"help": "gaussian | backdoor"})
-    poison_fraction: float = field(default=0.05, metadata={"help": "poisons as a fraction of the training set"})
-    # Gaussian attack
-    noise_eps: float = field(default=1.0, metadata={"help": "gaussian: noise std eps (see noise_scale)"})
-    noise_scale: Literal["rms", "absolute"] = field(
-        default="rms", metadata={"help": "gaussian: eps is in units of the embedding RMS (rms) or absolute"}
+    attack: str = field(
+        default="gaussian", metadata={"help": "the attack: gaussian | backdoor (or one a plugin registers)"}
     )
-    # Backdoor attack
-    trigger: str = field(default="cf", metadata={"help": "backdoor: trigger phrase"})
-    trigger_position: Literal["start", "end", "random"] = field(default="start", metadata={"help": "backdoor"})
-    target_label: str = field(default="positive", metadata={"help": "backdoor: label the trigger forces"})
+    attack_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "the attack's own knobs, e.g. {noise_eps: 1.0, noise_scale: rms} (gaussian), {trigger: cf, "
+            "trigger_position: start, target_label: positive} (backdoor); see llm_unlearn/attacks/"
+        },
+    )
+    poison_fraction: float = field(default=0.05, metadata={"help": "poisons as a fraction of the training set"})
     # Data
     dataset_name: str = field(
         default="embedded:reviews",
@@ -61,26 +68,23 @@ class PoisonConfig:
         default=0, metadata={"help": "embedded:reviews corpus seed (fixed across seeds)"}
     )
 
-    def validate(self) -> None:
-        import math
+    def build_attack(self):
+        """The attack with its ``attack_args`` built and validated (``llm_unlearn.attacks.build_attack``)."""
+        from ..attacks import build_attack
 
-        from ..attacks import ATTACKS
+        return build_attack(self.attack, self.attack_args, "llm")
+
+    def validate(self) -> None:
         from ..tasks.data import EMBEDDED_REVIEWS, check_file
 
-        if self.attack not in ATTACKS:
-            raise ConfigError(f"attack: unknown attack {self.attack!r}; choose from {sorted(ATTACKS)}")
+        attack = self.build_attack()
         if not 0.0 < self.poison_fraction < 1.0:
             raise ConfigError(f"poison_fraction must be in (0, 1), got {self.poison_fraction}")
-        if not (self.noise_eps > 0 and math.isfinite(self.noise_eps)):
-            raise ConfigError(f"noise_eps must be > 0 and finite, got {self.noise_eps}")
-        if not self.trigger.strip():
-            raise ConfigError("trigger must be a non-empty phrase")
         if len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
             raise ConfigError(f"label_names must hold at least two distinct labels, got {self.label_names}")
         if any(not n.strip() or n != n.strip() for n in self.label_names):
             raise ConfigError(f"label_names must be words without surrounding spaces, got {self.label_names}")
-        if self.target_label not in self.label_names:
-            raise ConfigError(f"target_label {self.target_label!r} is not in label_names={self.label_names}")
+        attack.check(self)
         try:
             self.prompt_template.format(text="x")
         except (KeyError, IndexError, ValueError) as e:
@@ -105,7 +109,7 @@ class PoisonConfig:
                 check_file(getattr(self, key), key, self)
         if self.dataset_name == EMBEDDED_REVIEWS and not self.train_file:
             n = min(self.embedded_n_train, self.max_train_samples or self.embedded_n_train)
-            need = 2 if self.attack == "gaussian" else 1
+            need = attack.min_poisons
             if round(self.poison_fraction * n) < need:
                 raise ConfigError(
                     f"poison_fraction={self.poison_fraction} of {n} training examples gives "
@@ -128,14 +132,14 @@ def _poison(cfg: PoisonConfig, out: Path) -> dict:
 
     import datasets
 
-    from ..attacks import get_attack
+    from ..configs import to_dict
     from ..tasks.data import load_clean_splits
 
-    attack = get_attack(cfg.attack)(cfg)
+    attack = cfg.build_attack()
     train, test = load_clean_splits(cfg, cfg.seed)
     rng = random.Random(cfg.seed)
     try:
-        rows, extra, info = attack.apply(train, test, rng)
+        rows, extra, info = attack.poison(train, test, rng, cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     for i, r in enumerate(rows):
@@ -163,6 +167,8 @@ def _poison(cfg: PoisonConfig, out: Path) -> dict:
     manifest = {
         "attack": cfg.attack,
         "metric": attack.metric,
+        # the attack's config as resolved (defaults filled): training and evaluation rebuild the attack from it
+        "attack_args": to_dict(attack.args),
         "poison_fraction": cfg.poison_fraction,
         "n_train": len(rows),
         "n_poison": len(splits["forget"]),

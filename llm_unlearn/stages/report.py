@@ -208,12 +208,21 @@ def _table(rows, cols, marker: bool) -> list[str]:
     return lines
 
 
+def attack_class(exp, attack: str):
+    """The attack class of a run (its report columns, whether it has the Gaussian audit's sections), looked up in
+    the registry of the run's track (a track registers its attacks when it loads)."""
+    from ..registry import get_attack
+
+    return get_attack(attack, exp.track).attack_cls
+
+
 def render_markdown(rows, exp, manifests, env) -> str:
     from ..metrics import stouffer_z
     from ..tracks import get_track
 
     attack = rows[0]["attack"]
     metric = manifests[exp.seeds[0]]["metric"]
+    attack_cls = attack_class(exp, attack)
     chosen = _chosen_rows(rows)
     tol = exp.selection_tolerance
     n_variants = len({r["variant"] for r in rows if r["budget"] is not None})
@@ -238,19 +247,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
             "below and in results.json.",
             "",
         ]
-    cols = ["clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"]
-    if attack == "gaussian":
-        cols = [
-            "clean_accuracy",
-            "gus_mean",
-            "gus_z",
-            "gus_auc",
-            "gus_tpr_at_1pct_fpr",
-            "fresh_gus_z",
-            "gap_closed",
-            "mia_auc",
-            "compute_fraction",
-        ]
+    cols = list(attack_cls.report_columns or ("clean_accuracy", metric, "gap_closed", "mia_auc", "compute_fraction"))
     lines += _table(chosen, cols, marker=False)
     if any("shift_cosine" in r["metrics"] for r in chosen):
         lines += [
@@ -266,7 +263,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
         lines += _table(
             [r for r in chosen if r["budget"] is not None], ["shift_ratio", "shift_cosine", "dist_ratio"], marker=False
         )
-    if attack == "gaussian":
+    if attack_cls.gus_audit:
         lines += ["", "## Gaussian test per seed and pooled (Stouffer z = sum z / sqrt(#seeds))", ""]
         lines.append("| model | budget | " + " | ".join(f"z seed {s}" for s in exp.seeds) + " | pooled z | pooled p |")
         lines.append("|---|---|" + "---|" * (len(exp.seeds) + 2))
@@ -289,7 +286,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
     lines += [
         "",
         "Plots: `gap_closed.png` (gap closed vs budget, selected variants)"
-        + (", `gus_hist.png`" if attack == "gaussian" else "")
+        + (", `gus_hist.png`" if attack_cls.gus_audit else "")
         + ".",
         "",
         "## Environment",
@@ -404,7 +401,7 @@ def main(cfg: ReportConfig) -> Path:
         env = environment_info(exp.seeds)
         write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
         plot_gap_closed(rows, out)
-        if rows[0]["attack"] == "gaussian":
+        if attack_class(exp, rows[0]["attack"]).gus_audit:
             plot_gus_hist(run_dir, exp, rows, out)
         report = out / "report.md"
         text = with_verdict(render_markdown(rows, exp, manifests, env), rows, exp.seeds, no_effect)

@@ -366,7 +366,7 @@ def cli(argv=None) -> None:
 def describe(cfg: ExperimentConfig) -> str:
     """The report header line for an llm-track experiment."""
     p = cfg.poison
-    what = f"trigger {p.trigger!r} -> {p.target_label!r}" if p.attack == "backdoor" else f"eps {p.noise_eps:g}"
+    what = p.build_attack().describe()  # the attack's own line (d)
     return (
         f"Model `{cfg.model_name_or_path}`, dataset `{p.dataset_name}`, {p.attack} poisons on "
         f"{p.poison_fraction:g} of the training set ({what}), training {cfg.train.num_train_epochs:g} epochs; "

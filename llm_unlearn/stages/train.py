@@ -1,9 +1,10 @@
 """Stage 2: full-parameter fine-tuning of the *initial* model (on the poisoned ``train`` split) or the *gold* model
 (on the ``retain`` split, from the same initialisation).
 
-Loss on completion tokens only. For Gaussian poisons the noise of each poisoned example is added to its prompt
-embeddings on every visit (``CompletionTrainer.compute_loss``). Writes the model (safetensors) and tokenizer,
-``training_info.json`` (compute in tokens, the absolute noise std, losses, divergence) and ``config.yaml``.
+Loss on completion tokens only. The attack's training hook runs on every batch (``CompletionTrainer.compute_loss``):
+for Gaussian poisons it adds the noise of each poisoned example to its prompt embeddings on every visit. Writes the
+model (safetensors) and tokenizer, ``training_info.json`` (compute in tokens, what the attack's hook reports, e.g.
+the absolute noise std, losses, divergence) and ``config.yaml``.
 
 Runs as one process or under ``accelerate launch`` (DDP, DeepSpeed ZeRO-2/3, see ``recipes/accelerate_configs``):
 every rank trains and takes part in ``save_model`` (ZeRO-3 gathers the 16-bit weights there); only the main process
@@ -98,13 +99,13 @@ class TrainConfig:
 def _make_trainer_class():
     from transformers import Trainer
 
-    from ..attacks.gaussian import batch_prompt_noise
-    from ..tasks.causal_lm import batch_tokens, embed, mean_token_nll
+    from ..tasks.causal_lm import batch_tokens, mean_token_nll
 
     class CompletionTrainer(Trainer):
-        """HF ``Trainer`` whose loss is the completion-token NLL, with Gaussian poisons noised in embedding space."""
+        """HF ``Trainer`` whose loss is the completion-token NLL; the attack's training hook may replace a batch's
+        token ids by input embeddings (the Gaussian attack noises its poisons' prompt embeddings)."""
 
-        noise_std: float = 0.0
+        attack = None  # the attack that made the dataset (``llm_unlearn.attacks.base.Attack``); None: no hook
         compute_tokens: int = 0  # this process's tokens; ``all_ranks_sum`` gives the run's
         # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps. (It would not
         # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated token count.)
@@ -122,18 +123,11 @@ def _make_trainer_class():
             return epoch_seeded_sampler(len(ds), self.args.seed, batch, lengths)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            noise_seeds = inputs.pop("noise_seed", None)
-            prompt_lens = inputs.pop("prompt_len", None)
-            inputs.pop("index", None)
+            # The poison columns are for the attack's hook, not the model.
+            columns = {k: inputs.pop(k) for k in ("noise_seed", "prompt_len", "index") if k in inputs}
             inputs_embeds = None
-            # Every batch of a Gaussian run goes through the embedding path (zero noise on clean rows), not only those
-            # holding poisons: ZeRO-3 requires all ranks to run the same module sequence, and the loss is the same.
-            if noise_seeds is not None and self.noise_std > 0:
-                emb = embed(self.accelerator.unwrap_model(model), inputs["input_ids"])
-                noise = batch_prompt_noise(
-                    noise_seeds.tolist(), prompt_lens.tolist(), emb.shape[1], emb.shape[2], self.noise_std
-                )
-                inputs_embeds = emb + noise.to(emb.device, emb.dtype)
+            if self.attack is not None:
+                inputs_embeds = self.attack.training_embeddings(self.accelerator.unwrap_model(model), inputs, columns)
             loss = mean_token_nll(model, inputs, inputs_embeds)
             if not all_ranks_finite(self.accelerator, loss):
                 raise DivergedError(self.state.global_step, float(loss))
@@ -174,7 +168,7 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def _train(cfg: TrainConfig, out: Path) -> dict:
-    from ..attacks.gaussian import embedding_rms
+    from ..attacks import attack_from_manifest
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..tasks.causal_lm import CompletionCollator
     from ..seeding import set_seed
@@ -186,9 +180,9 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
     check_vocab(model, tokenizer)
     train_ds = tokenize_split(dd[cfg.split], tokenizer, cfg.max_length)
 
-    noise_std = 0.0
-    if manifest["attack"] == "gaussian" and cfg.split == "train":
-        noise_std = manifest["noise_eps"] * (embedding_rms(model) if manifest["noise_scale"] == "rms" else 1.0)
+    # The attack's training-time effect (b): the Gaussian attack's noise std, nothing for the backdoor.
+    attack = attack_from_manifest(manifest, "llm")
+    attack_info = attack.start_training(model, manifest, cfg.split)
 
     trainer_cls = _make_trainer_class()
     sampling = "group_by_length" if cfg.group_by_length else "random"
@@ -202,7 +196,7 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
-    trainer.noise_std = noise_std
+    trainer.attack = attack
     resume = resume_point(trainer, cfg)
     start = time.perf_counter()
     diverged = None
@@ -218,7 +212,7 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         # forward+backward tokens of all processes: the retraining cost that budgets refer to
         "compute_tokens": int(all_ranks_sum(trainer.accelerator, trainer.compute_tokens)),
         "num_processes": trainer.accelerator.num_processes,
-        "noise_std": noise_std,
+        **attack_info,
         "train_loss": train_loss,
         "diverged": diverged is not None,
         "diverged_step": diverged,

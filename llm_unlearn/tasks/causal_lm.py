@@ -186,6 +186,19 @@ def completion_nll(model, batch: dict, inputs_embeds: torch.Tensor | None = None
     return -logps.sum(-1)
 
 
+def on_device(batch: dict, model) -> dict:
+    """The batch's tensors on the model's device (other values as they are)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices ``0..n-1`` grouped into batches of ``size`` by increasing length (stable), so a right-padded batch
+    wastes little compute on padding. Callers put per-example results back with the indices."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 def _find_layers(model) -> tuple[str, torch.nn.Module, torch.nn.ModuleList]:
     """(attribute name, owner module, ModuleList) of the decoder layers of a (peft-wrapped) causal LM."""
     if hasattr(model, "get_base_model"):  # peft

@@ -1,0 +1,80 @@
+"""What the image attacks share: the clean data they start from, what they return, and their base class.
+
+An image attack is an ``llm_unlearn.attacks.base.Attack`` registered with ``track="image"``; the image track calls
+its hooks with these arguments:
+
+(a) ``poison(cfg, clean, rng, train_surrogate) -> Poisoned``: ``cfg`` is the poison stage config
+    (``image_track.stages.poison.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
+    ``clean`` the clean train/test tensors, ``rng`` the stage's ``random.Random(seed)``, and
+    ``train_surrogate(seed, on_epoch_end=None)`` trains the victim's architecture and recipe on the clean training
+    set from the initialisation ``seed`` (the attacks that craft their poisons on a surrogate call it). Pixels stay
+    in [0, 1] unless the attack says otherwise.
+(b) none: the poisons are stored as the victim trains on them (image training has no hook).
+(c) ``evaluate(model=, tensors=, manifest=, cfg=) -> (metrics, per_sample)``: ``tensors`` is the poison stage's
+    ``data.safetensors`` (with the attack's ``extras``), ``cfg`` the ``ImageEvalConfig``.
+(d) ``describe()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from llm_unlearn.attacks.base import Attack
+from llm_unlearn.configs import ConfigError
+
+
+@dataclass
+class Clean:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class Poisoned:
+    indices: torch.Tensor  # training rows that are poisons (sorted)
+    images: torch.Tensor  # the poisons as trained, (k, C, H, W)
+    labels: torch.Tensor  # their training labels
+    noise_seeds: list[int] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # tensors saved beside the data
+    test_keep: torch.Tensor | None = None  # test rows kept for clean accuracy (targets are removed)
+    info: dict = field(default_factory=dict)
+
+
+class ImageAttack(Attack):
+    """Base of the image attacks (the hooks' arguments are in this module's docstring)."""
+
+    def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
+        raise NotImplementedError(f"{type(self).__name__} does not implement poison()")
+
+
+def count_poisons(cfg, n: int, minimum: int, what: str) -> int:
+    """``poison_fraction`` of ``n`` training images, refused below ``minimum``."""
+    k = round(cfg.poison.poison_fraction * n)
+    if k < minimum:
+        raise ConfigError(
+            f"poison.poison_fraction={cfg.poison.poison_fraction} of {n} training images gives {k} poisons; "
+            f"{what} needs at least {minimum}"
+        )
+    return k
+
+
+def flat_grad(loss, params, create_graph=False) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def check_positive(args, names: tuple[str, ...], minimum_one: tuple[str, ...] = ()) -> None:
+    """``validate()`` helper: the ``names`` fields of an attack config must be > 0, the ``minimum_one`` ones >= 1."""
+    for name in names:
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(args, name)}")
+    for name in minimum_one:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(args, name)}")

@@ -1,0 +1,190 @@
+"""Gradient Canceling (Lu, Kamath, Yu 2023): poisons whose gradient cancels the clean gradient at corrupted,
+low-accuracy target parameters of a linear classifier, so that training on clean + poisons is stationary there. The
+metric is the victim's clean accuracy (an indiscriminate attack)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.registry import register_attack
+
+from .common import Clean, ImageAttack, Poisoned, check_positive, count_poisons, flat_grad
+
+
+@dataclass
+class GradientCancelingConfig:
+    """The Gradient Canceling knobs (``poison.attack_args``)."""
+
+    corruption_radius: float = field(
+        default=0.5, metadata={"help": "||theta_tgt - theta_clean|| as a fraction of ||theta_clean||"}
+    )
+    corruption_radii: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "candidate radii (empty: corruption_radius alone); the attacker crafts poisons for each, trains "
+            "the training recipe on clean + poisons and keeps the least accurate on its clean training rows "
+            "(farther targets are less reachable)"
+        },
+    )
+    corruption_steps: int = field(default=100, metadata={"help": "parameter-corruption steps"})
+    gc_steps: int = field(default=500, metadata={"help": "poison optimisation steps (Adam)"})
+    gc_lr: float = field(default=0.05, metadata={"help": "Adam step size on the poison pixels"})
+    surrogate_seed_offset: int = field(
+        default=10_000,
+        metadata={
+            "help": "the surrogate (and the simulated victim) is initialised with seed + this; 0 = the attacker "
+            "knows the victim's initialisation"
+        },
+    )
+
+    def validate(self) -> None:
+        check_positive(self, ("corruption_radius", "gc_lr"), minimum_one=("corruption_steps", "gc_steps"))
+        if any(not r > 0 for r in self.corruption_radii):
+            raise ConfigError(f"corruption_radii must all be > 0, got {self.corruption_radii}")
+
+
+def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
+    loss = F.cross_entropy(model(pixel_values=x).logits.float(), y, reduction="sum")
+    return flat_grad(loss, params, create_graph=create_graph)
+
+
+def _corrupt(model, params, theta_clean, x, y, radius: float, steps: int) -> None:
+    """GradPC: normalised gradient ascent on the clean loss, projected onto ||theta - theta_clean|| <= radius."""
+    with torch.no_grad():
+        for p, t in zip(params, theta_clean):
+            p.copy_(t)
+    for _ in range(steps):
+        g = torch.autograd.grad(F.cross_entropy(model(pixel_values=x).logits.float(), y), params)
+        gnorm = math.sqrt(sum(float(t.square().sum()) for t in g)) or 1.0
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.add_(gi, alpha=radius / steps * 4 / gnorm)
+            dist = math.sqrt(sum(float((p - t).square().sum()) for p, t in zip(params, theta_clean)))
+            if dist > radius:
+                for p, t in zip(params, theta_clean):
+                    p.copy_(t + (p - t) * (radius / dist))
+
+
+def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: int, dev):
+    """Poisons (started from the clean rows ``idx``, pixels in [0, 1]) minimising ||(G_clean + G_poison) / n + wd *
+    theta_tgt||^2 at the model's current (target) parameters. Returns (poisons, labels, residual, start norm)."""
+    n, k = len(y), len(idx)
+    # Labels go to the classes theta_tgt over-predicts (their clean gradient pushes those classes down, poisons
+    # labelled with them push back up), in proportion to the excess.
+    with torch.no_grad():
+        probs = torch.softmax(model(pixel_values=x).logits.float(), -1)
+    excess = (probs.sum(0) - torch.bincount(y, minlength=clean.num_classes).float()).clamp_min(0).cpu()
+    if float(excess.sum()) == 0:
+        excess = torch.ones(clean.num_classes)
+    labels = torch.multinomial(
+        excess / excess.sum(), k, replacement=True, generator=torch.Generator().manual_seed(label_seed)
+    ).to(dev)
+    px = clean.train_x[idx].clone().to(dev).requires_grad_(True)
+    with torch.enable_grad():
+        g_clean = _total_grad(model, x[keep], y[keep], params).detach()
+    # Stationarity of SGD on the mean loss with weight decay wd: (G_clean + G_poison) / n + wd * theta = 0 (torch's
+    # SGD decays every parameter, the bias included, so every parameter carries the wd term).
+    wd_term = cfg.train.weight_decay * torch.cat([p.detach().reshape(-1) for p in params])
+    opt = torch.optim.Adam([px], lr=a.gc_lr)
+    for _ in range(a.gc_steps):
+        g_p = _total_grad(model, px, labels, params, create_graph=True)
+        obj = ((g_clean + g_p) / n + wd_term).square().sum()
+        opt.zero_grad()
+        (gx,) = torch.autograd.grad(obj, px)
+        px.grad = gx
+        opt.step()
+        with torch.no_grad():
+            px.clamp_(0, 1)
+    g_p = _total_grad(model, px.detach(), labels, params).detach()
+    residual = float(((g_clean + g_p) / n + wd_term).norm())
+    start = float((g_clean / n + wd_term).norm())
+    return px.detach(), labels, residual, start
+
+
+@register_attack("gradient_canceling", config=GradientCancelingConfig, track="image")
+class GradientCancelingAttack(ImageAttack):
+    """Poisons that make training stationary at low-accuracy target parameters of a linear classifier."""
+
+    metric = "clean_accuracy"  # computed by every evaluation: no eval keys of its own
+
+    def check(self, cfg) -> None:
+        if cfg.model.arch != "linear":
+            raise ConfigError(
+                "poison.attack gradient_canceling needs model.arch: linear (the attack solves for the poisons of a "
+                f"convex linear classifier; the issue's 'linear head over frozen features'), got {cfg.model.arch!r}"
+            )
+
+    def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
+        """1. theta_clean: the linear classifier trained on the clean set. 2. theta_tgt: gradient-based parameter
+        corruption, ascent on the clean loss within ||theta - theta_clean|| <= radius * ||theta_clean||. 3. Poisons
+        (``poison_fraction`` of n, started from random clean images, labels allotted to the classes theta_tgt
+        over-predicts) minimise ||(G_clean + G_poison) / N + wd * theta_tgt||^2 at theta_tgt, so that training on the
+        union with weight decay wd is stationary at theta_tgt.
+
+        With several ``corruption_radii`` the attacker picks its target the way Lu et al. pick among GradPC targets of
+        different strength: farther targets have lower accuracy but a larger clean gradient than ``poison_fraction``
+        poisons can cancel (the reachability threshold), so it crafts poisons for each radius, trains the victim's
+        recipe (from its surrogate's initialisation) on clean + poisons and keeps the radius whose model is least
+        accurate on the attacker's clean training rows (never the test set)."""
+        from ..models import build_model
+        from ..training import accuracy, device, fit
+
+        self.check(cfg)
+        a = self.args
+        dev = device()
+        model = train_surrogate(cfg.seed + a.surrogate_seed_offset).to(dev).eval()
+        params = [p for p in model.parameters() if p.requires_grad]
+        theta_clean = [p.detach().clone() for p in params]
+        x, y = clean.train_x.to(dev), clean.train_y.to(dev)
+        n = len(y)
+        k = count_poisons(cfg, n, 1, "gradient_canceling")
+        clean_acc = accuracy(model, clean.test_x, clean.test_y)
+        # The poisons take the place of k training rows (forget set); the clean part is the other rows (retain set).
+        idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[idx] = False
+        label_seed = rng.randrange(2**31)
+        ref_norm = math.sqrt(sum(float(t.square().sum()) for t in theta_clean))
+        radii = list(a.corruption_radii) or [a.corruption_radius]
+        candidates = []
+        for r in radii:
+            _corrupt(model, params, theta_clean, x, y, r * ref_norm, a.corruption_steps)
+            target_acc = accuracy(model, clean.test_x, clean.test_y)
+            px, labels, residual, start = _cancel(
+                model, params, x, y, keep.to(dev), idx, clean, cfg, a, label_seed, dev
+            )
+            cand = {
+                "corruption_radius": r,
+                "target_accuracy": target_acc,
+                "gradient_norm_before": start,
+                "gradient_norm_after": residual,
+            }
+            if len(radii) > 1:  # simulate the victim: the attacker knows the training recipe, not the victim's seed
+                sim_seed = cfg.seed + a.surrogate_seed_offset
+                sx, sy = clean.train_x.clone(), clean.train_y.clone()
+                sx[idx], sy[idx] = px.cpu(), labels.cpu()
+                sim = build_model(
+                    cfg.model, list(sx.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=sim_seed
+                )
+                fit(sim, sx, sy, cfg.train, seed=sim_seed)
+                cand["simulated_train_accuracy"] = accuracy(sim, clean.train_x[keep], clean.train_y[keep])
+            candidates.append((cand, px.cpu(), labels.cpu()))
+        best = min(candidates, key=lambda c: c[0].get("simulated_train_accuracy", 0.0))
+        info = {"clean_surrogate_accuracy": clean_acc, **best[0]}
+        if len(radii) > 1:
+            info["candidates"] = [c[0] for c in candidates]
+        return Poisoned(idx, best[1], best[2], info=info)
+
+    def describe(self) -> str:
+        a = self.args
+        radius = (
+            f"corruption radius picked by the attacker from {a.corruption_radii}"
+            if a.corruption_radii
+            else f"corruption radius {a.corruption_radius:g}"
+        )
+        return f"{radius}, {a.gc_steps} poison steps"
