@@ -253,11 +253,13 @@ def task_trainer_class():
     """``TaskTrainer``: the HF ``Trainer`` that trains initial, gold (and attack surrogate) models of every task.
 
     Its loss is ``task.nll`` on ``task.model_inputs(batch)`` (completion-token NLL for causal LMs, cross-entropy
-    with the task's augmentation for classifiers); ``poison`` is the attack's training-time hook (``None``: clean
-    training), ``poison(trainer, model, inputs, side) -> inputs`` given the batch and its side columns
-    (``noise_seed``, ``prompt_len``, ...), e.g. the Gaussian attack's embedding noise. Batches are drawn in an order
-    that depends only on (seed, epoch), a non-finite loss (on any rank) raises :class:`DivergedError`, and the compute
-    spent (``task.cost``: tokens or examples through forward+backward) is counted in ``compute_tokens``.
+    with the task's augmentation for classifiers). ``attack`` (``llm_unlearn.attacks.base.Attack``, or None) is the
+    attack that made the data: its training-time hook ``training_embeddings(model, batch, columns)`` sees every batch
+    with its poison columns (``noise_seed``, ``prompt_len``, ``index``) and may return input embeddings to train on
+    instead of the token ids (the LLM Gaussian attack noises its poisons' prompt embeddings on every visit).
+    Batches are drawn in an order that depends only on (seed, epoch), a non-finite loss (on any rank) raises
+    :class:`DivergedError`, and the compute spent (``task.cost``: tokens or examples through forward+backward) is
+    counted in ``compute_tokens``.
     Built on first use (transformers is imported then, not when this module is)."""
     global _TASK_TRAINER
     if _TASK_TRAINER is None:
@@ -279,8 +281,8 @@ def _make_task_trainer():
         # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated count.)
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, task, poison=None, lengths: list[int] | None = None, **kwargs):
-            self.task, self.poison, self._lengths = task, poison, lengths
+        def __init__(self, *args, task, attack=None, lengths: list[int] | None = None, **kwargs):
+            self.task, self.attack, self._lengths = task, attack, lengths
             self.compute_tokens = 0.0  # this process's; ``all_ranks_sum`` gives the run's
             super().__init__(*args, **kwargs)
 
@@ -302,9 +304,11 @@ def _make_task_trainer():
             return epoch_seeded_sampler(len(ds), self.args.seed, batch, self._lengths if by_length else None)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            side = {k: inputs.pop(k) for k in SIDE_COLUMNS if k in inputs}
-            if self.poison is not None:
-                inputs = self.poison(self, model, inputs, side)
+            columns = {k: inputs.pop(k) for k in SIDE_COLUMNS if k in inputs}  # for the attack, not the model
+            if self.attack is not None:
+                embeds = self.attack.training_embeddings(self.accelerator.unwrap_model(model), inputs, columns)
+                if embeds is not None:
+                    inputs["inputs_embeds"] = embeds
             loss = self.task.nll(model, self.task.model_inputs(inputs))
             if not all_ranks_finite(self.accelerator, loss):
                 raise DivergedError(self.state.global_step, float(loss))

@@ -17,11 +17,11 @@ from llm_unlearn.files import read_json
 def _record_llm_training(monkeypatch):
     """Patch the train stage so every step's (row indices, input_ids, labels, clean embeddings, inputs_embeds) is
     kept: the rows from the batch before the stage pops them, the embeddings at the model's forward call."""
-    import llm_unlearn.stages.train as train_stage
     import llm_unlearn.tasks.causal_lm as causal_lm
+    import llm_unlearn.training as training
 
     steps, pending = [], []
-    make = train_stage._make_trainer_class
+    make = training.task_trainer_class
 
     def recording_class():
         base = make()
@@ -50,7 +50,7 @@ def _record_llm_training(monkeypatch):
         )
         return nll(model, inputs, inputs_embeds)
 
-    monkeypatch.setattr(train_stage, "_make_trainer_class", recording_class)
+    monkeypatch.setattr(training, "task_trainer_class", recording_class)
     monkeypatch.setattr(causal_lm, "mean_token_nll", recording_nll)
     return steps
 

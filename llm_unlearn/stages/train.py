@@ -1,7 +1,8 @@
 """Stage 2: full-parameter fine-tuning of the *initial* model (on the poisoned ``train`` split) or the *gold* model
 (on the ``retain`` split, from the same initialisation).
 
-Loss on completion tokens only. The attack's training hook runs on every batch (``CompletionTrainer.compute_loss``):
+Loss on completion tokens only, through the shared trainer (``llm_unlearn.training.task_trainer_class``). The
+attack's training hook runs on every batch:
 for Gaussian poisons it adds the noise of each poisoned example to its prompt embeddings on every visit. Writes the
 model (safetensors) and tokenizer, ``training_info.json`` (compute in tokens, what the attack's hook reports, e.g.
 the absolute noise std, losses, divergence) and ``config.yaml``.
@@ -24,7 +25,6 @@ from ..harness import is_main_process, run_stage, stage_commands
 from ..outputs import write_records
 from ..training import (
     DivergedError,
-    all_ranks_finite,
     all_ranks_sum,
     check_trainer_args,
     checkpoint_arguments,
@@ -96,47 +96,6 @@ class TrainConfig:
         check_trainer_args(self.trainer_args)
 
 
-def _make_trainer_class():
-    from transformers import Trainer
-
-    from ..tasks.causal_lm import batch_tokens, mean_token_nll
-
-    class CompletionTrainer(Trainer):
-        """HF ``Trainer`` whose loss is the completion-token NLL; the attack's training hook may replace a batch's
-        token ids by input embeddings (the Gaussian attack noises its poisons' prompt embeddings)."""
-
-        attack = None  # the attack that made the dataset (``llm_unlearn.attacks.base.Attack``); None: no hook
-        compute_tokens: int = 0  # this process's tokens; ``all_ranks_sum`` gives the run's
-        # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps. (It would not
-        # by itself: it sees ``labels`` in the batch and assumes the model normalised by the accumulated token count.)
-        loss_is_scaled_for_ga = False
-
-        def _get_train_sampler(self, train_dataset=None):
-            # Order from (seed, epoch) alone: a run resumed from a checkpoint then sees the batches an uninterrupted
-            # run would (HF's samplers draw from the global RNG, which resuming restores at the checkpoint's step).
-            from ..seeding import epoch_seeded_sampler
-
-            ds = self.train_dataset if train_dataset is None else train_dataset
-            by_length = self.args.train_sampling_strategy == "group_by_length"
-            lengths = [len(x) for x in ds["input_ids"]] if by_length else None
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return epoch_seeded_sampler(len(ds), self.args.seed, batch, lengths)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # The poison columns are for the attack's hook, not the model.
-            columns = {k: inputs.pop(k) for k in ("noise_seed", "prompt_len", "index") if k in inputs}
-            inputs_embeds = None
-            if self.attack is not None:
-                inputs_embeds = self.attack.training_embeddings(self.accelerator.unwrap_model(model), inputs, columns)
-            loss = mean_token_nll(model, inputs, inputs_embeds)
-            if not all_ranks_finite(self.accelerator, loss):
-                raise DivergedError(self.state.global_step, float(loss))
-            self.compute_tokens += batch_tokens(inputs)
-            return loss
-
-    return CompletionTrainer
-
-
 def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
     return run_stage(
@@ -170,7 +129,8 @@ def _check(cfg: TrainConfig) -> None:
 def _train(cfg: TrainConfig, out: Path) -> dict:
     from ..attacks import attack_from_manifest
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
-    from ..tasks.causal_lm import CompletionCollator
+    from ..tasks.causal_lm import CausalLMTask, CompletionCollator
+    from ..training import task_trainer_class
     from ..seeding import set_seed
 
     dd, manifest = load_dataset_dir(cfg.dataset_dir)
@@ -184,10 +144,9 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
     attack = attack_from_manifest(manifest, "llm")
     attack_info = attack.start_training(model, manifest, cfg.split)
 
-    trainer_cls = _make_trainer_class()
     sampling = "group_by_length" if cfg.group_by_length else "random"
     ckpt = checkpoint_arguments(cfg.save_steps)
-    trainer = trainer_cls(
+    trainer = task_trainer_class()(  # the one trainer of both tracks' initial and gold models
         model=model,
         args=training_arguments(
             cfg, out, num_train_epochs=cfg.num_train_epochs, train_sampling_strategy=sampling, **ckpt
@@ -195,8 +154,10 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         train_dataset=train_ds,
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        task=CausalLMTask(),
+        attack=attack,
+        lengths=[len(x) for x in train_ds["input_ids"]] if cfg.group_by_length else None,
     )
-    trainer.attack = attack
     resume = resume_point(trainer, cfg)
     start = time.perf_counter()
     diverged = None
