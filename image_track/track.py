@@ -17,7 +17,7 @@ from llm_unlearn.tracks import Track
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
-from .stages.evaluate import ImageEvalConfig
+from .task import TASK, ImageEvalConfig
 from .stages.poison import PoisonSection
 from .stages.unlearn import ImageUnlearnConfig
 from .training import TrainSection
@@ -117,9 +117,11 @@ def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out:
 
 
 def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: str):
-    from .stages.diagnose import ImageDiagnoseConfig
+    from llm_unlearn.stages.diagnose import DiagnoseConfig
 
-    return ImageDiagnoseConfig(initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out)
+    return DiagnoseConfig(
+        task=TASK.name, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out
+    )
 
 
 STAGES = StageBuilders(
@@ -128,8 +130,8 @@ STAGES = StageBuilders(
     poison=(_STAGES + "poison", _poison),
     train=(_STAGES + "train", _train),
     unlearn=(_STAGES + "unlearn", _unlearn),
-    evaluate=(_STAGES + "evaluate", _evaluate),
-    diagnose=(_STAGES + "diagnose", _diagnose),
+    evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
+    diagnose=("llm_unlearn.stages.diagnose", _diagnose),
 )
 
 

@@ -50,7 +50,7 @@ def _image_track_configs() -> list[type]:
         "image_track.stages.poison": "ImagePoisonConfig",
         "image_track.stages.train": "ImageTrainConfig",
         "image_track.stages.unlearn": "ImageUnlearnConfig",
-        "image_track.stages.evaluate": "ImageEvalConfig",
+        "image_track.task": "ImageEvalConfig",
     }
     return [getattr(importlib.import_module(m), c) for m, c in names.items()]
 

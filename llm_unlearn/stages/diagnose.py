@@ -26,6 +26,10 @@ class DiagnoseConfig:
     """Parameter-shift diagnostics of an unlearned model, or the exact linear-regression toy (``--toy linear``)."""
 
     toy: Literal["linear"] | None = field(default=None, metadata={"help": "run a toy instead of reading models"})
+    task: str = field(
+        default="causal_lm",
+        metadata={"help": "the models' task: causal_lm or an installed one, e.g. image_classification"},
+    )
     initial_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
     retrain_dir: str | None = field(default=None, metadata={"help": "the gold model retrained without poisons"})
     model_dir: str | None = field(default=None, metadata={"help": "the unlearned model (or the base of adapter_dir)"})
@@ -68,9 +72,12 @@ def model_diagnostics(cfg: DiagnoseConfig) -> dict:
     """Shift diagnostics of the unlearned model (merged adapter, if any) against the initial and retrain models."""
     from ..metrics.shift import shift_diagnostics
     from ..modeling import check_model_path, load_model
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
 
     def load(path):
-        return load_model(path, cfg.dtype, cfg.trust_remote_code)
+        return load_model(path, cfg.dtype, cfg.trust_remote_code) if task is None else task.load_model(path, cfg)
 
     initial, retrain = _params(load(cfg.initial_dir)), _params(load(cfg.retrain_dir))
     updated = load(cfg.model_dir)
@@ -184,6 +191,12 @@ def _check(cfg: DiagnoseConfig) -> None:
     if cfg.toy is not None:
         return
     from ..modeling import check_model_path, check_same_model
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
+    if task is not None:
+        task.check_models({k: getattr(cfg, k) for k in ("initial_dir", "retrain_dir", "model_dir")})
+        return
 
     for key in ("initial_dir", "retrain_dir", "model_dir", "adapter_dir"):
         if getattr(cfg, key):

@@ -189,13 +189,21 @@ def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions
 
 
 def main(cfg: EvalConfig, overwrite: bool = False) -> Path:
-    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``.
+
+    The one evaluate stage of every task: a config of another task (its ``task`` names it, e.g. the image track's
+    ``image_classification``) is evaluated by that task's ``check_eval``/``evaluate``; the causal LM's evaluation
+    is the code below."""
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
+    check, evaluate = (_check, _evaluate) if task is None else (task.check_eval, task.evaluate)
     return run_stage(
         cfg,
-        _evaluate,
+        evaluate,
         name="eval",
         required=("model_dir", "dataset_dir", "output_dir"),
-        check=_check,
+        check=check,
         overwrite=overwrite,
     )
 

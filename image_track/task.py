@@ -1,21 +1,26 @@
-"""Image stage 4: evaluate one classifier: clean accuracy, the attack's metrics from its ``evaluate`` hook
-(``image_track/attacks/``: ASR, poison success, the Gaussian Unlearning Score on pixel gradients), loss MIA. Writes
-``eval_results.json`` (the LLM track's keys), ``per_sample.json`` and ``config.yaml``."""
+"""The image classification task for the shared stages (registered as the ``image_classification`` entry point of
+``llm_unlearn.tasks``): what ``llm_unlearn.stages.evaluate`` and ``llm_unlearn.stages.diagnose`` ask of an image
+model and its data. Its batch-level quantities (loss, cost, log-probs, logits, blocks) are the generic
+``llm_unlearn.tasks.classification.ClassificationTask`` the methods use.
+
+Evaluation: clean accuracy, the attack's metrics from its ``evaluate`` hook (``image_track/attacks/``: ASR, poison
+success, the Gaussian Unlearning Score on pixel gradients), loss MIA; ``eval_results.json`` has the LLM track's keys.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.harness import run_stage, stage_commands
-
-from ..attacks.gaussian import GUS_KEYS, gus_loss_fn, gus_scores  # noqa: F401  (imported from here)
 
 
 @dataclass
 class ImageEvalConfig:
     """Evaluate an image classifier: utility, attack success, Gaussian Unlearning Score, loss MIA."""
+
+    task: ClassVar[str] = "image_classification"  # the shared evaluate stage hands this config to ImageTask
 
     model_dir: str | None = field(default=None, metadata={"help": "a trained or unlearned model dir"})
     dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the image poison stage"})
@@ -34,8 +39,8 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     from llm_unlearn.attacks import attack_from_manifest, eval_keys
     from llm_unlearn.metrics import loss_mia
 
-    from ..data import splits
-    from ..training import per_example_loss, predict
+    from .data import splits
+    from .training import per_example_loss, predict
 
     data = splits(tensors, manifest)
     test = data["test"]
@@ -59,37 +64,41 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     return metrics, per_sample
 
 
-def main(cfg: ImageEvalConfig, overwrite: bool = False) -> Path:
-    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
-    return run_stage(
-        cfg,
-        _evaluate,
-        name="image eval",
-        required=("model_dir", "dataset_dir", "output_dir"),
-        check=_check,
-        overwrite=overwrite,
-    )
+class ImageTask:
+    """The stage-level seam of image classifiers: model I/O and checks, and evaluation."""
+
+    name = "image_classification"
+
+    def load_model(self, model_dir: str, cfg=None):
+        from .models import load_model
+
+        return load_model(model_dir)
+
+    def check_models(self, dirs: dict[str, str | None]) -> None:
+        """Model dirs that must exist and share one architecture (their parameters are compared or swapped)."""
+        from .models import check_model_dir, check_same_arch
+
+        for key, d in dirs.items():
+            if d is not None:
+                check_model_dir(d, key)
+        check_same_arch(dirs)
+
+    def check_eval(self, cfg: ImageEvalConfig) -> None:
+        from .data import read_manifest
+
+        self.check_models({"model_dir": cfg.model_dir})
+        read_manifest(cfg.dataset_dir)
+
+    def evaluate(self, cfg: ImageEvalConfig, out: Path) -> dict:
+        import time
+
+        from .data import load_dataset_dir
+
+        start = time.perf_counter()
+        tensors, manifest = load_dataset_dir(cfg.dataset_dir)
+        metrics, per_sample = compute_metrics(cfg, self.load_model(cfg.model_dir), tensors, manifest)
+        metrics["eval_seconds"] = time.perf_counter() - start
+        return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
 
-def _check(cfg: ImageEvalConfig) -> None:
-    from ..data import read_manifest
-    from ..models import check_model_dir
-
-    check_model_dir(cfg.model_dir)
-    read_manifest(cfg.dataset_dir)
-
-
-def _evaluate(cfg: ImageEvalConfig, out: Path) -> dict:
-    import time
-
-    from ..data import load_dataset_dir
-    from ..models import load_model
-
-    start = time.perf_counter()
-    tensors, manifest = load_dataset_dir(cfg.dataset_dir)
-    metrics, per_sample = compute_metrics(cfg, load_model(cfg.model_dir), tensors, manifest)
-    metrics["eval_seconds"] = time.perf_counter() - start
-    return {"per_sample.json": per_sample, "eval_results.json": metrics}
-
-
-make_parser, cli = stage_commands(ImageEvalConfig, main, "image eval")
+TASK = ImageTask()
