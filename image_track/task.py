@@ -9,11 +9,13 @@ success, the Gaussian Unlearning Score on pixel gradients), loss MIA; ``eval_res
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
 
 
 @dataclass
@@ -33,6 +35,76 @@ class ImageEvalConfig:
         for name in ("batch_size", "gus_batch_size", "fresh_noise_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ImageUnlearnConfig:
+    """Unlearn the forget set from an image classifier with one method from METHODS under a compute budget.
+
+    Run by the shared unlearn stage (``llm_unlearn.stages.unlearn``) with the image task: the same trainers as the
+    LLM track, reading batches through the classification task; the budget unit is examples through
+    forward+backward (a reference forward counts one third), as the train stage counts them. Full-parameter only:
+    LoRA adapters are an LLM-track option. Writes ``model.safetensors`` (unless the run diverged)."""
+
+    task: ClassVar[str] = "image_classification"
+
+    model_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the image poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the unlearned model goes"})
+    retrain_dir: str | None = field(
+        default=None, metadata={"help": "gold retrain dir; its training_info.json compute_tokens is the budget's 100%"}
+    )
+    reference_compute_tokens: float | None = field(
+        default=None, metadata={"help": "retraining compute in examples, if retrain_dir is not given"}
+    )
+    method: str = field(default="gd", metadata={"help": "a METHODS key"})
+    method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own knobs"})
+    budget: float = field(default=0.1, metadata={"help": "fraction of retraining compute, in (0, 1]"})
+    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise, augmentation"})
+    learning_rate: float = field(default=0.01, metadata={"help": "optimizer learning rate"})
+    optim: Literal["sgd", "adamw_torch"] = field(default="sgd", metadata={"help": "sgd (momentum) or adamw_torch"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "retain (and forget) examples per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (as in training)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": WARMUP_HELP})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": SCHEDULE_HELP})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient clipping (0 = off)"})
+    augment: Literal["none", "crop_flip"] = field(default="none", metadata={"help": "as train.augment"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
+    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "save a Trainer checkpoint every N steps so a killed run resumes from the last one (compute spent "
+            "and augmentation RNG included) instead of starting over (0: no checkpoints); deleted at the end"
+        },
+    )
+    trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
+
+    def validate(self) -> None:
+        from llm_unlearn.methods import build_method_config
+        from llm_unlearn.training import check_trainer_args
+        from llm_unlearn.stages.unlearn import check_schedule
+
+        build_method_config(self.method, self.method_args)
+        if not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        check_schedule(self.lr_scheduler_type, self.warmup_ratio)
+        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
+        if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
+            raise ConfigError("reference_compute_tokens must be > 0")
+        check_trainer_args(self.trainer_args)
+        for key in ("optim", "optim_args"):
+            if key in self.trainer_args:
+                raise ConfigError(f"trainer_args.{key}: set optim/momentum as top-level unlearn keys")
 
 
 def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) -> tuple[dict, dict]:
@@ -99,6 +171,77 @@ class ImageTask:
         metrics, per_sample = compute_metrics(cfg, self.load_model(cfg.model_dir), tensors, manifest)
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
+
+    # --- unlearning (the shared unlearn stage calls these) ---
+
+    def check_unlearn(self, cfg: ImageUnlearnConfig) -> None:
+        """Before anything is written: the data (forget and retain sets a batch can be drawn from), the initial and
+        gold models (one architecture), and a budget that pays for one step."""
+        from llm_unlearn.budget import check_budget_buys_a_step
+        from llm_unlearn.stages.unlearn import reference_compute
+
+        from .data import read_manifest
+        from .stages.train import check_image_splits
+
+        check_image_splits(read_manifest(cfg.dataset_dir), cfg.per_device_train_batch_size, cfg.dataset_dir)
+        self.check_models({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})
+        step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        check_budget_buys_a_step(cfg.budget, reference_compute(cfg), step, "examples")
+
+    def prepare_model(self, cfg: ImageUnlearnConfig):
+        """The initial model with its classification task (augmentation as configured), after the method's own
+        preparation."""
+        from llm_unlearn.methods import build_method_config, get_method
+        from llm_unlearn.tasks.classification import ClassificationTask
+
+        from .data import make_augment
+
+        model = self.load_model(cfg.model_dir)
+        model.unlearn_task = ClassificationTask(augment=make_augment(cfg.augment), seed=cfg.seed)
+        spec = get_method(cfg.method)
+        if spec.prepare_model is not None:
+            model = spec.prepare_model(model, build_method_config(cfg.method, cfg.method_args), cfg)
+        return model
+
+    def build_trainer(self, cfg: ImageUnlearnConfig, model, forget, retain, budget: float):
+        """The method's trainer over paired forget/retain batches (``llm_unlearn.stages.unlearn.method_trainer``)."""
+        from llm_unlearn.methods.base import ForgetRetainCollator
+        from llm_unlearn.stages.unlearn import method_trainer
+
+        task = model.unlearn_task
+
+        def reference():  # a separate frozen load of the initial weights, never a deepcopy
+            ref = self.load_model(cfg.model_dir)
+            ref.unlearn_task = task
+            return ref
+
+        optim = {"optim": cfg.optim, **({"optim_args": f"momentum={cfg.momentum}"} if cfg.optim == "sgd" else {})}
+        return method_trainer(
+            cfg,
+            model,
+            forget,
+            retain,
+            budget,
+            collator=ForgetRetainCollator(collate=task.collator()),
+            step_cost=lambda world: cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world,
+            reference=reference,
+            task=task,
+            **optim,
+        )
+
+    def prepare_unlearn(self, cfg: ImageUnlearnConfig, budget: float):
+        """The trainer, and the state the Trainer's checkpoints do not hold: the augmentation generator."""
+        from .data import load_dataset_dir, splits
+
+        data = splits(*load_dataset_dir(cfg.dataset_dir))
+        trainer = self.build_trainer(cfg, self.prepare_model(cfg), data["forget"], data["retain"], budget)
+        task = trainer.task
+        return trainer, (task.get_rng_state, task.set_rng_state)
+
+    def save_unlearned(self, trainer, out: Path) -> None:
+        from .models import save_model
+
+        save_model(trainer.model.cpu(), out)
 
 
 TASK = ImageTask()

@@ -17,9 +17,8 @@ from llm_unlearn.tracks import Track
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
-from .task import TASK, ImageEvalConfig
+from .task import TASK, ImageEvalConfig, ImageUnlearnConfig
 from .stages.poison import PoisonSection
-from .stages.unlearn import ImageUnlearnConfig
 from .training import TrainSection
 
 _STAGES = "image_track.stages."
@@ -129,7 +128,7 @@ STAGES = StageBuilders(
     run_owned=RUN_OWNED,
     poison=(_STAGES + "poison", _poison),
     train=(_STAGES + "train", _train),
-    unlearn=(_STAGES + "unlearn", _unlearn),
+    unlearn=("llm_unlearn.stages.unlearn", _unlearn),
     evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
     diagnose=("llm_unlearn.stages.diagnose", _diagnose),
 )

@@ -16,7 +16,7 @@ def _image_trainer(tmp_path, method: str, budget: float, method_args=None, arch:
     builds it: 8 forget and 32 retain examples, batches of 4."""
     from image_track.data import Split
     from image_track.models import ModelConfig, build_model, save_model
-    from image_track.stages.unlearn import ImageUnlearnConfig, build_trainer, prepare
+    from image_track.task import TASK, ImageUnlearnConfig
 
     model = build_model(ModelConfig(arch=arch, width=4, hidden=8), [3, 8, 8], 3, [0.5] * 3, [0.25] * 3, seed=0)
     save_model(model, tmp_path / "initial")
@@ -33,8 +33,8 @@ def _image_trainer(tmp_path, method: str, budget: float, method_args=None, arch:
         learning_rate=0.05,
         per_device_train_batch_size=4,
     )
-    model = prepare(cfg)
-    return build_trainer(cfg, model, split(8), split(32), budget), model
+    model = TASK.prepare_model(cfg)
+    return TASK.build_trainer(cfg, model, split(8), split(32), budget), model
 
 
 @pytest.mark.parametrize(

@@ -45,14 +45,14 @@ def _image_track_configs() -> list[type]:
 
     if importlib.util.find_spec("image_track") is None:
         return []
-    names = {
-        "image_track.track": "ImageExperimentConfig",
-        "image_track.stages.poison": "ImagePoisonConfig",
-        "image_track.stages.train": "ImageTrainConfig",
-        "image_track.stages.unlearn": "ImageUnlearnConfig",
-        "image_track.task": "ImageEvalConfig",
-    }
-    return [getattr(importlib.import_module(m), c) for m, c in names.items()]
+    names = [
+        ("image_track.track", "ImageExperimentConfig"),
+        ("image_track.stages.poison", "ImagePoisonConfig"),
+        ("image_track.stages.train", "ImageTrainConfig"),
+        ("image_track.task", "ImageUnlearnConfig"),
+        ("image_track.task", "ImageEvalConfig"),
+    ]
+    return [getattr(importlib.import_module(m), c) for m, c in names]
 
 
 CLASSES += _image_track_configs()

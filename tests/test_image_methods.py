@@ -16,7 +16,7 @@ from llm_unlearn.tasks.classification import ClassificationTask
 
 def _trainer(image_dirs, tmp_path, method, budget=1e7, **kw):
     from image_track.data import load_dataset_dir, splits
-    from image_track.stages.unlearn import ImageUnlearnConfig, build_trainer, prepare
+    from image_track.task import TASK, ImageUnlearnConfig
 
     ds, initial, retrain = image_dirs
     cfg = ImageUnlearnConfig(
@@ -32,8 +32,8 @@ def _trainer(image_dirs, tmp_path, method, budget=1e7, **kw):
     )
     cfg.validate()
     data = splits(*load_dataset_dir(ds))
-    model = prepare(cfg)
-    return build_trainer(cfg, model, data["forget"], data["retain"], budget), model
+    model = TASK.prepare_model(cfg)
+    return TASK.build_trainer(cfg, model, data["forget"], data["retain"], budget), model
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -62,7 +62,8 @@ def test_budget_in_examples_stops_within_one_step(image_dirs, tmp_path, method):
 
 def test_unlearn_stage_writes_safetensors_and_info(image_dirs, tmp_path):
     from image_track.models import load_model
-    from image_track.stages.unlearn import ImageUnlearnConfig, main
+    from image_track.task import ImageUnlearnConfig
+    from llm_unlearn.stages.unlearn import main
     from llm_unlearn.files import read_json
 
     ds, initial, retrain = image_dirs

@@ -111,7 +111,7 @@ KILL_AT_STEP = textwrap.dedent(
     import importlib, json, os, signal, sys
     import transformers
 
-    module, cls = sys.argv[1].split(":")
+    module, cls, *stage_module = sys.argv[1].split(":")  # the config's module, its class[, the stage's module]
     step = transformers.Trainer.training_step
 
     def training_step(self, *args, **kwargs):
@@ -120,8 +120,9 @@ KILL_AT_STEP = textwrap.dedent(
         return step(self, *args, **kwargs)
 
     transformers.Trainer.training_step = training_step
-    stage = importlib.import_module(module)
-    stage.main(getattr(stage, cls)(**json.loads(sys.argv[2])))
+    config_cls = getattr(importlib.import_module(module), cls)
+    stage = importlib.import_module(stage_module[0] if stage_module else module)
+    stage.main(config_cls(**json.loads(sys.argv[2])))
     """
 )
 
@@ -231,7 +232,8 @@ def test_unlearning_resumes_from_last_checkpoint_to_the_same_model(
 
 
 def test_image_unlearning_resumes_with_the_same_augmentations(image_dirs, tmp_path):
-    from image_track.stages.unlearn import ImageUnlearnConfig, main
+    from image_track.task import ImageUnlearnConfig
+    from llm_unlearn.stages.unlearn import main
     from llm_unlearn.files import read_json
 
     ds, initial, retrain = image_dirs
@@ -252,7 +254,7 @@ def test_image_unlearning_resumes_with_the_same_augmentations(image_dirs, tmp_pa
     main(ImageUnlearnConfig(**cfg("straight")))
     straight = read_json(tmp_path / "straight" / "unlearn_info.json")
     assert straight["steps"] > 10
-    _killed_at_step("image_track.stages.unlearn:ImageUnlearnConfig", cfg("resumed"), 10)
+    _killed_at_step("image_track.task:ImageUnlearnConfig:llm_unlearn.stages.unlearn", cfg("resumed"), 10)
     resumed = tmp_path / "resumed"
     assert (resumed / "trainer" / "checkpoint-8").is_dir()
     main(ImageUnlearnConfig(**cfg("resumed")))

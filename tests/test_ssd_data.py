@@ -173,7 +173,7 @@ def test_lm_budget_charges_every_batch_and_d_batches_hold_the_whole_training_set
 
 def test_image_track_ssd_runs_on_real_batches(image_dirs, tmp_path):
     from image_track.data import load_dataset_dir, splits
-    from image_track.stages.unlearn import ImageUnlearnConfig, build_trainer, prepare
+    from image_track.task import TASK, ImageUnlearnConfig
 
     ds, initial, retrain = image_dirs
     cfg = ImageUnlearnConfig(
@@ -182,8 +182,8 @@ def test_image_track_ssd_runs_on_real_batches(image_dirs, tmp_path):
     )  # fmt: skip
     cfg.validate()
     data = splits(*load_dataset_dir(ds))
-    model = prepare(cfg)
-    trainer = build_trainer(cfg, model, data["forget"], data["retain"], 1e7)
+    model = TASK.prepare_model(cfg)
+    trainer = TASK.build_trainer(cfg, model, data["forget"], data["retain"], 1e7)
     n = len(data["forget"]) + len(data["retain"])
     trainer.args.max_steps = math.ceil(n / 8)  # one pass over D
     seen = []

@@ -137,51 +137,77 @@ def prepare_model(cfg: UnlearnConfig, model):
 
 
 def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
-    """The method's trainer, ready to ``train()``; ``max_steps`` is an upper bound, the budget callback stops it (and
-    the learning-rate schedule follows the budget spent, not the steps: ``UnlearnTrainer.create_scheduler``)."""
+    """The causal LM's trainer for the method, ready to ``train()`` (see :func:`method_trainer`)."""
     from peft import PeftModel
 
-    from ..methods import build_method_config, get_method
-    from ..methods.base import ForgetRetainCollator, ForgetRetainDataset
-    from ..training import checkpoint_arguments, training_arguments
-
-    spec = get_method(cfg.method)
-    method_cfg = build_method_config(cfg.method, cfg.method_args)
-    dataset = ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget)
-    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1, **checkpoint_arguments(cfg.save_steps))
-    # A step costs at least one retain or forget batch of the shortest examples on every process: bound the steps
-    # from that (set after the arguments exist, which know the process count).
-    per_step = step_cost(cfg, forget, retain, args.world_size)
-    args.max_steps = max(1, math.ceil(budget_tokens / per_step) + 1)
+    from ..methods import get_method
+    from ..methods.base import ForgetRetainCollator
 
     reference = None
-    if spec.needs_reference and not isinstance(model, PeftModel):  # LoRA runs switch the adapter off instead
+    if get_method(cfg.method).needs_reference and not isinstance(model, PeftModel):  # LoRA: the adapter goes off
 
         def reference():
             from ..modeling import load_model
 
             return load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
 
+    return method_trainer(
+        cfg,
+        model,
+        forget,
+        retain,
+        budget_tokens,
+        collator=ForgetRetainCollator(tokenizer.pad_token_id),
+        step_cost=lambda world: step_cost(cfg, forget, retain, world),
+        reference=reference,
+        processing_class=tokenizer,
+    )
+
+
+def method_trainer(cfg, model, forget, retain, budget: float, *, collator, step_cost, reference, task=None, **extra):
+    """The method's trainer over paired forget/retain batches, built by its constructor, for any task.
+
+    ``max_steps`` is only an upper bound, from ``step_cost(world_size)`` (the least one optimizer step can cost):
+    the budget callback stops the run, and the learning-rate schedule follows the budget spent, not the steps
+    (``UnlearnTrainer.create_scheduler``). ``reference``: a loader of the frozen initial model (None: none needed,
+    or a LoRA run); ``extra``: more ``TrainingArguments`` (``optim``...) and ``processing_class``."""
+    from ..methods import build_method_config, get_method
+    from ..methods.base import ForgetRetainDataset
+    from ..training import checkpoint_arguments, training_arguments
+
+    spec = get_method(cfg.method)
+    processing_class = extra.pop("processing_class", None)
+    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1, **checkpoint_arguments(cfg.save_steps), **extra)
+    # set after the arguments exist, which know the process count
+    args.max_steps = max(1, math.ceil(budget / step_cost(args.world_size)) + 1)
     return spec.trainer_cls(
         model=model,
         args=args,
-        train_dataset=dataset,
-        data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        method_cfg=method_cfg,
-        budget_tokens=budget_tokens,
-        reference_model=reference,
+        train_dataset=ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget),
+        data_collator=collator,
+        processing_class=processing_class,
+        method_cfg=build_method_config(cfg.method, cfg.method_args),
+        task=task,
+        budget_tokens=budget,
+        reference_model=reference if spec.needs_reference else None,
     )
 
 
 def main(cfg: UnlearnConfig, overwrite: bool = False) -> Path:
-    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``.
+
+    The one unlearn stage of every task: a config of another task (``task``, e.g. the image track's
+    ``image_classification``) gets its checks, model, data and trainer from that task (``check_unlearn``,
+    ``prepare_unlearn``, ``save_unlearned``); the budget, resume, divergence and the record are the same for all."""
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
     return run_stage(
         cfg,
         _unlearn,
         name="unlearn",
         required=("model_dir", "dataset_dir", "output_dir"),
-        check=check_inputs,
+        check=check_inputs if task is None else task.check_unlearn,
         overwrite=overwrite,
     )
 
@@ -233,31 +259,42 @@ def step_cost(cfg, forget, retain, world_size: int = 1) -> int:
     return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size * min_len
 
 
-def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
-    from ..methods import uses_adapter
+def _prepare(cfg: UnlearnConfig, budget: float):
+    """The causal LM's part: tokenizer, model (the method's preparation, LoRA), tokenized forget/retain, trainer."""
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
-    from ..seeding import set_seed
-    from ..training import (
-        DivergedError,
-        all_ranks_sum,
-        load_whole_model,
-        remove_checkpoints,
-        resume_point,
-        save_trained,
-    )
+    from ..training import load_whole_model
 
-    ref_tokens = reference_compute(cfg)
-    dd, manifest = load_dataset_dir(cfg.dataset_dir)
-    set_seed(cfg.seed)
+    dd, _ = load_dataset_dir(cfg.dataset_dir)
     tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
     model = load_whole_model(cfg.model_dir, cfg)
     check_vocab(model, tokenizer)
     model = prepare_model(cfg, model)
     forget = tokenize_split(dd["forget"], tokenizer, cfg.max_length)
     retain = tokenize_split(dd["retain"], tokenizer, cfg.max_length)
-    budget_tokens = cfg.budget * ref_tokens
-    trainer = build_trainer(cfg, model, tokenizer, forget, retain, budget_tokens)
-    resume = resume_point(trainer, cfg)  # restores the compute already spent, so the budget counts across restarts
+    return build_trainer(cfg, model, tokenizer, forget, retain, budget), None
+
+
+def _save(trainer, out: Path) -> None:
+    from ..training import save_trained
+
+    # every rank: ZeRO-3 gathers the weights here; the main process writes them (adapter or full model)
+    save_trained(trainer, trainer.processing_class, out)
+
+
+def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
+    from ..methods import uses_adapter
+    from ..seeding import set_seed
+    from ..tasks import stage_task
+    from ..training import DivergedError, all_ranks_sum, remove_checkpoints, resume_point
+
+    task = stage_task(cfg)
+    ref_tokens = reference_compute(cfg)
+    set_seed(cfg.seed)
+    prepare, save = (_prepare, _save) if task is None else (task.prepare_unlearn, task.save_unlearned)
+    trainer, extra_state = prepare(cfg, cfg.budget * ref_tokens)
+    # restores the compute already spent (and extra_state: e.g. an augmentation RNG), so the budget counts across
+    # restarts and a resumed run replays what an uninterrupted one would
+    resume = resume_point(trainer, cfg, extra_state)
     start = time.perf_counter()
     diverged, loss = None, None
     try:
@@ -277,13 +314,13 @@ def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
         "train_loss": loss,
         "diverged": diverged is not None,
         "diverged_step": diverged,
-        "use_peft": uses_adapter(cfg.method, cfg.use_peft),
+        "use_peft": task is None and uses_adapter(cfg.method, cfg.use_peft),
         "wall_seconds": time.perf_counter() - start,
         "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
         "log_history": trainer.state.log_history,
     }
-    if diverged is None:  # every rank: ZeRO-3 gathers the weights here; the main process writes them
-        save_trained(trainer, tokenizer, out)  # adapter_model.safetensors with peft, model.safetensors otherwise
+    if diverged is None:
+        save(trainer, out)
     if not is_main_process():
         return {}
     remove_checkpoints(out)
