@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from .models import ModelConfig
+from .training import TrainSection
+
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.outputs import write_records
+from llm_unlearn.training import DivergedError
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
 
 
@@ -35,6 +40,25 @@ class ImageEvalConfig:
         for name in ("batch_size", "gus_batch_size", "fresh_noise_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ImageTrainConfig:
+    """Train an image classifier on a split of a poisoned image dataset (the shared train stage with the image task):
+    the initial model on ``train`` (poisons included) or the gold model on ``retain``, from the same seeded
+    initialisation, through the shared trainer. With ``train.save_epochs`` it saves the Trainer's checkpoints into
+    ``<output_dir>/trainer`` and a rerun after a kill resumes from the last one (``resumed_from_step``)."""
+
+    task: ClassVar[str] = "image_classification"
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the image poison stage"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the model goes"})
+    split: Literal["train", "retain"] = field(
+        default="train", metadata={"help": "train = poisoned set (initial model); retain = gold retrain"}
+    )
+    seed: int = field(default=0, metadata={"help": "initialisation (shared by initial and gold) and data order"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
+    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "optimisation"})
 
 
 @dataclass
@@ -136,6 +160,21 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     return metrics, per_sample
 
 
+def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
+    """The protocol's split-size rule on a poisoned image dataset's manifest."""
+    from llm_unlearn.budget import check_split_sizes
+
+    sizes = manifest.get("splits", {})
+    if "retain" in sizes and "forget" in sizes:
+        check_split_sizes(
+            sizes["retain"],
+            sizes["forget"],
+            batch_size,
+            int(manifest.get("num_classes", 0)),
+            where=f"dataset_dir {dataset_dir!r}: ",
+        )
+
+
 class ImageTask:
     """The stage-level seam of image classifiers: model I/O and checks, and evaluation."""
 
@@ -172,6 +211,54 @@ class ImageTask:
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
+    # --- training (the shared train stage calls these) ---
+
+    def check_train(self, cfg: ImageTrainConfig) -> None:
+        from .data import read_manifest
+
+        check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)
+
+    def train(self, cfg: ImageTrainConfig, out: Path) -> dict:
+        from .data import load_dataset_dir, splits
+        from .models import build_model, save_model
+        from llm_unlearn.training import remove_checkpoints
+
+        from .training import train_classifier
+
+        tensors, manifest = load_dataset_dir(cfg.dataset_dir)
+        data = splits(tensors, manifest)[cfg.split]
+        model = build_model(
+            cfg.model,
+            manifest["image_shape"],
+            manifest["num_classes"],
+            manifest["mean"],
+            manifest["std"],
+            seed=cfg.seed,
+        )
+        diverged, info = None, {}
+        try:
+            info = train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
+        except DivergedError as e:
+            diverged = e
+        info = {
+            "split": cfg.split,
+            "n_examples": len(data),
+            "steps": info.get("steps", diverged.step if diverged else None),
+            "compute_tokens": info.get("compute_tokens", 0),  # examples through forward+backward (the budget unit)
+            "compute_unit": "examples",
+            "train_loss": info.get("train_loss", diverged.loss if diverged else None),
+            "diverged": diverged is not None,
+            "diverged_step": diverged.step if diverged else None,
+            "wall_seconds": info.get("wall_seconds", 0.0),  # this run's (a resumed run: since it resumed)
+            "resumed_from_step": info.get("resumed_from_step"),  # the checkpoint this run started from (None: scratch)
+        }
+        save_model(model.cpu(), out)
+        remove_checkpoints(out)  # also after a divergence: the rerun trains from scratch, as without them
+        if diverged is not None:  # the record without the marker: the stage is not finished
+            write_records(out, cfg, {"training_info.json": info})
+            raise diverged
+        return {"training_info.json": info}
+
     # --- unlearning (the shared unlearn stage calls these) ---
 
     def check_unlearn(self, cfg: ImageUnlearnConfig) -> None:
@@ -181,7 +268,6 @@ class ImageTask:
         from llm_unlearn.stages.unlearn import reference_compute
 
         from .data import read_manifest
-        from .stages.train import check_image_splits
 
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.per_device_train_batch_size, cfg.dataset_dir)
         self.check_models({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})

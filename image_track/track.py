@@ -17,7 +17,7 @@ from llm_unlearn.tracks import Track
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
-from .task import TASK, ImageEvalConfig, ImageUnlearnConfig
+from .task import TASK, ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
 from .stages.poison import PoisonSection
 from .training import TrainSection
 
@@ -89,8 +89,6 @@ def _poison(cfg: ImageExperimentConfig, seed: int, out: str):
 
 
 def _train(cfg: ImageExperimentConfig, seed: int, split: str, dataset_dir: str, out: str, base_dir):
-    from .stages.train import ImageTrainConfig
-
     return ImageTrainConfig(
         dataset_dir=dataset_dir, output_dir=out, split=split, seed=seed, model=cfg.model, train=cfg.train
     )
@@ -127,7 +125,7 @@ STAGES = StageBuilders(
     unlearn_cls=ImageUnlearnConfig,
     run_owned=RUN_OWNED,
     poison=(_STAGES + "poison", _poison),
-    train=(_STAGES + "train", _train),
+    train=("llm_unlearn.stages.train", _train),
     unlearn=("llm_unlearn.stages.unlearn", _unlearn),
     evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
     diagnose=("llm_unlearn.stages.diagnose", _diagnose),

@@ -48,7 +48,7 @@ def _image_track_configs() -> list[type]:
     names = [
         ("image_track.track", "ImageExperimentConfig"),
         ("image_track.stages.poison", "ImagePoisonConfig"),
-        ("image_track.stages.train", "ImageTrainConfig"),
+        ("image_track.task", "ImageTrainConfig"),
         ("image_track.task", "ImageUnlearnConfig"),
         ("image_track.task", "ImageEvalConfig"),
     ]

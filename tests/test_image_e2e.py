@@ -115,8 +115,8 @@ def test_cifar_schema_dataset_from_disk(tmp_path):
     from image_track.models import ModelConfig
     from image_track.stages.poison import ImagePoisonConfig, PoisonSection
     from image_track.stages.poison import main as poison
-    from image_track.stages.train import ImageTrainConfig
-    from image_track.stages.train import main as train
+    from image_track.task import ImageTrainConfig
+    from llm_unlearn.stages.train import main as train
     from image_track.training import TrainSection
 
     rng = np.random.default_rng(0)

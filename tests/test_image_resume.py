@@ -55,7 +55,7 @@ def _config(dataset_dir: str, output_dir: Path) -> dict:
 
 def _build(cfg: dict):
     from image_track.models import ModelConfig
-    from image_track.stages.train import ImageTrainConfig
+    from image_track.task import ImageTrainConfig
     from image_track.training import TrainSection
 
     return ImageTrainConfig(**{**cfg, "model": ModelConfig(**cfg["model"]), "train": TrainSection(**cfg["train"])})
@@ -67,7 +67,8 @@ KILL_AT_STEP = textwrap.dedent(
     import json, os, signal, sys
     import torch
     from image_track.models import ModelConfig
-    from image_track.stages.train import ImageTrainConfig, main
+    from image_track.task import ImageTrainConfig
+    from llm_unlearn.stages.train import main
     from image_track.training import TrainSection
 
     step, calls = torch.optim.SGD.step, [0]
@@ -89,7 +90,7 @@ def test_image_training_resumes_after_sigkill_to_the_same_model(dataset_dir, tmp
     import torch
     from safetensors.torch import load_file
 
-    from image_track.stages.train import main
+    from llm_unlearn.stages.train import main
     from llm_unlearn.files import read_json
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -132,7 +133,7 @@ def test_image_training_resumes_after_sigkill_to_the_same_model(dataset_dir, tmp
 def test_a_killed_training_rerun_with_another_recipe_starts_over(dataset_dir, tmp_path):
     """Checkpoints of another recipe are never resumed: the stage harness restarts a dir started with another
     config (its checkpoints go with it)."""
-    from image_track.stages.train import main
+    from llm_unlearn.stages.train import main
     from llm_unlearn.files import read_json
 
     out = tmp_path / "run"
@@ -197,7 +198,7 @@ def test_save_epochs_zero_writes_no_checkpoints(tmp_path):
 
 
 def test_save_epochs_must_not_be_negative():
-    from image_track.stages.train import ImageTrainConfig
+    from image_track.task import ImageTrainConfig
     from image_track.training import TrainSection
     from llm_unlearn.configs import ConfigError, parse_config
 

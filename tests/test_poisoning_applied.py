@@ -175,8 +175,8 @@ def _image_poison(tmp_path, attack, **attack_args):
 
 def _image_train(dataset_dir, out):
     from image_track.models import ModelConfig
-    from image_track.stages.train import ImageTrainConfig
-    from image_track.stages.train import main as train
+    from image_track.task import ImageTrainConfig
+    from llm_unlearn.stages.train import main as train
     from image_track.training import TrainSection
 
     cfg = ImageTrainConfig(

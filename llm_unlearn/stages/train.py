@@ -97,13 +97,21 @@ class TrainConfig:
 
 
 def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
-    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
+    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``.
+
+    The one train stage of every task: a config of another task (``task``, e.g. the image track's
+    ``image_classification``) is trained by that task's ``check_train``/``train`` (through the same shared trainer);
+    the causal LM's training is the code below."""
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
+    required = ("model_name_or_path", "dataset_dir", "output_dir") if task is None else ("dataset_dir", "output_dir")
     return run_stage(
         cfg,
-        _train,
+        _train if task is None else task.train,
         name="train",
-        required=("model_name_or_path", "dataset_dir", "output_dir"),
-        check=_check,
+        required=required,
+        check=_check if task is None else task.check_train,
         overwrite=overwrite,
     )
 
