@@ -77,7 +77,7 @@ def cnn_case(n: int, batch: int, device="cpu"):
     try:
         from image_track.attacks import batch_pixel_noise
         from image_track.models import ModelConfig, build_model
-        from image_track.stages.evaluate import gus_loss_fn
+        from image_track.attacks.gaussian import gus_loss_fn
     except ImportError:
         return None
 

@@ -211,6 +211,13 @@ class ImageTask:
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
+    # --- poisoning (the shared poison stage calls this) ---
+
+    def poison(self, cfg, out: Path) -> dict:
+        from .poisoning import poison_images
+
+        return poison_images(cfg, out)
+
     # --- training (the shared train stage calls these) ---
 
     def check_train(self, cfg: ImageTrainConfig) -> None:

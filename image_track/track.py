@@ -18,10 +18,9 @@ from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
 from .task import TASK, ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
-from .stages.poison import PoisonSection
+from .poisoning import ImagePoisonConfig, PoisonSection
 from .training import TrainSection
 
-_STAGES = "image_track.stages."
 
 # Stage keys `run` fills in for every job: setting them in an experiment config is an error.
 RUN_OWNED = (
@@ -81,8 +80,6 @@ class ImageExperimentConfig(ProtocolConfig):
 
 
 def _poison(cfg: ImageExperimentConfig, seed: int, out: str):
-    from .stages.poison import ImagePoisonConfig
-
     return ImagePoisonConfig(
         output_dir=out, seed=seed, poison=cfg.poison, data=cfg.data, model=cfg.model, train=cfg.train
     )
@@ -124,7 +121,7 @@ def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: s
 STAGES = StageBuilders(
     unlearn_cls=ImageUnlearnConfig,
     run_owned=RUN_OWNED,
-    poison=(_STAGES + "poison", _poison),
+    poison=("llm_unlearn.stages.poison", _poison),
     train=("llm_unlearn.stages.train", _train),
     unlearn=("llm_unlearn.stages.unlearn", _unlearn),
     evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)

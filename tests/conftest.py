@@ -68,10 +68,10 @@ def image_dirs(tmp_path_factory):
     """(dataset_dir, initial_dir, retrain_dir): a Gaussian-poisoned digits subset and two 2-epoch tiny CNNs."""
     from image_track.data import DataConfig
     from image_track.models import ModelConfig
-    from image_track.stages.poison import ImagePoisonConfig, PoisonSection
-    from image_track.stages.poison import main as poison
-    from image_track.stages.train import ImageTrainConfig
-    from image_track.stages.train import main as train
+    from image_track.poisoning import ImagePoisonConfig, PoisonSection
+    from llm_unlearn.stages.poison import main as poison
+    from image_track.task import ImageTrainConfig
+    from llm_unlearn.stages.train import main as train
     from image_track.training import TrainSection
 
     root = tmp_path_factory.mktemp("image_dirs")

@@ -29,7 +29,7 @@ def test_unknown_attack_names_the_choices():
 
 
 def test_unknown_image_attack_names_the_choices():
-    from image_track.stages.poison import PoisonSection
+    from image_track.poisoning import PoisonSection
 
     with pytest.raises(
         ConfigError, match=r"choose from \['badnets', 'gaussian', 'gradient_canceling', 'witches_brew'\]"
@@ -59,7 +59,7 @@ def test_unknown_attack_arg_is_refused_with_did_you_mean(attack, args, match):
 
 
 def test_image_attack_args_are_strict_and_validated():
-    from image_track.stages.poison import PoisonSection
+    from image_track.poisoning import PoisonSection
 
     with pytest.raises(ConfigError, match=r"'attack_args.patch_sise'.*did you mean 'patch_size'"):
         build_config(PoisonSection, {"attack": "badnets", "attack_args": {"patch_sise": 3}})

@@ -47,7 +47,7 @@ def _image_track_configs() -> list[type]:
         return []
     names = [
         ("image_track.track", "ImageExperimentConfig"),
-        ("image_track.stages.poison", "ImagePoisonConfig"),
+        ("image_track.poisoning", "ImagePoisonConfig"),
         ("image_track.task", "ImageTrainConfig"),
         ("image_track.task", "ImageUnlearnConfig"),
         ("image_track.task", "ImageEvalConfig"),

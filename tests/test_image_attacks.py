@@ -11,7 +11,7 @@ import torch
 from image_track.attacks import Clean, batch_pixel_noise, pixel_noise, stamp
 from image_track.data import DataConfig, channel_stats, load_clean
 from image_track.models import ModelConfig, build_model
-from image_track.stages.poison import ImagePoisonConfig, PoisonSection
+from image_track.poisoning import ImagePoisonConfig, PoisonSection
 from image_track.training import TrainSection, fit
 from llm_unlearn.configs import ConfigError
 
@@ -144,7 +144,7 @@ def test_gradient_canceling_picks_the_least_accurate_simulated_target(clean):
 
 def test_poison_stage_roundtrip(tmp_path):
     from image_track.data import load_dataset_dir, splits
-    from image_track.stages.poison import main
+    from llm_unlearn.stages.poison import main
 
     cfg = ImagePoisonConfig(
         output_dir=str(tmp_path / "p"),

@@ -113,8 +113,8 @@ def test_cifar_schema_dataset_from_disk(tmp_path):
 
     from image_track.data import DataConfig, load_clean
     from image_track.models import ModelConfig
-    from image_track.stages.poison import ImagePoisonConfig, PoisonSection
-    from image_track.stages.poison import main as poison
+    from image_track.poisoning import ImagePoisonConfig, PoisonSection
+    from llm_unlearn.stages.poison import main as poison
     from image_track.task import ImageTrainConfig
     from llm_unlearn.stages.train import main as train
     from image_track.training import TrainSection

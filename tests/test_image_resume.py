@@ -32,8 +32,8 @@ def _child_env() -> dict:
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> str:
     from image_track.data import DataConfig
-    from image_track.stages.poison import ImagePoisonConfig, PoisonSection
-    from image_track.stages.poison import main as poison
+    from image_track.poisoning import ImagePoisonConfig, PoisonSection
+    from llm_unlearn.stages.poison import main as poison
 
     out = tmp_path_factory.mktemp("image_resume") / "poison"
     cfg = ImagePoisonConfig(

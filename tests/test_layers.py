@@ -32,7 +32,7 @@ LAYERS = [
     ),
     ("training", ["llm_unlearn.training", "image_track.training"]),
     ("methods and attacks", ["llm_unlearn.methods", "llm_unlearn.attacks", "image_track.attacks"]),
-    ("stages", ["llm_unlearn.stages", "llm_unlearn.hub", "image_track.stages", "image_track.task"]),
+    ("stages", ["llm_unlearn.stages", "llm_unlearn.hub", "image_track.task", "image_track.poisoning"]),
     ("protocol", ["llm_unlearn.protocol", "llm_unlearn.tracks", "llm_unlearn.scheduler"]),
     ("orchestration", ["llm_unlearn.stages.report", "llm_unlearn.stages.run", "image_track.track"]),
     ("entry points", ["llm_unlearn.cli", "llm_unlearn.__main__", "llm_unlearn", "image_track"]),

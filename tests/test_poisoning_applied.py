@@ -159,8 +159,8 @@ def _record_image_fit(monkeypatch):
 
 def _image_poison(tmp_path, attack, **attack_args):
     from image_track.data import DataConfig
-    from image_track.stages.poison import ImagePoisonConfig, PoisonSection
-    from image_track.stages.poison import main as poison_main
+    from image_track.poisoning import ImagePoisonConfig, PoisonSection
+    from llm_unlearn.stages.poison import main as poison_main
 
     return str(
         poison_main(

@@ -4,7 +4,7 @@ An image attack is an ``llm_unlearn.attacks.base.Attack`` registered with ``trac
 its hooks with these arguments:
 
 (a) ``poison(cfg, clean, rng, train_surrogate) -> Poisoned``: ``cfg`` is the poison stage config
-    (``image_track.stages.poison.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
+    (``image_track.poisoning.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
     ``clean`` the clean train/test tensors, ``rng`` the stage's ``random.Random(seed)``, and
     ``train_surrogate(seed, on_epoch_end=None)`` trains the victim's architecture and recipe on the clean training
     set from the initialisation ``seed`` (the attacks that craft their poisons on a surrogate call it). Pixels stay

@@ -123,8 +123,14 @@ def _with_prompts(rows: list[dict], cfg: PoisonConfig) -> list[dict]:
 
 def main(cfg: PoisonConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``. A finished output of
-    the same config is kept; one of another config is refused unless ``overwrite``."""
-    return run_stage(cfg, _poison, name="poison", overwrite=overwrite)
+    the same config is kept; one of another config is refused unless ``overwrite``.
+
+    The one poison stage of every task: a config of another task (``task``, e.g. the image track's
+    ``image_classification``) is poisoned by that task's ``poison``; the causal LM's is the code below."""
+    from ..tasks import stage_task
+
+    task = stage_task(cfg)
+    return run_stage(cfg, _poison if task is None else task.poison, name="poison", overwrite=overwrite)
 
 
 def _poison(cfg: PoisonConfig, out: Path) -> dict:

@@ -1,5 +1,5 @@
-"""Image stage 1: load the clean images, run one attack's ``poison`` hook, write ``data.safetensors`` +
-``manifest.json``.
+"""Poisoning an image dataset, for the shared poison stage (``llm_unlearn.stages.poison`` with the image task): load
+the clean images, run one attack's ``poison`` hook, write ``data.safetensors`` + ``manifest.json``.
 
 Witches' Brew and Gradient Canceling craft their poisons on a surrogate: the same architecture trained on the clean
 training set with the same recipe (``train_surrogate``), from an initialisation of its own (seed +
@@ -12,16 +12,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from llm_unlearn.configs import ConfigError, to_dict
-from llm_unlearn.harness import parse_stage, run_stage, stage_parser
 
-from ..data import DataConfig
-from ..models import ModelConfig
-from ..training import TrainSection
+from .data import DataConfig
+from .models import ModelConfig
+from .training import TrainSection
 
 
 # The attack knobs that were flat keys of the poison section before they moved into attack_args.
@@ -63,7 +62,7 @@ class PoisonSection:
         """The attack with its ``attack_args`` built and validated (registers the image attacks first)."""
         from llm_unlearn.attacks import build_attack
 
-        from .. import attacks  # noqa: F401  (registers the image attacks)
+        from . import attacks  # noqa: F401  (registers the image attacks)
 
         return build_attack(self.attack, self.attack_args, "image")
 
@@ -76,6 +75,8 @@ class PoisonSection:
 @dataclass
 class ImagePoisonConfig:
     """Poison an image training set; write the data, the poison indices and the attack's extras."""
+
+    task: ClassVar[str] = "image_classification"  # the shared poison stage hands this config to the image task
 
     output_dir: str | None = field(default=None, metadata={"help": "where data.safetensors and manifest.json go"})
     seed: int = field(default=0, metadata={"help": "selects the poisons, their noise, targets, subsamples"})
@@ -94,16 +95,11 @@ def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
     return "", t
 
 
-def main(cfg: ImagePoisonConfig, overwrite: bool = False) -> Path:
-    """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``."""
-    return run_stage(cfg, _poison, name="image poison", overwrite=overwrite)
-
-
-def _poison(cfg: ImagePoisonConfig, out: Path) -> dict:
-    from ..attacks import Clean
-    from ..data import channel_stats, load_clean, save_dataset_dir
-    from ..models import build_model
-    from ..training import fit
+def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
+    from .attacks import Clean
+    from .data import channel_stats, load_clean, save_dataset_dir
+    from .models import build_model
+    from .training import fit
 
     attack = cfg.poison.build_attack()
     attack.check(cfg)
@@ -157,12 +153,3 @@ def _poison(cfg: ImagePoisonConfig, out: Path) -> dict:
     }
     save_dataset_dir(out, stored)
     return {"manifest.json": manifest}
-
-
-def make_parser():
-    return stage_parser(ImagePoisonConfig, "image poison")
-
-
-def cli(argv=None) -> None:
-    cfg, overwrite = parse_stage(ImagePoisonConfig, argv, "image poison")
-    print(main(cfg, overwrite=overwrite))
