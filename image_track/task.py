@@ -9,7 +9,6 @@ success, the Gaussian Unlearning Score on pixel gradients), loss MIA; ``eval_res
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -108,24 +107,9 @@ class ImageUnlearnConfig:
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
-        from llm_unlearn.methods import build_method_config
-        from llm_unlearn.training import check_trainer_args
-        from llm_unlearn.stages.unlearn import check_schedule
+        from llm_unlearn.stages.unlearn import check_unlearn_settings
 
-        build_method_config(self.method, self.method_args)
-        if not 0.0 < self.budget <= 1.0:
-            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
-        check_schedule(self.lr_scheduler_type, self.warmup_ratio)
-        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.save_steps < 0:
-            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
-        if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
-            raise ConfigError("reference_compute_tokens must be > 0")
-        check_trainer_args(self.trainer_args)
+        check_unlearn_settings(self, ("logging_steps",))
         for key in ("optim", "optim_args"):
             if key in self.trainer_args:
                 raise ConfigError(f"trainer_args.{key}: set optim/momentum as top-level unlearn keys")

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.protocol import ProtocolConfig, StageBuilders, plan_jobs
+from llm_unlearn.protocol import ProtocolConfig, StageBuilders, plan_jobs, unlearn_config
 from llm_unlearn.tracks import Track
 
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
@@ -91,21 +91,6 @@ def _train(cfg: ImageExperimentConfig, seed: int, split: str, dataset_dir: str, 
     )
 
 
-def _unlearn(cfg: ImageExperimentConfig, seed: int, v, dataset_dir: str, initial: str, retrain: str, out: str):
-    return dataclasses.replace(
-        cfg.unlearn,
-        **v.overrides,
-        model_dir=initial,
-        dataset_dir=dataset_dir,
-        output_dir=out,
-        retrain_dir=retrain,
-        method=v.method,
-        method_args=dict(v.method_args),
-        budget=v.budget,
-        seed=seed,
-    )
-
-
 def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
     return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
 
@@ -123,7 +108,7 @@ STAGES = StageBuilders(
     run_owned=RUN_OWNED,
     poison=("llm_unlearn.stages.poison", _poison),
     train=("llm_unlearn.stages.train", _train),
-    unlearn=("llm_unlearn.stages.unlearn", _unlearn),
+    unlearn=("llm_unlearn.stages.unlearn", unlearn_config),
     evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
     diagnose=("llm_unlearn.stages.diagnose", _diagnose),
 )

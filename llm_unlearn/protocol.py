@@ -297,6 +297,23 @@ class StageBuilders:
     base: tuple | None = None
 
 
+def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, retrain: str, out: str):
+    """The usual unlearn builder: the experiment's ``unlearn`` section with the variant's grid point, method,
+    method_args and budget, and the dirs the planner chose."""
+    return dataclasses.replace(
+        cfg.unlearn,
+        **v.overrides,
+        model_dir=initial,
+        dataset_dir=dataset_dir,
+        output_dir=out,
+        retrain_dir=retrain,
+        method=v.method,
+        method_args=dict(v.method_args),
+        budget=v.budget,
+        seed=seed,
+    )
+
+
 def plan_jobs(cfg, stages: StageBuilders) -> list:
     """The DAG of stage jobs for the whole grid (seeds x methods x budgets x grid points), any track."""
     from pathlib import Path

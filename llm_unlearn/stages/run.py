@@ -29,6 +29,7 @@ from ..protocol import (  # noqa: F401 (API)
     check_experiment,
     model_id,
     plan_jobs,
+    unlearn_config,
     unlearn_variants,
 )
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
@@ -116,21 +117,6 @@ def _train(cfg: ExperimentConfig, seed: int, split: str, dataset_dir: str, out: 
     )
 
 
-def _unlearn(cfg: ExperimentConfig, seed: int, v, dataset_dir: str, initial: str, retrain: str, out: str):
-    return dataclasses.replace(
-        cfg.unlearn,
-        **v.overrides,
-        model_dir=initial,
-        dataset_dir=dataset_dir,
-        output_dir=out,
-        retrain_dir=retrain,
-        method=v.method,
-        method_args=dict(v.method_args),
-        budget=v.budget,
-        seed=seed,
-    )
-
-
 def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
     from ..methods import uses_adapter
 
@@ -159,7 +145,7 @@ STAGES = StageBuilders(
     base=(_STAGES + "tiny", _base),
     poison=(_STAGES + "poison", lambda cfg, seed, out: dataclasses.replace(cfg.poison, output_dir=out, seed=seed)),
     train=(_STAGES + "train", _train),
-    unlearn=(_STAGES + "unlearn", _unlearn),
+    unlearn=(_STAGES + "unlearn", unlearn_config),
     evaluate=(_STAGES + "evaluate", _evaluate),
     diagnose=(_STAGES + "diagnose", _diagnose),
 )

@@ -75,23 +75,30 @@ class UnlearnConfig:
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
-        from ..methods import build_method_config
-        from ..training import check_trainer_args
+        check_unlearn_settings(self, ("max_length", "lora_r"))
 
-        build_method_config(self.method, self.method_args)
-        if not 0.0 < self.budget <= 1.0:
-            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
-        check_schedule(self.lr_scheduler_type, self.warmup_ratio)
-        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.save_steps < 0:
-            raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
-        if self.reference_compute_tokens is not None and self.reference_compute_tokens <= 0:
-            raise ConfigError("reference_compute_tokens must be > 0")
-        check_trainer_args(self.trainer_args)
+
+def check_unlearn_settings(cfg, positive: tuple[str, ...] = ()) -> None:
+    """The checks every task's unlearn config shares: the method and its ``method_args``, the budget, a schedule
+    that can follow it, the learning rate, batch sizes (and the ``positive`` keys) >= 1, checkpoints, the budget's
+    reference, extra ``TrainingArguments``."""
+    from ..methods import build_method_config
+    from ..training import check_trainer_args
+
+    build_method_config(cfg.method, cfg.method_args)
+    if not 0.0 < cfg.budget <= 1.0:
+        raise ConfigError(f"budget must be in (0, 1], got {cfg.budget}")
+    check_schedule(cfg.lr_scheduler_type, cfg.warmup_ratio)
+    if cfg.learning_rate <= 0 or not math.isfinite(cfg.learning_rate):
+        raise ConfigError(f"learning_rate must be a positive number, got {cfg.learning_rate}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", *positive):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.save_steps < 0:
+        raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {cfg.save_steps}")
+    if cfg.reference_compute_tokens is not None and cfg.reference_compute_tokens <= 0:
+        raise ConfigError("reference_compute_tokens must be > 0")
+    check_trainer_args(cfg.trainer_args)
 
 
 def check_schedule(lr_scheduler_type: str, warmup_ratio: float) -> None:
