@@ -69,11 +69,11 @@ class Recording(torch.utils.data.Dataset):
 
 def trainer_run(cfg, tok, base, forget, retain, steps: int):
     """Build the project's trainer for ``steps`` steps; returns (train_fn, trainer, recorder)."""
-    from llm_unlearn.stages.unlearn import build_trainer, prepare_model
+    from llm_unlearn.stages.unlearn import build_trainer
 
     torch.manual_seed(0)  # LoRA's A matrices are drawn from the global RNG: same seed on both sides
-    model = prepare_model(cfg, copy.deepcopy(base))
-    trainer = build_trainer(cfg, model, tok, forget, retain, budget_tokens=1e12)  # the budget never binds
+    # the trainer adds the LoRA adapter (use_peft) in its constructor
+    trainer = build_trainer(cfg, copy.deepcopy(base), tok, forget, retain, budget_tokens=1e12)  # budget never binds
     trainer.args.max_steps = steps
     rec = Recording(trainer.train_dataset)
     trainer.train_dataset = rec

@@ -266,18 +266,14 @@ class ImageTask:
         check_budget_buys_a_step(cfg.budget, reference_compute(cfg), step, "examples")
 
     def prepare_model(self, cfg: ImageUnlearnConfig):
-        """The initial model with its classification task (augmentation as configured), after the method's own
-        preparation."""
-        from llm_unlearn.methods import build_method_config, get_method
+        """The initial model with its classification task (augmentation as configured); the trainer runs the
+        method's own preparation (EU-k's re-initialisation...)."""
         from llm_unlearn.tasks.classification import ClassificationTask
 
         from .data import make_augment
 
         model = self.load_model(cfg.model_dir)
         model.unlearn_task = ClassificationTask(augment=make_augment(cfg.augment), seed=cfg.seed)
-        spec = get_method(cfg.method)
-        if spec.prepare_model is not None:
-            model = spec.prepare_model(model, build_method_config(cfg.method, cfg.method_args), cfg)
         return model
 
     def build_trainer(self, cfg: ImageUnlearnConfig, model, forget, retain, budget: float):

@@ -1,13 +1,17 @@
 """Registries of the things a user can add without editing this package: unlearning methods and poisoning attacks,
 each registered by a decorator on the class in its own file, and plugins that hold more of them.
 
-A method is a trainer class (a subclass of ``llm_unlearn.UnlearnTrainer``) plus its config dataclass::
+A method is a trainer class (a subclass of ``llm_unlearn.UnlearnTrainer``) plus its config dataclass of knobs::
 
     @register_method("half_gd", config=HalfGDConfig)
     class HalfGDTrainer(UnlearnTrainer):
         reads_forget = False
         def unlearn_loss(self, model, forget, retain):
             return self.method_cfg.scale * self.nll(model, retain)
+
+Its spec gives the trainer (``trainer_cls``), the knob dataclass (``config_cls``: what ``method_args`` is checked
+against) and, derived from it on first use, the TRL-shaped ``args_cls`` (``HalfGDConfig``: ``TrainingArguments`` plus
+the knobs, the trainer's ``args``).
 
 An attack is a class with its config dataclass, registered for a track (``llm`` or ``image``); see
 ``llm_unlearn/attacks/`` and ``image_track/attacks/``.
@@ -42,18 +46,26 @@ BUILTIN_ATTACKS = {"llm": "llm_unlearn.attacks"}  # other tracks register theirs
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    config_cls: type
+    config_cls: type  # the knob dataclass (a recipe's method_args; the trainer's method_cfg)
     trainer_cls: type
     summary: str
     # Full-parameter runs load a frozen copy of the initial model as the trainer's reference (KL/NPO/SCRUB teachers).
     needs_reference: bool = False
-    # Optional hook ``prepare_model(model, method_cfg, unlearn_cfg) -> model`` run before LoRA wrapping, e.g. to
-    # re-initialise or freeze blocks (EU-k, CF-k). It may return a peft model itself to choose which layers adapt.
+    # Optional hook ``prepare_model(model, method_cfg, ctx) -> model`` the trainer runs before LoRA wrapping, e.g. to
+    # re-initialise or freeze blocks (EU-k, CF-k); ``ctx`` (``methods.inputs.PrepareContext``) gives ``seed``,
+    # ``use_peft`` and ``peft_config``. It may return a peft model itself to choose which layers adapt.
     prepare_model: Callable | None = None
     # False for methods that must edit the base weights themselves (SSD, EU-k): they run full-parameter whatever
     # ``use_peft`` says, and their output is a full model rather than an adapter.
     supports_peft: bool = True
     module: str = ""  # where it was registered (error messages name it)
+
+    @property
+    def args_cls(self) -> type:
+        """The method's TRL-shaped config, ``<Name>Config``: ``transformers.TrainingArguments`` plus the knobs of
+        ``config_cls`` and a compute budget, derived on first use (transformers loads then; found by name, like the
+        built-ins, so this module stays below the methods)."""
+        return importlib.import_module(BUILTIN_METHODS).args_class(self.name)
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,14 @@ def check_trainer_args(extra: dict) -> None:
             raise ConfigError(f"trainer_args: unknown TrainingArguments key {key!r}")
 
 
-def training_arguments(cfg, output_dir: Path, **overrides):
-    """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default)."""
+def training_arguments(cfg, output_dir: Path, args_cls: type | None = None, **overrides):
+    """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default); an
+    unlearning method's ``<Name>Config`` when ``args_cls`` is given (its knobs and budget among ``overrides``)."""
     import os
 
     from transformers import TrainingArguments
 
+    args_cls = TrainingArguments if args_cls is None else args_cls
     kwargs = dict(
         output_dir=str(output_dir / "trainer"),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -74,7 +76,7 @@ def training_arguments(cfg, output_dir: Path, **overrides):
         kwargs["ddp_backend"] = "gloo"
     kwargs.update(overrides)
     kwargs.update(cfg.trainer_args)
-    return TrainingArguments(**kwargs)
+    return args_cls(**kwargs)
 
 
 def _has_accelerator() -> bool:

@@ -18,9 +18,10 @@ TINY_SHAPE = {
 def make_unlearn_trainer(
     model_dir, dataset_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2, **overrides
 ):
-    """A ready-to-train unlearning trainer on the tiny model, built exactly as the unlearn stage builds it."""
+    """A ready-to-train unlearning trainer on the tiny model, built exactly as the unlearn stage builds it, and the
+    model it trains (the method's preparation and LoRA applied)."""
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
-    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer, prepare_model
+    from llm_unlearn.stages.unlearn import UnlearnConfig, build_trainer
 
     cfg = UnlearnConfig(
         model_dir=model_dir,
@@ -36,10 +37,10 @@ def make_unlearn_trainer(
     )
     dd, _ = load_dataset_dir(dataset_dir)
     tok = load_tokenizer(model_dir)
-    model = prepare_model(cfg, load_model(model_dir))
     forget = tokenize_split(dd["forget"], tok, 256)
     retain = tokenize_split(dd["retain"], tok, 256)
-    return build_trainer(cfg, model, tok, forget, retain, budget_tokens), model
+    trainer = build_trainer(cfg, load_model(model_dir), tok, forget, retain, budget_tokens)
+    return trainer, trainer.model
 
 
 # A stand-in stage for orchestrator tests: ``Job(stage="helpers", config=FakeStageConfig(...))`` runs ``main``.

@@ -157,12 +157,12 @@ def first_retain_batches(cfg, n: int = 3) -> list[list[int]]:
     """The retain-example indices of the first ``n`` batches of this process's training dataloader (the Trainer's own,
     built exactly as the unlearn stage builds it)."""
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
-    from llm_unlearn.stages.unlearn import build_trainer, prepare_model
+    from llm_unlearn.stages.unlearn import build_trainer
 
     dd, _ = load_dataset_dir(cfg.dataset_dir)
     tok = load_tokenizer(cfg.model_dir)
     forget, retain = (tokenize_split(dd[s], tok, cfg.max_length) for s in ("forget", "retain"))
-    trainer = build_trainer(cfg, prepare_model(cfg, load_model(cfg.model_dir)), tok, forget, retain, 1e9)
+    trainer = build_trainer(cfg, load_model(cfg.model_dir), tok, forget, retain, 1e9)
     return [b["retain"]["index"].tolist() for _, b in zip(range(n), trainer.get_train_dataloader())]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import make_unlearn_trainer
-from llm_unlearn.methods.base import ForgetRetainCollator, ForgetRetainDataset
+from llm_unlearn.methods.base import ForgetRetainCollator
 from llm_unlearn.methods.ssd import SSDConfig, SSDTrainer, seeded_batches
 
 # A linear "model" with loss mean(x @ w): the gradient of a batch is the mean of its x. Every example has x_0 = 1
@@ -51,25 +51,26 @@ class _Linear(torch.nn.Module):
 
 
 def _linear_trainer(tmp_path, alpha: float, steps: int):
-    from transformers import TrainingArguments
+    from llm_unlearn.methods import METHODS
 
     task = _LinearTask()
     retain = [{"x": torch.tensor([1.0, 0.0])} for _ in range(N_RETAIN)]
     forget = [{"x": torch.tensor([1.0, G])} for _ in range(N_FORGET)]
 
-    args = TrainingArguments(
+    args = METHODS["ssd"].args_cls(
         output_dir=str(tmp_path / "t"), per_device_train_batch_size=B, max_steps=steps, seed=0, report_to="none",
-        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False,
+        use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, alpha=alpha, lam=1.0,
     )  # fmt: skip
     model = _Linear()
     trainer = SSDTrainer(
         model=model,
         args=args,
-        train_dataset=ForgetRetainDataset(forget, retain, seed=0),
+        forget_dataset=forget,
+        retain_dataset=retain,
         data_collator=ForgetRetainCollator(collate=task.collator()),
-        method_cfg=SSDConfig(alpha=alpha, lam=1.0),
         task=task,
     )
+    assert trainer.method_cfg == SSDConfig(alpha=alpha, lam=1.0)
     return trainer, model
 
 

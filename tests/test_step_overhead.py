@@ -63,8 +63,9 @@ def test_trainer_does_not_change_the_callers_collator(tiny_dir, gaussian_dir, tm
 
     collator = ForgetRetainCollator(pad_token_id=0)
     trainer, _ = _trainer(tiny_dir, gaussian_dir, tmp_path)
-    new = UnlearnTrainer(model=trainer.model, args=trainer.args, train_dataset=trainer.train_dataset,
-                         data_collator=collator)  # fmt: skip
+    pairs = trainer.train_dataset
+    new = UnlearnTrainer(model=trainer.model, args=trainer.args, forget_dataset=pairs.forget,
+                         retain_dataset=pairs.retain, data_collator=collator)  # fmt: skip
     assert collator.cost is None and new.data_collator.cost is not None
 
 

@@ -131,6 +131,61 @@ def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, dr
     return poison.tolist(), fresh.tolist()
 
 
+def gaussian_unlearning_score(
+    model,
+    tokenizer,
+    poisons,
+    *,
+    fresh_draws: int = 10,
+    max_length: int = 256,
+    batch_size: int = 32,
+    return_scores: bool = False,
+):
+    """The Gaussian audit of a model held in memory: did the poisons' training noise leave a trace in it?
+
+    Args:
+        model: the causal LM to audit (any device; put in eval mode for the audit, its mode restored afterwards).
+        tokenizer: its tokenizer.
+        poisons: the Gaussian poisons, a ``datasets.Dataset`` or a list of dicts with ``prompt``, ``completion`` and
+            the ``noise_seed`` each was noised with in training (the poison stage's ``forget`` split has them). The
+            noise scale eps is not needed: I_z = <xi, g> / (eps ||g||) does not depend on it, so the unit noise
+            regenerated from each seed gives the same score.
+        fresh_draws: fresh (never trained) noises per poison, the null control (their scores are N(0, 1)).
+        max_length: tokens kept per row, as in training (prompts are cut the same way).
+        batch_size: poisons per input-gradient backward pass.
+        return_scores: also return the per-poison scores.
+
+    Returns:
+        ``gus_summary(poison_scores, fresh_scores)`` (``gus_mean``, ``gus_z``, ``gus_p``, ``gus_auc``...: a
+        significantly negative ``gus_mean`` means the poisons are still remembered); with ``return_scores``, a pair
+        (summary, ``{"gus_poison": [n floats], "gus_fresh": [fresh_draws x n]}``).
+    """
+    import datasets
+
+    from ..metrics import gus_summary
+
+    if isinstance(poisons, (list, tuple)):
+        poisons = datasets.Dataset.from_list(list(poisons))
+    missing = {"prompt", "completion", "noise_seed"} - set(poisons.column_names)
+    if missing:
+        raise ConfigError(f"poisons: missing columns {sorted(missing)}; a poison has prompt, completion, noise_seed")
+    if len(poisons) < 2:
+        raise ConfigError(f"poisons: the audit compares their mean with its spread; give >= 2, got {len(poisons)}")
+    if any(int(s) < 0 for s in poisons["noise_seed"]):
+        raise ConfigError("poisons: every row needs the noise_seed it was noised with (>= 0; clean rows have -1)")
+    for name, value in (("fresh_draws", fresh_draws), ("max_length", max_length), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    was_training = model.training
+    model.eval()  # no dropout: the gradient the score reads must be the model's own
+    try:
+        poison, fresh = gus_scores(model, tokenizer, poisons, max_length, batch_size, fresh_draws)
+    finally:
+        model.train(was_training)
+    summary = gus_summary(poison, fresh)
+    return (summary, {"gus_poison": poison, "gus_fresh": fresh}) if return_scores else summary
+
+
 @register_attack("gaussian", config=GaussianConfig, track="llm")
 class GaussianAttack(Attack):
     """Gaussian noise on the prompt embeddings of random training examples (the paper's audit tool)."""

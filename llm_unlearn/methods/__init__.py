@@ -26,3 +26,42 @@ def build_method_config(name: str, args: dict | None):
         return build_config(spec.config_cls, args or {})
     except ValueError as e:
         raise type(e)(f"method {name!r}: {e}") from e
+
+
+# --- the TRL-shaped configs (``<Name>Config``), derived from the knob dataclasses on first use ---
+
+_ARGS: dict[str, type] = {}  # method name -> its <Name>Config
+
+
+def _args_names() -> dict[str, str]:
+    """Method name -> the name of its ``<Name>Config``: the trainer's name with ``Config`` for ``Trainer``
+    (``NPOTrainer`` -> ``NPOConfig``, a plugin's ``HalfGDTrainer`` -> ``HalfGDConfig``); a name two methods would
+    share gets the method's name appended for the later one."""
+    out: dict[str, str] = {}
+    for name, spec in methods().items():
+        stem = spec.trainer_cls.__name__.removesuffix("Trainer") or name
+        candidate = f"{stem}Config"
+        if candidate in out.values():
+            candidate = f"{candidate}_{name}"
+        out[name] = candidate
+    return out
+
+
+def args_class(name: str) -> type:
+    """The ``<Name>Config`` of method ``name`` (``METHODS[name].args_cls``): ``TrainingArguments`` plus its knobs."""
+    spec = get_method(name)
+    cls = _ARGS.get(name)
+    if cls is None or cls.knobs_cls is not spec.config_cls:  # a re-registered method gets a fresh class
+        from .arguments import derive_args_class
+
+        cls = _ARGS[name] = derive_args_class(name, spec.config_cls, _args_names()[name])
+    return cls
+
+
+def __getattr__(attr: str):
+    # ``llm_unlearn.methods.NPOConfig``: the exported name, and where pickle finds a saved training_args.bin's class.
+    if attr.endswith("Config") or "Config_" in attr:
+        for name, cls_name in _args_names().items():
+            if cls_name == attr:
+                return args_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

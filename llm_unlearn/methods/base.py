@@ -104,6 +104,12 @@ def costed(batch: dict, cost: float | None) -> CostedBatch:
     return out
 
 
+def _base_args():
+    from .arguments import UnlearnArguments
+
+    return UnlearnArguments
+
+
 class BudgetCallback(TrainerCallback):
     """Stops training once the spent compute reaches the budget (so it overshoots by at most one step).
 
@@ -124,19 +130,38 @@ class BudgetCallback(TrainerCallback):
 class UnlearnTrainer(Trainer):
     """Base trainer: ``compute_loss`` unpacks the paired batch, calls ``unlearn_loss`` and checks finiteness.
 
-    Built by its constructor, with everything a run needs as arguments (on top of ``transformers.Trainer``'s own):
+    Built the way TRL's trainers are, whether by a user on a model held in memory or by the unlearn stage::
+
+        args = NPOConfig(output_dir="out", beta=0.1, learning_rate=1e-4, max_steps=10)
+        trainer = NPOTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
+                             processing_class=tokenizer)
 
     Args:
-        method_cfg: the method's config dataclass (default: the registered config's defaults).
+        model: the model to unlearn from (a ``PreTrainedModel``, or a task's own ``torch.nn.Module``). The method's
+            ``prepare_model`` hook runs on it first (EU-k re-initialises its top, CF-k freezes the rest).
+        args: the method's ``<Name>Config`` (``METHODS[name].args_cls``: ``TrainingArguments``, the method's knobs,
+            ``budget_tokens``, ``max_length``); plain ``TrainingArguments`` give the knobs their defaults. The knobs
+            become ``self.method_cfg`` (the method's knob dataclass).
+        forget_dataset, retain_dataset: the rows to forget and to keep: a ``datasets.Dataset`` or a list of dicts in
+            TRL's prompt/completion format (tokenized here, with ``processing_class``), or already tokenized rows, or
+            a task's own items (with a ``data_collator`` for them). Paired by :class:`ForgetRetainDataset`.
+        processing_class: the tokenizer (pads batches, tokenizes prompt/completion rows; saved with the model).
+        ref_model: the frozen initial model of methods with ``needs_reference`` (NPO, SCRUB, RMU...): a model, or a
+            zero-argument callable that loads one, called once the Trainer (and its accelerator) exists so that
+            under ZeRO-3 it is created sharded; then wrapped in its own DeepSpeed inference engine as TRL prepares
+            its reference models, or moved to the device. None: with LoRA the adapter is switched off instead; else
+            loaded from ``model.name_or_path`` when that is a local dir, else copied through
+            ``type(model)(model.config)`` + ``load_state_dict`` (never a ``deepcopy``; refused under ZeRO-3).
+        peft_config: a peft ``LoraConfig``: the model is wrapped with ``get_peft_model`` and only the adapter trains.
+            Refused by methods that edit the base weights themselves (SSD, EU-k: ``supports_peft = False``).
         task: how batches are read (loss, cost, log-probs, blocks; default: the model's own ``unlearn_task``, else the
             causal-LM task).
-        budget_tokens: the compute budget in the task's units (tokens, examples); training stops after the step that
-            spends it, and budget-following learning-rate schedules use it. None: no budget (``max_steps`` rules).
-        reference_model: the frozen initial model of methods with ``needs_reference`` in full-parameter runs: a model,
-            or a zero-argument callable that loads one. A callable is called once the Trainer (and its accelerator)
-            exists, so that under ZeRO-3 the reference is created sharded; it is then wrapped in its own DeepSpeed
-            inference engine as TRL prepares its reference models, or moved to the device. Never a ``deepcopy``.
-            LoRA runs pass none: the adapter is switched off instead.
+        data_collator: collates paired items (default: :class:`ForgetRetainCollator` padding with the tokenizer's
+            pad id).
+        **kwargs: the rest of ``transformers.Trainer``'s arguments (callbacks, optimizers...).
+
+    The compute budget (``args.budget_tokens``, in the task's units: tokens, examples) stops training after the step
+    that spends it, and budget-following learning-rate schedules use it; None: ``max_steps`` rules.
     """
 
     # False for methods whose loss never reads the forget batch: the dataset then skips it.
@@ -147,31 +172,69 @@ class UnlearnTrainer(Trainer):
 
     def __init__(
         self,
-        *args,
-        method_cfg=None,
+        model=None,
+        args=None,
+        forget_dataset=None,
+        retain_dataset=None,
+        processing_class=None,
+        ref_model=None,
+        peft_config=None,
+        *,
         task=None,
-        budget_tokens: float | None = None,
-        reference_model=None,
+        data_collator=None,
         **kwargs,
     ):
+        from ..configs import ConfigError
+        from .arguments import knobs_of
+        from .inputs import as_examples, has_adapter, pad_token_id, prepared_model, reference_source
+
+        if "train_dataset" in kwargs:
+            raise ConfigError(f"{type(self).__name__}: pass forget_dataset and retain_dataset, not train_dataset")
+        if model is None:
+            raise ConfigError(f"{type(self).__name__}: model is required")
+        spec = self._spec()
+        if args is None:  # HF's default output_dir, as Trainer(args=None) uses
+            args = (spec.args_cls if spec is not None else _base_args())(output_dir="tmp_trainer")
         # Set before Trainer.__init__: a method's own __init__ (and HF's callbacks) may read them.
-        self.method_cfg = method_cfg if method_cfg is not None else self._default_method_cfg()
-        self.budget_tokens = float("inf") if budget_tokens is None else float(budget_tokens)
+        self.method_cfg = knobs_of(args, type(self).method_config_cls)
+        budget = getattr(args, "budget_tokens", None)
+        self.budget_tokens = float("inf") if budget is None else float(budget)
         self.compute_tokens = 0.0
         self.reference_model = None
         self._clip_params = None
-        super().__init__(*args, **kwargs)
+        needs_reference = spec.needs_reference if spec is not None else getattr(self, "needs_reference", False)
+        if needs_reference and ref_model is None and peft_config is None and not has_adapter(model):
+            ref_model = reference_source(model, self.method_name or type(self).__name__)  # before any re-init
+        model = prepared_model(model, spec, self.method_cfg, args.seed, peft_config)
+        max_length = getattr(args, "max_length", 256)
+        forget = as_examples(forget_dataset, processing_class, max_length, "forget_dataset")
+        retain = as_examples(retain_dataset, processing_class, max_length, "retain_dataset")
+        if data_collator is None:
+            data_collator = ForgetRetainCollator(pad_token_id(processing_class))
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=ForgetRetainDataset(forget, retain, seed=args.seed, with_forget=self.reads_forget),
+            data_collator=data_collator,
+            processing_class=processing_class,
+            **kwargs,
+        )
         self.task = task if task is not None else task_of(self.model)
         if isinstance(self.data_collator, ForgetRetainCollator) and self.data_collator.cost is None:
             self.data_collator = dataclasses.replace(self.data_collator, cost=self.task.cost)
-        if reference_model is not None:
-            self.reference_model = self._prepare_reference(reference_model)
+        if needs_reference and ref_model is not None and not has_adapter(self.model):
+            self.reference_model = self._prepare_reference(ref_model)
         if math.isfinite(self.budget_tokens):
             self.add_callback(BudgetCallback(self))
 
-    def _default_method_cfg(self):
-        cls = type(self).method_config_cls
-        return cls() if cls is not None else None
+    @classmethod
+    def _spec(cls):
+        """The registered method of this class (None for an unregistered subclass)."""
+        from ..registry import METHODS
+
+        spec = METHODS.get(cls.method_name) if cls.method_name else None
+        # a user's subclass of a registered trainer is still that method (its hook, its reference)
+        return spec if spec is not None and issubclass(cls, spec.trainer_cls) else None
 
     def _prepare_reference(self, ref):
         if callable(ref) and not isinstance(ref, torch.nn.Module):

@@ -92,20 +92,19 @@ def train_only(model, modules: list[torch.nn.Module]):
     return model
 
 
-def lora_on_layers(model, layer_ids: list[int], unlearn_cfg):
-    """The run's LoRA config (``peft_config``) restricted to ``layer_ids`` through ``layers_to_transform``.
+def lora_on_layers(model, layer_ids: list[int], lora):
+    """The run's LoRA config (``lora``, a peft ``LoraConfig``) restricted to ``layer_ids`` through
+    ``layers_to_transform``.
 
     peft refuses ``layers_to_transform`` with a string ``target_modules``, so "all-linear" is first resolved to the
     names of the linear modules inside those layers (what peft's all-linear would pick there)."""
     from peft import get_peft_model
 
-    from ..training import peft_config
-
     attr, _, layers = _find_layers(model)
-    targets = unlearn_cfg.lora_target_modules
-    if isinstance(targets, str):
-        if targets != "all-linear":
-            raise ConfigError("lora_target_modules must be 'all-linear' or a list of module names for this method")
+    targets = lora.target_modules
+    if targets is None or isinstance(targets, str):
+        if targets not in (None, "all-linear"):
+            raise ConfigError("lora target_modules must be 'all-linear' or a list of module names for this method")
         targets = sorted(
             {
                 name.rsplit(".", 1)[-1]
@@ -114,16 +113,17 @@ def lora_on_layers(model, layer_ids: list[int], unlearn_cfg):
                 if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
             }
         )
-    lora = dataclasses.replace(
-        peft_config(unlearn_cfg), target_modules=targets, layers_to_transform=list(layer_ids), layers_pattern=attr
-    )
+    else:
+        targets = sorted(targets)
+    lora = dataclasses.replace(lora, target_modules=targets, layers_to_transform=list(layer_ids), layers_pattern=attr)
     return get_peft_model(model, lora)
 
 
-def prepare_cf_k(model, method_cfg: CFKConfig, unlearn_cfg):
+def prepare_cf_k(model, method_cfg: CFKConfig, ctx):
+    """``ctx``: ``methods.inputs.PrepareContext`` (with LoRA, the adapter goes on the last k layers only)."""
     ids = last_k_layer_ids(model, method_cfg.k)
-    if getattr(unlearn_cfg, "use_peft", False):
-        return lora_on_layers(model, ids, unlearn_cfg)
+    if getattr(ctx, "use_peft", False):
+        return lora_on_layers(model, ids, ctx.peft_config)
     return train_only(model, task_of(model).top_modules(model, ids))
 
 

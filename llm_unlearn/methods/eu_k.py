@@ -110,9 +110,10 @@ def reinitialize_(model, modules: list[torch.nn.Module], seed: int) -> None:
                 _reset_parameters_(top)
 
 
-def prepare_eu_k(model, method_cfg: EUKConfig, unlearn_cfg):
+def prepare_eu_k(model, method_cfg: EUKConfig, ctx):
+    """``ctx``: ``methods.inputs.PrepareContext`` (its seed draws the fresh weights)."""
     modules = task_of(model).top_modules(model, last_k_layer_ids(model, method_cfg.k))
-    reinitialize_(model, modules, unlearn_cfg.seed)
+    reinitialize_(model, modules, ctx.seed)
     return train_only(model, modules)
 
 

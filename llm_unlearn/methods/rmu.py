@@ -181,19 +181,20 @@ def matching_modules(blocks, layer_ids: list[int], regex: str) -> dict[str, torc
     return found
 
 
-def prepare_rmu(model, method_cfg: RMUConfig, unlearn_cfg):
+def prepare_rmu(model, method_cfg: RMUConfig, ctx):
+    """``ctx``: ``methods.inputs.PrepareContext`` (with LoRA, the adapter goes on the trained modules only)."""
     _, train = _layer_ids(model, method_cfg)
     blocks = task_of(model).blocks(model)
     regex = module_regex(model, method_cfg)
-    if getattr(unlearn_cfg, "use_peft", False):
-        return lora_on_layers(model, train, _lora_targets(blocks, train, regex, unlearn_cfg))
+    if getattr(ctx, "use_peft", False):
+        return lora_on_layers(model, train, _lora_targets(blocks, train, regex, ctx.peft_config))
     if regex is None:
         return train_only(model, [blocks[i] for i in train])
     return train_only(model, list(matching_modules(blocks, train, regex).values()))
 
 
-def _lora_targets(blocks, layer_ids: list[int], regex: str | None, unlearn_cfg):
-    """``unlearn_cfg`` with ``lora_target_modules`` narrowed to the names (relative to the block, which peft matches
+def _lora_targets(blocks, layer_ids: list[int], regex: str | None, lora):
+    """The LoRA config ``lora`` with ``target_modules`` narrowed to the names (relative to the block, as peft matches
     as suffixes within ``layers_to_transform``) of the linear modules the regex selects, intersected with the run's own
     target list when it gives one."""
     selected = matching_modules(blocks, layer_ids, regex if regex is not None else "")
@@ -202,17 +203,17 @@ def _lora_targets(blocks, layer_ids: list[int], regex: str | None, unlearn_cfg):
         for key, m in selected.items()
         if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
     }
-    wanted = unlearn_cfg.lora_target_modules
+    wanted = lora.target_modules if lora.target_modules is not None else "all-linear"
     if not isinstance(wanted, str):  # an explicit list: keep the selected modules it names (by last name or full)
         linear = {n for n in linear if n in wanted or n.rsplit(".", 1)[-1] in wanted}
     elif wanted != "all-linear":
-        raise ConfigError("lora_target_modules must be 'all-linear' or a list of module names for rmu")
+        raise ConfigError("lora target_modules must be 'all-linear' or a list of module names for rmu")
     if not linear:
         raise ConfigError(
             f"method_args.trainable_module_regex {regex!r} selects no linear module of layers {layer_ids} among "
             f"lora_target_modules {wanted!r} for LoRA: {sorted(selected)[:8]}"
         )
-    return dataclasses.replace(unlearn_cfg, lora_target_modules=sorted(linear))
+    return dataclasses.replace(lora, target_modules=sorted(linear))
 
 
 @register_method(

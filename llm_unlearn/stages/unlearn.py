@@ -127,36 +127,18 @@ def reference_compute(cfg: UnlearnConfig) -> float:
         raise ConfigError(f"retrain_dir: {str(info)!r} holds no readable compute_tokens ({e}); redo that stage") from e
 
 
-def prepare_model(cfg: UnlearnConfig, model):
-    """The method's own preparation (freezing, re-initialisation), then LoRA wrapping when ``use_peft``."""
-    from peft import PeftModel, get_peft_model
-
+def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
+    """The causal LM's trainer for the method, ready to ``train()`` (see :func:`method_trainer`): the initial model
+    as loaded (the trainer runs the method's preparation and adds the LoRA adapter when ``use_peft``), the tokenized
+    splits, and a loader of the initial weights for methods that need a frozen reference in full-parameter runs."""
+    from ..methods import uses_adapter
+    from ..methods.base import ForgetRetainCollator
     from ..training import peft_config
 
-    from ..methods import build_method_config, get_method, uses_adapter
+    def reference():  # called once the Trainer exists (ZeRO-3 shards it); unused with LoRA
+        from ..modeling import load_model
 
-    spec = get_method(cfg.method)
-    if spec.prepare_model is not None:
-        model = spec.prepare_model(model, build_method_config(cfg.method, cfg.method_args), cfg)
-    if uses_adapter(cfg.method, cfg.use_peft) and not isinstance(model, PeftModel):
-        model = get_peft_model(model, peft_config(cfg))
-    return model
-
-
-def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_tokens: float):
-    """The causal LM's trainer for the method, ready to ``train()`` (see :func:`method_trainer`)."""
-    from peft import PeftModel
-
-    from ..methods import get_method
-    from ..methods.base import ForgetRetainCollator
-
-    reference = None
-    if get_method(cfg.method).needs_reference and not isinstance(model, PeftModel):  # LoRA: the adapter goes off
-
-        def reference():
-            from ..modeling import load_model
-
-            return load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
+        return load_model(cfg.model_dir, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
 
     return method_trainer(
         cfg,
@@ -168,35 +150,62 @@ def build_trainer(cfg: UnlearnConfig, model, tokenizer, forget, retain, budget_t
         step_cost=lambda world: step_cost(cfg, forget, retain, world),
         reference=reference,
         processing_class=tokenizer,
+        peft_config=peft_config(cfg) if uses_adapter(cfg.method, cfg.use_peft) else None,
+        max_length=cfg.max_length,
     )
 
 
-def method_trainer(cfg, model, forget, retain, budget: float, *, collator, step_cost, reference, task=None, **extra):
-    """The method's trainer over paired forget/retain batches, built by its constructor, for any task.
+def method_trainer(
+    cfg,
+    model,
+    forget,
+    retain,
+    budget: float,
+    *,
+    collator,
+    step_cost,
+    reference,
+    task=None,
+    processing_class=None,
+    peft_config=None,
+    **extra,
+):
+    """The method's trainer (``METHODS[cfg.method].trainer_cls``), built by the same constructor a user calls, for
+    any task: its ``<Name>Config`` (``args_cls``) from the stage config's training settings, ``method_args`` and
+    the budget, the forget/retain rows, the reference loader and the LoRA config.
 
     ``max_steps`` is only an upper bound, from ``step_cost(world_size)`` (the least one optimizer step can cost):
     the budget callback stops the run, and the learning-rate schedule follows the budget spent, not the steps
-    (``UnlearnTrainer.create_scheduler``). ``reference``: a loader of the frozen initial model (None: none needed,
-    or a LoRA run); ``extra``: more ``TrainingArguments`` (``optim``...) and ``processing_class``."""
+    (``UnlearnTrainer.create_scheduler``). ``reference``: a loader of the frozen initial model (the trainer calls it
+    only when the method needs one and no adapter is trained); ``extra``: more arguments (``optim``...)."""
     from ..methods import build_method_config, get_method
-    from ..methods.base import ForgetRetainDataset
+    from ..methods.arguments import knob_values
     from ..training import checkpoint_arguments, training_arguments
 
     spec = get_method(cfg.method)
-    processing_class = extra.pop("processing_class", None)
-    args = training_arguments(cfg, Path(cfg.output_dir), max_steps=1, **checkpoint_arguments(cfg.save_steps), **extra)
+    knobs = knob_values(build_method_config(cfg.method, cfg.method_args))
+    args = training_arguments(
+        cfg,
+        Path(cfg.output_dir),
+        args_cls=spec.args_cls,
+        max_steps=1,
+        budget_tokens=budget,
+        **knobs,
+        **checkpoint_arguments(cfg.save_steps),
+        **extra,
+    )
     # set after the arguments exist, which know the process count
     args.max_steps = max(1, math.ceil(budget / step_cost(args.world_size)) + 1)
     return spec.trainer_cls(
         model=model,
         args=args,
-        train_dataset=ForgetRetainDataset(forget, retain, seed=cfg.seed, with_forget=spec.trainer_cls.reads_forget),
-        data_collator=collator,
+        forget_dataset=forget,
+        retain_dataset=retain,
         processing_class=processing_class,
-        method_cfg=build_method_config(cfg.method, cfg.method_args),
+        ref_model=reference,
+        peft_config=peft_config,
         task=task,
-        budget_tokens=budget,
-        reference_model=reference if spec.needs_reference else None,
+        data_collator=collator,
     )
 
 
@@ -267,7 +276,7 @@ def step_cost(cfg, forget, retain, world_size: int = 1) -> int:
 
 
 def _prepare(cfg: UnlearnConfig, budget: float):
-    """The causal LM's part: tokenizer, model (the method's preparation, LoRA), tokenized forget/retain, trainer."""
+    """The causal LM's part: tokenizer, model, tokenized forget/retain, trainer (which prepares the model)."""
     from ..modeling import check_vocab, load_dataset_dir, load_tokenizer, tokenize_split
     from ..training import load_whole_model
 
@@ -275,7 +284,6 @@ def _prepare(cfg: UnlearnConfig, budget: float):
     tokenizer = load_tokenizer(cfg.model_dir, cfg.trust_remote_code)
     model = load_whole_model(cfg.model_dir, cfg)
     check_vocab(model, tokenizer)
-    model = prepare_model(cfg, model)
     forget = tokenize_split(dd["forget"], tokenizer, cfg.max_length)
     retain = tokenize_split(dd["retain"], tokenizer, cfg.max_length)
     return build_trainer(cfg, model, tokenizer, forget, retain, budget), None
