@@ -74,7 +74,11 @@ def test_yaml_float_without_dot_is_accepted():
         (UnlearnConfig, {"method": "neggrad_plus", "method_args": {"betta": 0.9}}, "unknown key 'betta'"),
         (EvalConfig, {"backend": "onnx"}, r"unknown generation backend 'onnx'; choose from \['hf', 'vllm'\]"),
         (ExperimentConfig, {"seeds": []}, "seeds must hold at least one seed"),
-        (ExperimentConfig, {"methods": ["gd"], "method_args": {"gaa": {}}}, "method_args.gaa: .gaa. is not in methods"),
+        (
+            ExperimentConfig,
+            {"methods": ["gd"], "method_args": {"gaa": {}}},
+            "method_args.gaa: .gaa. is not in methods",
+        ),
         (ExperimentConfig, {"train": {"output_dir": "x"}}, "train.output_dir is set by run"),
         (TrainConfig, {"trainer_args": {"no_such_arg": 1}}, "unknown TrainingArguments key 'no_such_arg'"),
     ],
