@@ -402,6 +402,8 @@ def make_parser(
             parser.add_argument(
                 f"--{name}", dest=f"__flag__{name}", metavar="VALUE", help=help_text.replace("%", "%%")
             )
+    # What the parser reads into, so a caller holding only a command's parser (the docs test) can parse like it.
+    parser.config_cls, parser.extra_flags, parser.bool_flags = cls, dict(flags or {}), tuple(bool_flags)
     # A top-level config may hide nested keys another component sets (``run`` sets every stage's paths and seeds).
     for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):
         if _is_bool(_leaf_type(cls, name)):
