@@ -7,6 +7,10 @@ from, is skipped (that is how a killed run resumes); one whose config changed (a
 settings), whose input was redone or is unfinished, or whose records are damaged (a JSON file that no longer parses
 or was edited) is redone, with a warning naming why, and so is every job built on it.
 
+Launchers: with ``launcher: accelerate`` (:class:`Launcher`) a train/unlearn job is run by its worker as its own
+``accelerate launch ... -m llm_unlearn train|unlearn --config <output_dir>.launch.yaml`` (:func:`launch_job`); the
+launched stage goes through the same harness, so skipping, resuming and redoing are the same as in process.
+
 Signals: SIGTERM and SIGINT stop the run. Each worker process leads its own process group (so its children go with
 it) and is killed by the kernel if the parent dies (``PR_SET_PDEATHSIG``, Linux): no process of the run outlives it.
 A stopped job leaves no ``.complete`` (the marker is written last), and :class:`Interrupted` carries the one line
@@ -189,8 +193,7 @@ def launch_job(job: Job, threads: int | None = None) -> None:
         try:
             while chunk := os.read(proc.stderr.fileno(), 65536):
                 log_file.write(chunk)
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
+                _echo(chunk)
                 lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
                 partial = lines.pop()
                 tail.extend(line.decode(errors="replace") for line in lines if line.strip())
@@ -215,6 +218,16 @@ def launch_job(job: Job, threads: int | None = None) -> None:
         f"{job.name}: `accelerate launch ... llm_unlearn {_stage_kind(job)}` exited with {rc}; the stage stays "
         f"incomplete and rerunning the same command resumes it; its stderr ends with: {last} (all of it: {log})"
     )
+
+
+def _echo(chunk: bytes) -> None:
+    """Pass a launched job's stderr through to ours (a notebook's stderr may take only text)."""
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+    else:
+        sys.stderr.write(chunk.decode(errors="replace"))
+    sys.stderr.flush()
 
 
 def _free_port() -> int:
