@@ -392,7 +392,6 @@ def make_parser(
         prog=prog,
         allow_abbrev=False,
         description=description or (cls.__doc__ or "").strip().split("\n")[0],
-        epilog=BOOL_EPILOG,
     )
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
     for name, help_text in (flags or {}).items():
@@ -408,6 +407,7 @@ def make_parser(
     for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):
         if _is_bool(_leaf_type(cls, name)):
             _add_bool(parser, name, name, help_text)
+            parser.epilog = BOOL_EPILOG
         else:
             parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
     return parser
