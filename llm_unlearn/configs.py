@@ -348,20 +348,68 @@ def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list
     return out
 
 
+BOOL_EPILOG = (
+    "A true/false key KEY takes `--KEY true|false`, `--KEY` alone (true) or `--no_KEY` (false); a nested one the same "
+    "with its dotted name: `--unlearn.use_peft`, `--no_unlearn.use_peft`."
+)
+
+
+def _is_bool(tp) -> bool:
+    """``bool`` or ``bool | None``: a key a flag alone can set."""
+    if tp is bool:
+        return True
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else ()
+    return bool(args) and set(args) == {bool, type(None)}
+
+
+def _add_bool(parser: argparse.ArgumentParser, name: str, dest: str, help_text: str) -> None:
+    """``--name [true|false]`` (alone: true, as HF's and argparse's users type it) and ``--no_name`` (false). Both
+    store the text, which is then read like any other value (so ``--name maybe`` is the usual one-line error)."""
+    parser.add_argument(
+        f"--{name}", dest=dest, default=argparse.SUPPRESS, nargs="?", const="true", metavar="BOOL", help=help_text
+    )
+    parser.add_argument(
+        f"--no_{name}",
+        dest=dest,
+        default=argparse.SUPPRESS,
+        action="store_const",
+        const="false",
+        help=argparse.SUPPRESS,
+    )
+
+
 def make_parser(
-    cls, prog: str | None = None, description: str | None = None, flags: dict[str, str] | None = None
+    cls,
+    prog: str | None = None,
+    description: str | None = None,
+    flags: dict[str, str] | None = None,
+    bool_flags: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     """An ``argparse`` parser for ``cls``: ``--config YAML`` plus one ``--field`` flag per (nested) field, plus
-    ``flags`` (name -> help): options of the command that are not config keys (a stage's ``--overwrite``)."""
+    ``flags`` (name -> help): options of the command that are not config keys (a stage's ``--overwrite``; those
+    named in ``bool_flags`` are true/false). A true/false key also takes ``--key`` alone (true) and ``--no_key``."""
     parser = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, description=description or (cls.__doc__ or "").strip().split("\n")[0]
+        prog=prog,
+        allow_abbrev=False,
+        description=description or (cls.__doc__ or "").strip().split("\n")[0],
     )
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
     for name, help_text in (flags or {}).items():
-        parser.add_argument(f"--{name}", dest=f"__flag__{name}", metavar="VALUE", help=help_text.replace("%", "%%"))
+        if name in bool_flags:
+            _add_bool(parser, name, f"__flag__{name}", help_text.replace("%", "%%"))
+        else:
+            parser.add_argument(
+                f"--{name}", dest=f"__flag__{name}", metavar="VALUE", help=help_text.replace("%", "%%")
+            )
+    # What the parser reads into, so a caller holding only a command's parser (the docs test) can parse like it.
+    parser.config_cls, parser.extra_flags, parser.bool_flags = cls, dict(flags or {}), tuple(bool_flags)
     # A top-level config may hide nested keys another component sets (``run`` sets every stage's paths and seeds).
     for name, help_text in _flags(cls, exclude=frozenset(getattr(cls, "CLI_EXCLUDE", ()))):
-        parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+        if _is_bool(_leaf_type(cls, name)):
+            _add_bool(parser, name, name, help_text)
+            parser.epilog = BOOL_EPILOG
+        else:
+            parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
     return parser
 
 
@@ -402,18 +450,42 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
 
 
 def parse_config_and_flags(
-    cls: type[T], argv: list[str] | None = None, prog: str | None = None, flags: dict[str, str] | None = None
+    cls: type[T],
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    flags: dict[str, str] | None = None,
+    bool_flags: tuple[str, ...] = (),
 ) -> tuple[T, dict]:
-    """:func:`parse_config` for a command that also takes ``flags`` (name -> help) which are not config keys;
-    returns the config and ``{name: value}`` (values read as YAML; None where not given)."""
-    parser = make_parser(cls, prog=prog, flags=flags)
+    """:func:`parse_config` for a command that also takes ``flags`` (name -> help) which are not config keys (those
+    in ``bool_flags`` true/false, ``--name`` alone meaning true); returns the config and ``{name: value}`` (values
+    read as YAML; None where not given)."""
+    data, extra = argv_data(cls, argv, prog, flags, bool_flags)
+    cfg = load_config(cls, data)
+    validate_config(cfg)
+    return cfg, extra
+
+
+def argv_data(
+    cls,
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    flags: dict[str, str] | None = None,
+    bool_flags: tuple[str, ...] = (),
+) -> tuple[dict, dict]:
+    """What ``argv`` says, before it is checked against ``cls``: the config mapping (the ``--config`` YAML with the
+    flags' values set over it, read as YAML) and ``{flag name: value}`` for ``flags``. Unknown flags are errors."""
+    parser = make_parser(cls, prog=prog, flags=flags, bool_flags=bool_flags)
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags_given = [a for a in unknown if a.startswith("--")] or unknown
         if flags_given[0].startswith("--"):
             _moved_flag(cls, flags_given[0][2:].split("=")[0])
         allowed = [o[2:] for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
-        near = difflib.get_close_matches(flags_given[0].lstrip("-").split("=")[0], allowed, n=1)
+        given = flags_given[0].lstrip("-").split("=")[0]
+        *parents, leaf = given.split(".")
+        negated = "no_" + ".".join([*parents, leaf[3:]])  # --unlearn.no_use_peft: the one spelling is --no_<key>
+        near = [negated] if leaf.startswith("no_") and negated in allowed else None
+        near = near or difflib.get_close_matches(given, allowed, n=1)
         hint = f" (did you mean --{near[0]}?)" if near else ""
         raise ConfigError(f"unknown argument {flags_given[0]!r}{hint}; `--help` lists the allowed keys")
     ns = vars(known)
@@ -426,9 +498,7 @@ def parse_config_and_flags(
     for dotted, raw in ns.items():
         value = flag_value(raw, dotted, _leaf_type(cls, dotted)) if isinstance(raw, str) else raw
         _set_dotted(data, dotted, value)
-    cfg = load_config(cls, data)
-    validate_config(cfg)
-    return cfg, extra
+    return data, extra
 
 
 def _leaf_type(cls, dotted: str):

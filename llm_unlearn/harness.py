@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 # The option every stage command takes besides its config keys (not part of a stage's identity).
 OVERWRITE_HELP = (
-    "true: redo a finished output_dir whose saved config.yaml (or input dirs) differ from this command's, instead "
-    "of refusing"
+    "redo a finished output_dir whose saved config.yaml (or input dirs) differ from this command's, instead of "
+    "refusing (--overwrite alone or --overwrite true; --no_overwrite, the default, refuses)"
 )
 STAGE_FLAGS = {"overwrite": OVERWRITE_HELP}
 
@@ -227,7 +227,7 @@ def parse_stage(cls, argv, prog: str):
     """A stage command's config and its ``--overwrite`` flag (``(config, overwrite)``)."""
     from .configs import parse_config_and_flags
 
-    cfg, flags = parse_config_and_flags(cls, argv, prog=prog, flags=STAGE_FLAGS)
+    cfg, flags = parse_config_and_flags(cls, argv, prog=prog, flags=STAGE_FLAGS, bool_flags=("overwrite",))
     overwrite = flags.get("overwrite")
     if overwrite is None:
         overwrite = False
@@ -240,7 +240,7 @@ def stage_parser(cls, prog: str):
     """The ``--help`` parser of a stage command: its config keys plus ``--overwrite``."""
     from .configs import make_parser
 
-    return make_parser(cls, prog=prog, flags=STAGE_FLAGS)
+    return make_parser(cls, prog=prog, flags=STAGE_FLAGS, bool_flags=("overwrite",))
 
 
 def stage_commands(cls, main: Callable, prog: str) -> tuple[Callable, Callable]:

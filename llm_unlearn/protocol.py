@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .budget import check_budget_buys_a_step, check_split_sizes
 from .configs import ConfigError
@@ -59,6 +59,22 @@ class ProtocolConfig:
         default=True, metadata={"help": "parameter-shift norms and cosine vs the retrain direction per model"}
     )
     workers: int = field(default=1, metadata={"help": "stage jobs run in parallel (processes; threads are split)"})
+    launcher: Literal["local", "accelerate"] = field(
+        default="local",
+        metadata={
+            "help": "how train/unlearn jobs run: local (in the worker pool, like every other job) or accelerate (each "
+            "one as `accelerate launch --config_file ACCELERATE_CONFIG -m llm_unlearn train|unlearn --config "
+            "<output_dir>.launch.yaml`; poison, evaluations, diagnostics and the report stay in the pool)"
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "launcher accelerate: its config file, e.g. recipes/accelerate_configs/zero3.yaml"},
+    )
+    num_processes: int | None = field(
+        default=None,
+        metadata={"help": "launcher accelerate: processes per launched job (null: the accelerate config's)"},
+    )
     overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
 
@@ -102,6 +118,7 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
         )
     if cfg.workers < 1:
         raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
+    check_launcher(cfg)
     for section, names in run_owned:
         sub = getattr(cfg, section)
         for name in names:
@@ -111,6 +128,26 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
     for v in unlearn_variants(cfg, unlearn_cls, run_owned):
         build_method_config(v.method, v.method_args)
         dataclasses.replace(cfg.unlearn, **v.overrides).validate()
+
+
+def check_launcher(cfg) -> None:
+    """The launcher keys, before any work: an accelerate launch needs accelerate and a config file that exists."""
+    if cfg.num_processes is not None and cfg.num_processes < 1:
+        raise ConfigError(f"num_processes must be >= 1 (or null: the accelerate config's), got {cfg.num_processes}")
+    if cfg.launcher == "local":
+        for key in ("accelerate_config", "num_processes"):
+            if getattr(cfg, key) is not None:  # a recipe may name one for GPU runs while this run stays local
+                logger.warning("%s is only read with launcher: accelerate (this run's launcher is local)", key)
+        return
+    import importlib.util
+    from pathlib import Path
+
+    if cfg.accelerate_config is None:
+        raise ConfigError("launcher accelerate needs accelerate_config (e.g. recipes/accelerate_configs/zero3.yaml)")
+    if not Path(cfg.accelerate_config).is_file():
+        raise ConfigError(f"accelerate_config: {cfg.accelerate_config!r} does not exist")
+    if importlib.util.find_spec("accelerate") is None:
+        raise ConfigError("launcher accelerate: the accelerate package is not installed (pip install accelerate)")
 
 
 @dataclass(frozen=True)

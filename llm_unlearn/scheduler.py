@@ -7,6 +7,10 @@ from, is skipped (that is how a killed run resumes); one whose config changed (a
 settings), whose input was redone or is unfinished, or whose records are damaged (a JSON file that no longer parses
 or was edited) is redone, with a warning naming why, and so is every job built on it.
 
+Launchers: with ``launcher: accelerate`` (:class:`Launcher`) a train/unlearn job is run by its worker as its own
+``accelerate launch ... -m llm_unlearn train|unlearn --config <output_dir>.launch.yaml`` (:func:`launch_job`); the
+launched stage goes through the same harness, so skipping, resuming and redoing are the same as in process.
+
 Signals: SIGTERM and SIGINT stop the run. Each worker process leads its own process group (so its children go with
 it) and is killed by the kernel if the parent dies (``PR_SET_PDEATHSIG``, Linux): no process of the run outlives it.
 A stopped job leaves no ``.complete`` (the marker is written last), and :class:`Interrupted` carries the one line
@@ -27,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .configs import ConfigError
+from .files import atomic_write_text, is_complete
+from .harness import StageFault
 from .outputs import HOW_NOT_WHAT, clear_output, config_changed, content, normalized, output_state, same
-from .files import is_complete
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HOW_NOT_WHAT", "Interrupted", "Job", "execute", "run_job"]
+__all__ = ["HOW_NOT_WHAT", "Interrupted", "Job", "LaunchFailed", "Launcher", "execute", "launch_job", "run_job"]
 
 
 @dataclass
@@ -41,6 +47,82 @@ class Job:
     stage: str  # dotted module path whose ``main(config)`` runs the job
     config: Any
     deps: list[str]
+    launcher: Launcher | None = None  # how a train/unlearn job runs (None: in the worker, like every job)
+
+
+# The stages an accelerate launcher starts as `accelerate launch -m llm_unlearn <command>`: module -> (command, the
+# config class that command parses). Everything else (poison, evaluate, diagnose) is cheap or starts its own workers
+# (vLLM), so it stays in the pool.
+LAUNCHED_STAGES = {
+    "llm_unlearn.stages.train": ("train", "TrainConfig"),
+    "llm_unlearn.stages.unlearn": ("unlearn", "UnlearnConfig"),
+}
+# Set in the environment of a launched job: its ranks die with the launcher (see :func:`die_with_parent`).
+LAUNCHED_ENV = "LLM_UNLEARN_LAUNCHED"
+STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """``launcher: accelerate``: run a train/unlearn job as its own ``accelerate launch`` (see :func:`launch_job`).
+
+    The job's resolved config is written beside its output dir as ``<output_dir>.launch.yaml`` (and everything the
+    launch prints to stderr as ``<output_dir>.launch.log``): the same file `llm-unlearn train|unlearn --config` reads
+    by hand, so a failed job can be rerun alone. The launched stage goes through the same harness as in-process jobs
+    (skip a finished output of the same config, resume its checkpoints), so resume is the same as with ``local``."""
+
+    accelerate_config: str
+    num_processes: int | None = None  # None: the accelerate config's
+
+    @classmethod
+    def from_experiment(cls, cfg) -> Launcher | None:
+        if cfg.launcher == "local":
+            return None
+        return cls(str(cfg.accelerate_config), cfg.num_processes)
+
+    def launches(self, job: Job) -> bool:
+        return job.stage in LAUNCHED_STAGES
+
+    def check(self, job: Job) -> None:
+        """A launched job's config must be what its command parses (the llm track's stage configs), before work."""
+        if not self.launches(job):
+            return
+        command, cls_name = LAUNCHED_STAGES[job.stage]
+        cls = type(job.config)
+        if (cls.__module__, cls.__name__) != (job.stage, cls_name):
+            raise ConfigError(
+                f"launcher: accelerate launches `llm-unlearn {command}` with a {cls_name}, but job {job.name} has a "
+                f"{cls.__name__} (another track's stage config); use launcher: local"
+            )
+
+    def settings(self) -> dict:
+        """The accelerate config file as a mapping (empty if it is not one: accelerate itself then says why)."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(self.accelerate_config).read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def processes(self) -> int:
+        n = self.num_processes or self.settings().get("num_processes") or 1
+        return n if isinstance(n, int) and n > 0 else 1
+
+    def command(self, job: Job, spec: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", self.accelerate_config]
+        if self.num_processes:
+            cmd += ["--num_processes", str(self.num_processes)]
+        settings = self.settings()
+        if (settings.get("num_machines") or 1) == 1 and not settings.get("main_process_port"):
+            # Two launches at once (workers > 1) would both take the default rendezvous port 29500.
+            cmd += ["--main_process_port", str(_free_port())]
+        return [*cmd, "-m", "llm_unlearn", LAUNCHED_STAGES[job.stage][0], "--config", str(spec)]
+
+
+class LaunchFailed(StageFault):
+    """A launched train/unlearn job exited with an error after its work started: its stage stays incomplete (no
+    ``.complete``), and rerunning the same command resumes it."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -68,11 +150,112 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
 
         torch.set_num_threads(threads)
     start = time.perf_counter()
+    if job.launcher is not None and job.launcher.launches(job):
+        launch_job(job, threads)
+        return job.name, time.perf_counter() - start, None
     module = importlib.import_module(job.stage)
     if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
         return job.name, 0.0, "diverged"
     module.main(job.config)
     return job.name, time.perf_counter() - start, None
+
+
+def launch_paths(job: Job) -> tuple[Path, Path]:
+    """Where a launched job's config and its stderr log go: beside its output dir (``<output_dir>.launch.yaml``,
+    ``<output_dir>.launch.log``), outside it, so the stage's own records and their digests are untouched."""
+    out = Path(_output_dir(job))
+    return out.with_name(out.name + ".launch.yaml"), out.with_name(out.name + ".launch.log")
+
+
+def launch_job(job: Job, threads: int | None = None) -> None:
+    """Run one train/unlearn job as ``accelerate launch ... -m llm_unlearn <stage> --config <output_dir>.launch.yaml``
+    and wait for it. Its stderr is passed through (progress, logs) and kept in ``<output_dir>.launch.log``; a non-zero
+    exit raises :class:`LaunchFailed` with the last lines, or the launched stage's own ConfigError (a problem it found
+    before work, e.g. a budget that buys no step), as ``local`` would raise it."""
+    import subprocess
+    from collections import deque
+
+    import yaml
+
+    launcher = job.launcher
+    spec, log = launch_paths(job)
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec, yaml.safe_dump(normalized(job.config), sort_keys=False))
+    cmd = launcher.command(job, spec)
+    env = {**os.environ, LAUNCHED_ENV: "1"}  # (LLM_UNLEARN_PLUGINS is in os.environ: the ranks load the plugins too)
+    if "OMP_NUM_THREADS" not in os.environ:  # the worker's share of the cores, split between its ranks
+        env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // launcher.processes()))
+    logger.info("%s: %s", job.name, " ".join(cmd))
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    partial = b""
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        try:
+            while chunk := os.read(proc.stderr.fileno(), 65536):
+                log_file.write(chunk)
+                _echo(chunk)
+                lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
+                partial = lines.pop()
+                tail.extend(line.decode(errors="replace") for line in lines if line.strip())
+            rc = proc.wait()
+        except BaseException:  # a signal stopping the run: the launcher goes too (its ranks die with it)
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stderr.close()
+    if partial.strip():
+        tail.append(partial.decode(errors="replace"))
+    if rc == 0:
+        return
+    refusal = f"llm-unlearn {_stage_kind(job)}: error: "
+    error = next((line for line in reversed(tail) if line.startswith(refusal)), None)
+    if error is not None:  # the stage refused its inputs before any work, as it would in process
+        raise ConfigError(f"{job.name}: {error.split(': error: ', 1)[1]}")
+    logger.error("%s: the launched job exited with %d; its stderr ends with:\n%s", job.name, rc, "\n".join(tail))
+    last = tail[-1] if tail else "(no output)"
+    raise LaunchFailed(
+        f"{job.name}: `accelerate launch ... llm_unlearn {_stage_kind(job)}` exited with {rc}; the stage stays "
+        f"incomplete and rerunning the same command resumes it; its stderr ends with: {last} (all of it: {log})"
+    )
+
+
+def _echo(chunk: bytes) -> None:
+    """Pass a launched job's stderr through to ours (a notebook's stderr may take only text)."""
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+    else:
+        sys.stderr.write(chunk.decode(errors="replace"))
+    sys.stderr.flush()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Make this process die (SIGKILL) when its parent dies, however it dies (``PR_SET_PDEATHSIG``, Linux).
+
+    ``accelerate launch`` runs each rank in a session of its own (torch elastic's ``start_new_session``), so a run
+    killed as a process group would leave the ranks of a launched job running, and writing into a stage dir the
+    rerun is about to resume. Called in a rank when :data:`LAUNCHED_ENV` says ``run`` launched it, and in every worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the line above ran
+        os._exit(1)
 
 
 # The resume rules live in llm_unlearn.outputs (shared with the single-stage commands); names kept for callers.
@@ -184,16 +367,7 @@ def _worker_init() -> None:
     """In each worker: lead its own process group (the run stops it and its children together; a Ctrl-C on the
     terminal reaches only the run, which stops the workers), and die with the parent, however the parent dies."""
     os.setpgrp()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() == 1:  # the parent died before the line above ran
-            os._exit(1)
+    die_with_parent()
     from .registry import load_plugins
 
     load_plugins()  # the run's plugins (LLM_UNLEARN_PLUGINS, set by the parent): their methods/attacks run here too

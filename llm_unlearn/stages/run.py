@@ -198,8 +198,12 @@ def _identity(cfg: ExperimentConfig) -> dict:
 
 
 def _identity_dict(d: dict) -> dict:
-    # What defines results: everything but where they go and how many processes compute them.
-    return {k: v for k, v in d.items() if k not in ("output_dir", "workers", "overwrite")}
+    # What defines results: everything but where they go and how many processes compute them (and how they are
+    # launched: switching a run to accelerate keeps its finished stages, as the stage configs are the same).
+    return {k: v for k, v in d.items() if k not in HOW_RUN}
+
+
+HOW_RUN = ("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes")
 
 
 def _resolve(cfg, **overrides):
@@ -243,10 +247,16 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
     from ..configs import check_writable_dir
     from ..locks import acquire, release
 
+    from ..scheduler import Launcher
+
     jobs = []
     for i, c in enumerate(cfgs):
+        launcher = Launcher.from_experiment(c)
         for job in get_track(c.track).plan(c):
             check_writable_dir(_job_output(job), f"output_dir of job {job.name}")  # names the filesystem refuses
+            if launcher is not None:
+                launcher.check(job)
+                job.launcher = launcher
             job.name = f"e{i}/{job.name}"
             job.deps = [f"e{i}/{d}" for d in job.deps]
             jobs.append(job)
