@@ -168,7 +168,7 @@ CASES = [
     ),
     case("budgets_empty", ["run", "--budgets", "[]"], r"budgets must be a non-empty list"),
     case("unknown_method", ["run", "--methods", "[gd, bogus]"], r"unknown method 'bogus'; choose from \[.*'gd'.*\]"),
-    case("methods_empty", ["run", "--methods", "[]"], r"methods must name at least one METHODS key"),
+    case("methods_empty", ["run", "--methods", "[]"], r"methods must name at least one registered method"),
     case(
         "unknown_method_arg",
         ["run", "--methods", "[neggrad_plus]", "--method_args", "{neggrad_plus: {betta: 0.9}}"],
