@@ -255,7 +255,10 @@ def check_writable_dir(path: str, key: str = "output_dir") -> None:
     created here."""
     if not path.strip() or "\x00" in path:
         raise ConfigError(f"{key}: {path!r} is not a usable directory path")
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError as e:  # "~user" of a user this machine does not know
+        raise ConfigError(f"{key}: {path!r}: {e}") from e
     probe = p
     while not _exists(probe):
         if probe.parent == probe:

@@ -228,7 +228,8 @@ def test_loaded_plugins_reach_child_processes(monkeypatch, tmp_path):
     (tmp_path / "env_plugin_mod.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_LOADED", [])
-    monkeypatch.delenv(registry.PLUGIN_ENV, raising=False)
+    # setenv first: teardown then restores the variable as it was (absent), so no later test's children inherit it
+    monkeypatch.setenv(registry.PLUGIN_ENV, "[]")
     assert registry.load_plugins(["env_plugin_mod"]) == ["env_plugin_mod"]
     assert json.loads(os.environ[registry.PLUGIN_ENV]) == ["env_plugin_mod"]
     monkeypatch.setenv(registry.PLUGIN_ENV, "not json")
