@@ -120,7 +120,7 @@ def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) 
     from llm_unlearn.metrics import loss_mia
 
     from .data import splits
-    from .training import per_example_loss, predict
+    from llm_unlearn.tasks.classification import per_example_loss, predict
 
     data = splits(tensors, manifest)
     test = data["test"]

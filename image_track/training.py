@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from llm_unlearn.configs import ConfigError
 
@@ -54,10 +53,6 @@ class TrainSection:
             raise ConfigError("train.momentum and train.weight_decay must be >= 0")
         if self.save_epochs < 0:
             raise ConfigError(f"train.save_epochs must be >= 0 (0 = no checkpoints), got {self.save_epochs}")
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TensorDataset(torch.utils.data.Dataset):
@@ -157,25 +152,3 @@ def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int, o
 
     with tempfile.TemporaryDirectory(prefix="surrogate-") as scratch:
         return train_classifier(model, x, y, cfg, seed, scratch, on_epoch_end=on_epoch_end)
-
-
-@torch.no_grad()
-def logits_of(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    dev = device()
-    model.to(dev).eval()
-    out = [
-        model(pixel_values=x[i : i + batch_size].to(dev)).logits.float().cpu() for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return logits_of(model, x, batch_size).argmax(-1)
-
-
-def per_example_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return F.cross_entropy(logits_of(model, x, batch_size), y, reduction="none")
-
-
-def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((predict(model, x) == y).float().mean())

@@ -9,7 +9,7 @@ Stages are importable one by one (``llm_unlearn.stages.{poison,train,unlearn,eva
 and ``main(config)``); ``METHODS`` and ``ATTACKS`` are the registries; ``gaussian_scores``/``gus_summary`` the audit,
 and ``gaussian_unlearning_score`` the audit of a model held in memory.
 
-Every method is also a TRL-shaped pair for a model held in memory (``METHODS[name].args_cls``/``trainer_cls``)::
+Every method is also a TRL-shaped pair for a model held in memory (``METHODS[name].config_cls``/``trainer_cls``)::
 
     from llm_unlearn import NPOConfig, NPOTrainer
 
@@ -58,7 +58,7 @@ _LAZY = {
     "UnlearnArguments": ("llm_unlearn.methods.arguments", "UnlearnArguments"),
 }
 # TRL-shaped pairs, one per built-in method: ``NPOConfig`` (TrainingArguments + the method's knobs, derived from its
-# knob dataclass; found in llm_unlearn.methods) and ``NPOTrainer``. A plugin's are ``METHODS[name].args_cls`` and
+# knob dataclass; found in llm_unlearn.methods) and ``NPOTrainer``. A plugin's are ``METHODS[name].config_cls`` and
 # ``METHODS[name].trainer_cls``.
 _METHOD_MODULES = {
     "CFK": "cf_k",

@@ -166,7 +166,7 @@ def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, se
 
     owned = {n for sec, names in run_owned if sec == "unlearn" for n in names}
     unlearn_keys = {f.name for f in dataclasses.fields(unlearn_cls)} - owned
-    method_keys = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    method_keys = {f.name for f in dataclasses.fields(get_method(method).knobs_cls)}
     for k in keys:
         if k in unlearn_keys and k in method_keys:
             raise ConfigError(f"grid.{method}.{k}: ambiguous, {k!r} is both an unlearn key and a {method} key")
@@ -209,7 +209,7 @@ def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
             if len({repr(v) for v in values}) != len(values):
                 raise ConfigError(f"grid.{method}.{k}: values must be distinct, got {values}")
         keys = list(grid)
-        spec_cls = get_method(method).config_cls
+        spec_cls = get_method(method).knobs_cls
         typed = {  # YAML 1.1 reads 1e-4 as a string: coerce through the field's annotation like any config value
             k: [_coerce_field(unlearn_cls if k in unlearn_keys else spec_cls, k, v, f"grid.{method}.{k}") for v in vs]
             for k, vs in grid.items()

@@ -9,8 +9,8 @@ A method is a trainer class (a subclass of ``llm_unlearn.UnlearnTrainer``) plus 
         def unlearn_loss(self, model, forget, retain):
             return self.method_cfg.scale * self.nll(model, retain)
 
-Its spec gives the trainer (``trainer_cls``), the knob dataclass (``config_cls``: what ``method_args`` is checked
-against) and, derived from it on first use, the TRL-shaped ``args_cls`` (``HalfGDConfig``: ``TrainingArguments`` plus
+Its spec gives the trainer (``trainer_cls``), the knob dataclass (``knobs_cls``: what ``method_args`` is checked
+against) and, derived from it on first use, the TRL-shaped ``config_cls`` (``HalfGDConfig``: ``TrainingArguments`` plus
 the knobs, the trainer's ``args``).
 
 An attack is a class with its config dataclass, registered for a track (``llm`` or ``image``); see
@@ -46,7 +46,7 @@ BUILTIN_ATTACKS = {"llm": "llm_unlearn.attacks"}  # other tracks register theirs
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    config_cls: type  # the knob dataclass (a recipe's method_args; the trainer's method_cfg)
+    knobs_cls: type  # the knob dataclass (a recipe's method_args; the trainer's method_cfg)
     trainer_cls: type
     summary: str
     # Full-parameter runs load a frozen copy of the initial model as the trainer's reference (KL/NPO/SCRUB teachers).
@@ -61,9 +61,9 @@ class MethodSpec:
     module: str = ""  # where it was registered (error messages name it)
 
     @property
-    def args_cls(self) -> type:
+    def config_cls(self) -> type:
         """The method's TRL-shaped config, ``<Name>Config``: ``transformers.TrainingArguments`` plus the knobs of
-        ``config_cls`` and a compute budget, derived on first use (transformers loads then; found by name, like the
+        ``knobs_cls`` and a compute budget, derived on first use (transformers loads then; found by name, like the
         built-ins, so this module stays below the methods)."""
         return importlib.import_module(BUILTIN_METHODS).args_class(self.name)
 
@@ -142,7 +142,7 @@ def register_method(
         cls.method_config_cls = config_cls
         METHODS[name] = MethodSpec(
             name=name,
-            config_cls=config_cls,
+            knobs_cls=config_cls,
             trainer_cls=cls,
             summary=_summary(cls, summary),
             needs_reference=bool(

@@ -38,7 +38,7 @@ def check_trainer_args(extra: dict) -> None:
 
 def training_arguments(cfg, output_dir: Path, args_cls: type | None = None, **overrides):
     """``TrainingArguments`` shared by training and unlearning (no checkpoints, no hub, no wandb by default); an
-    unlearning method's ``<Name>Config`` when ``args_cls`` is given (its knobs and budget among ``overrides``)."""
+    unlearning method's ``<Name>Config`` when ``config_cls`` is given (its knobs and budget among ``overrides``)."""
     import os
 
     from transformers import TrainingArguments

@@ -178,7 +178,7 @@ def test_registration_rules(monkeypatch):
             return self.nll(model, retain)
 
     spec = registry.get_method("my_method")
-    assert spec.trainer_cls is MyTrainer and spec.config_cls is Cfg and spec.summary == "Scaled retain NLL."
+    assert spec.trainer_cls is MyTrainer and spec.knobs_cls is Cfg and spec.summary == "Scaled retain NLL."
     assert spec.needs_reference and spec.supports_peft  # class attributes are the defaults
     with pytest.raises(ConfigError, match="method 'gd' is registered twice.*GDTrainer.*Other"):
 

@@ -57,7 +57,7 @@ def _linear_trainer(tmp_path, alpha: float, steps: int):
     retain = [{"x": torch.tensor([1.0, 0.0])} for _ in range(N_RETAIN)]
     forget = [{"x": torch.tensor([1.0, G])} for _ in range(N_FORGET)]
 
-    args = METHODS["ssd"].args_cls(
+    args = METHODS["ssd"].config_cls(
         output_dir=str(tmp_path / "t"), per_device_train_batch_size=B, max_steps=steps, seed=0, report_to="none",
         use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, alpha=alpha, lam=1.0,
     )  # fmt: skip

@@ -45,7 +45,7 @@ def _args(spec, tmp_path, **kw):
         # GA's ascent is unbounded: no clipping, so 3 steps at a high lr visibly move every LoRA matrix
         max_grad_norm=0.0 if spec.name == "ga" else 1.0,
     )
-    return spec.args_cls(**{**base, **kw})
+    return spec.config_cls(**{**base, **kw})
 
 
 def _lora():
@@ -92,7 +92,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("method,lora", list(_cases()))
-def test_every_method_trains_through_args_cls_and_trainer_cls(tiny_dir, tmp_path, method, lora):
+def test_every_method_trains_through_config_cls_and_trainer_cls(tiny_dir, tmp_path, method, lora):
     from transformers import AutoTokenizer
 
     spec = METHODS[method]
@@ -190,9 +190,9 @@ def test_every_builtin_pair_is_exported_from_the_package():
     for name, spec in METHODS.items():
         if not spec.module.startswith("llm_unlearn.methods."):
             continue
-        assert getattr(llm_unlearn, spec.args_cls.__name__) is spec.args_cls, name
+        assert getattr(llm_unlearn, spec.config_cls.__name__) is spec.config_cls, name
         assert getattr(llm_unlearn, spec.trainer_cls.__name__) is spec.trainer_cls, name
-        assert spec.args_cls.knobs_cls is spec.config_cls  # the knob dataclass stays what method_args is checked on
+        assert spec.config_cls.knobs_cls is spec.knobs_cls  # the knob dataclass stays what method_args is checked on
     assert llm_unlearn.NPOConfig.__name__ == "NPOConfig" and llm_unlearn.NPOTrainer is METHODS["npo"].trainer_cls
 
 
@@ -220,9 +220,9 @@ def test_a_plugins_knob_dataclass_gives_its_trl_config(tiny_dir, tmp_path, monke
             return self.method_cfg.scale * self.nll(model, retain)
 
     spec = registry.get_method("half_gd")
-    args_cls = spec.args_cls
+    args_cls = spec.config_cls
     assert issubclass(args_cls, TrainingArguments) and args_cls.__name__ == "HalfGDConfig"
-    assert spec.config_cls is HalfGDConfig and spec.trainer_cls is HalfGDTrainer
+    assert spec.knobs_cls is HalfGDConfig and spec.trainer_cls is HalfGDTrainer
     assert args_cls(output_dir=str(tmp_path)).scale == 0.5
     args = _args(spec, tmp_path, scale=0.25, max_steps=2)
     assert pickle.loads(pickle.dumps(args)).scale == 0.25  # checkpoints pickle it

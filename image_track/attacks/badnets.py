@@ -69,7 +69,7 @@ class BadNetsAttack(ImageAttack):
         )
 
     def evaluate(self, *, model, tensors: dict, manifest: dict, cfg, **_) -> tuple[dict, dict]:
-        from ..training import predict
+        from llm_unlearn.tasks.classification import predict
 
         tp = predict(model, tensors["test_triggered_images"], cfg.batch_size)
         asr = float((tp == manifest["target_label"]).float().mean())

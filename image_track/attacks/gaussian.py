@@ -52,7 +52,7 @@ def gus_scores(
     gradient (checked by profiling: one ``convolution_backward`` per conv, as costly as its forward)."""
     from llm_unlearn.metrics import input_gradients, scores_from_gradients
 
-    from ..training import device
+    from llm_unlearn.tasks.classification import device
 
     dev = device()
     model.to(dev).eval()

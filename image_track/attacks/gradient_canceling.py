@@ -132,7 +132,9 @@ class GradientCancelingAttack(ImageAttack):
         recipe (from its surrogate's initialisation) on clean + poisons and keeps the radius whose model is least
         accurate on the attacker's clean training rows (never the test set)."""
         from ..models import build_model
-        from ..training import accuracy, device, fit
+        from llm_unlearn.tasks.classification import accuracy, device
+
+        from ..training import fit
 
         self.check(cfg)
         a = self.args

@@ -111,7 +111,7 @@ class WitchesBrewAttack(ImageAttack):
     eval_keys = ("poison_success",)
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        from ..training import device, predict
+        from llm_unlearn.tasks.classification import device, predict
 
         a = self.args
         sseed = cfg.seed + a.surrogate_seed_offset
@@ -155,7 +155,7 @@ class WitchesBrewAttack(ImageAttack):
                 f"of class {target_class}"
             )
         if a.target_selection == "low_margin":  # closest to flipping: logit(true) - logit(adv) smallest
-            from ..training import logits_of
+            from llm_unlearn.tasks.classification import logits_of
 
             lg = logits_of(surrogate, clean.test_x[cands])
             margin = lg[:, target_class] - lg[:, adv_class]
@@ -206,7 +206,7 @@ class WitchesBrewAttack(ImageAttack):
         return Poisoned(idx, images, clean.train_y[idx].clone(), extras=extras, test_keep=keep, info=info)
 
     def evaluate(self, *, model, tensors: dict, manifest: dict, cfg, **_) -> tuple[dict, dict]:
-        from ..training import predict
+        from llm_unlearn.tasks.classification import predict
 
         tp = predict(model, tensors["target_images"], cfg.batch_size)
         success = float((tp == tensors["target_adv_labels"]).float().mean())

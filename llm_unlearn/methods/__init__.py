@@ -23,7 +23,7 @@ def build_method_config(name: str, args: dict | None):
 
     spec = get_method(name)
     try:
-        return build_config(spec.config_cls, args or {})
+        return build_config(spec.knobs_cls, args or {})
     except ValueError as e:
         raise type(e)(f"method {name!r}: {e}") from e
 
@@ -48,13 +48,13 @@ def _args_names() -> dict[str, str]:
 
 
 def args_class(name: str) -> type:
-    """The ``<Name>Config`` of method ``name`` (``METHODS[name].args_cls``): ``TrainingArguments`` plus its knobs."""
+    """The ``<Name>Config`` of method ``name`` (``METHODS[name].config_cls``): ``TrainingArguments`` plus its knobs."""
     spec = get_method(name)
     cls = _ARGS.get(name)
-    if cls is None or cls.knobs_cls is not spec.config_cls:  # a re-registered method gets a fresh class
+    if cls is None or cls.knobs_cls is not spec.knobs_cls:  # a re-registered method gets a fresh class
         from .arguments import derive_args_class
 
-        cls = _ARGS[name] = derive_args_class(name, spec.config_cls, _args_names()[name])
+        cls = _ARGS[name] = derive_args_class(name, spec.knobs_cls, _args_names()[name])
     return cls
 
 

@@ -1,8 +1,8 @@
 """The TRL-shaped configs of the methods: ``<Name>Config``, a ``transformers.TrainingArguments`` subclass carrying the
 method's own knobs, the argument ``args`` of ``<Name>Trainer`` (``llm_unlearn.NPOConfig``/``NPOTrainer``...).
 
-A method registers a plain dataclass of its knobs (``MethodSpec.config_cls``: what a recipe's ``method_args`` is
-checked against); its ``<Name>Config`` (``MethodSpec.args_cls``) is derived from it here on first use, so a plugin
+A method registers a plain dataclass of its knobs (``MethodSpec.knobs_cls``: what a recipe's ``method_args`` is
+checked against); its ``<Name>Config`` (``MethodSpec.config_cls``) is derived from it here on first use, so a plugin
 author writes the knobs once: the knob fields (types resolved, defaults and help kept) on top of
 :class:`UnlearnArguments`. The derived classes live in ``llm_unlearn.methods`` (its ``__getattr__``), where pickle
 finds them again: ``Trainer.save_model`` and every checkpoint pickle the arguments (``training_args.bin``).

@@ -139,7 +139,7 @@ class UnlearnTrainer(Trainer):
     Args:
         model: the model to unlearn from (a ``PreTrainedModel``, or a task's own ``torch.nn.Module``). The method's
             ``prepare_model`` hook runs on it first (EU-k re-initialises its top, CF-k freezes the rest).
-        args: the method's ``<Name>Config`` (``METHODS[name].args_cls``: ``TrainingArguments``, the method's knobs,
+        args: the method's ``<Name>Config`` (``METHODS[name].config_cls``: ``TrainingArguments``, the method's knobs,
             ``budget_tokens``, ``max_length``); plain ``TrainingArguments`` give the knobs their defaults. The knobs
             become ``self.method_cfg`` (the method's knob dataclass).
         forget_dataset, retain_dataset: the rows to forget and to keep: a ``datasets.Dataset`` or a list of dicts in
@@ -194,7 +194,7 @@ class UnlearnTrainer(Trainer):
             raise ConfigError(f"{type(self).__name__}: model is required")
         spec = self._spec()
         if args is None:  # HF's default output_dir, as Trainer(args=None) uses
-            args = (spec.args_cls if spec is not None else _base_args())(output_dir="tmp_trainer")
+            args = (spec.config_cls if spec is not None else _base_args())(output_dir="tmp_trainer")
         # Set before Trainer.__init__: a method's own __init__ (and HF's callbacks) may read them.
         self.method_cfg = knobs_of(args, type(self).method_config_cls)
         budget = getattr(args, "budget_tokens", None)

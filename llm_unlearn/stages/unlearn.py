@@ -171,7 +171,7 @@ def method_trainer(
     **extra,
 ):
     """The method's trainer (``METHODS[cfg.method].trainer_cls``), built by the same constructor a user calls, for
-    any task: its ``<Name>Config`` (``args_cls``) from the stage config's training settings, ``method_args`` and
+    any task: its ``<Name>Config`` (``config_cls``) from the stage config's training settings, ``method_args`` and
     the budget, the forget/retain rows, the reference loader and the LoRA config.
 
     ``max_steps`` is only an upper bound, from ``step_cost(world_size)`` (the least one optimizer step can cost):
@@ -187,7 +187,7 @@ def method_trainer(
     args = training_arguments(
         cfg,
         Path(cfg.output_dir),
-        args_cls=spec.args_cls,
+        args_cls=spec.config_cls,
         max_steps=1,
         budget_tokens=budget,
         **knobs,

@@ -127,3 +127,32 @@ class ClassificationTask:
 
     def collator(self, pad_token_id: int | None = None) -> ClassificationCollator:
         return ClassificationCollator()
+
+
+# --- Batched inference on a tensor of inputs (evaluation and the image attacks) ---
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def logits_of(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    dev = device()
+    model.to(dev).eval()
+    out = [
+        model(**{INPUT_KEY: x[i : i + batch_size].to(dev)}).logits.float().cpu() for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return logits_of(model, x, batch_size).argmax(-1)
+
+
+def per_example_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return F.cross_entropy(logits_of(model, x, batch_size), y, reduction="none")
+
+
+def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((predict(model, x) == y).float().mean())
