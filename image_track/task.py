@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from . import attacks  # noqa: F401  (registers the image attacks: a worker running an image stage rebuilds one)
 from .models import ModelConfig
 from .training import TrainSection
 

@@ -149,3 +149,15 @@ def test_cifar_schema_dataset_from_disk(tmp_path):
     assert (Path(out) / "model.safetensors").is_file()
     with pytest.raises(ConfigError, match="split 'validation'"):
         load_clean(DataConfig(dataset_name=str(tmp_path / "cifar"), test_split="validation"), seed=0)
+
+
+def test_a_fresh_worker_running_an_image_stage_knows_the_image_attacks():
+    """A spawned worker that gets an image eval job first imports only what unpickling the config needs (the image
+    task), yet rebuilds the attack from the manifest: the task must register the image attacks."""
+    import subprocess
+    import sys
+
+    code = "import image_track.task\nfrom llm_unlearn.registry import attacks\nprint(sorted(attacks('image')))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gaussian" in out.stdout and "badnets" in out.stdout
