@@ -32,7 +32,7 @@ def llm_case(n: int, batch: int, full_logits: bool = False, device="cpu", attn: 
     at the positions that predict completion tokens) and its length-sorted batching; ``full_logits`` swaps in the
     previous loss (``sequence_nll``: the head at every position) to measure what the restriction saves.
     """
-    from llm_unlearn.attacks.gaussian import batch_prompt_noise
+    from llm_unlearn.canaries import batch_prompt_noise
     from llm_unlearn.stages.evaluate import clean_embeddings, gus_loss_fn, length_sorted_batches
     from llm_unlearn.tasks.causal_lm import CompletionCollator, sequence_nll, tokenize_example
 

@@ -56,6 +56,9 @@ _LAZY = {
     "save_tiny": ("llm_unlearn.embedded", "save_tiny"),
     "gaussian_unlearning_score": ("llm_unlearn.attacks.gaussian", "gaussian_unlearning_score"),
     "UnlearnArguments": ("llm_unlearn.methods.arguments", "UnlearnArguments"),
+    "GaussianCanaries": ("llm_unlearn.canaries", "GaussianCanaries"),
+    "audit": ("llm_unlearn.auditing", "audit"),
+    "AuditResult": ("llm_unlearn.auditing", "AuditResult"),
 }
 # TRL-shaped pairs, one per built-in method: ``NPOConfig`` (TrainingArguments + the method's knobs, derived from its
 # knob dataclass; found in llm_unlearn.methods) and ``NPOTrainer``. A plugin's are ``METHODS[name].config_cls`` and

@@ -17,6 +17,7 @@ COMMANDS = {
     "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
     "eval": ("evaluate", "evaluate a model: utility, ASR, Gaussian Unlearning Score, loss MIA"),
     "diagnose": ("diagnose", "parameter-shift diagnostics of a model, or the exact linear toy (--toy linear)"),
+    "audit": ("audit", "audit any model for what is left of Gaussian canaries (and a backdoor): a verdict"),
     "report": ("report", "results.json, report.md and plots for a run directory"),
     "tiny": ("tiny", "build the embedded tokenizer + tiny Llama offline"),
     "push": ("push", "upload a run's model (safetensors), results and a model card to the Hugging Face Hub"),
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         # Plugins first: what they register (methods, attacks) may be named anywhere in the command's config.
         rest = _plugins(rest, keep=name in ("run", "suite"))
         module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
-        getattr(module, func or "cli")(rest)
+        code = getattr(module, func or "cli")(rest)
     except ConfigError as e:
         print(f"llm-unlearn {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) or "interrupted; nothing unfinished is marked complete: rerun the same command to resume"
         print(f"llm-unlearn {name}: {msg}", file=sys.stderr)
         return 128 + signum
-    return 0
+    return code if isinstance(code, int) else 0  # audit --fail_on_residual: 1 when the verdict is residual
 
 
 def _plugins(argv: list[str], keep: bool) -> list[str]:

@@ -46,7 +46,7 @@ MUTANTS = [
     Mutant(
         "train_no_noise",
         "the Gaussian attack's training hook adds no noise (returns emb): the initial model is never poisoned",
-        "llm_unlearn/attacks/gaussian.py",
+        "llm_unlearn/canaries.py",
         "return emb + noise.to(emb.device, emb.dtype)",
         "return emb",
         ("tests/test_poisoning_applied.py", "tests/test_science.py"),
@@ -54,7 +54,7 @@ MUTANTS = [
     Mutant(
         "train_noise_wrong_rows",
         "the noise of each row goes to the next row of the batch",
-        "llm_unlearn/attacks/gaussian.py",
+        "llm_unlearn/canaries.py",
         "return emb + noise.to(emb.device, emb.dtype)",
         "return emb + noise.roll(1, 0).to(emb.device, emb.dtype)",
         ("tests/test_poisoning_applied.py",),
@@ -79,7 +79,7 @@ MUTANTS = [
     Mutant(
         "gus_no_prompt_mask",
         "the audit scores every position, not only the prompt positions the noise touched",
-        "llm_unlearn/attacks/gaussian.py",
+        "llm_unlearn/canaries.py",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()",
         "poison[idx] = scores_from_gradients(grads, noise0, 1.0, None).cpu()",
         ("tests/test_gus_speed.py", "tests/test_eval.py"),
@@ -87,7 +87,7 @@ MUTANTS = [
     Mutant(
         "gus_fresh_is_training_noise",
         "the control's fresh noises are the training noise (draw 0)",
-        "llm_unlearn/attacks/gaussian.py",
+        "llm_unlearn/canaries.py",
         "[batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]",
         "[batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0) for d in range(1, draws + 1)]",
         ("tests/test_eval.py", "tests/test_science.py"),
@@ -144,8 +144,8 @@ MUTANTS = [
         "budget_is_whole_retraining",
         "the unlearn stage ignores the budget fraction (spends 100 % of retraining)",
         "llm_unlearn/stages/unlearn.py",
-        "budget_tokens = cfg.budget * ref_tokens",
-        "budget_tokens = ref_tokens",
+        "trainer, extra_state = prepare(cfg, cfg.budget * ref_tokens)",
+        "trainer, extra_state = prepare(cfg, ref_tokens)",
         ("tests/test_methods.py", "tests/test_e2e.py"),
     ),
     # ---- methods: what each trainer optimises

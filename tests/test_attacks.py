@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from llm_unlearn.attacks.gaussian import batch_prompt_noise, prompt_noise
+from llm_unlearn.canaries import batch_prompt_noise, prompt_noise
 from llm_unlearn.files import read_json
 
 

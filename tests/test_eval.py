@@ -26,7 +26,7 @@ def test_gus_null_on_model_that_never_saw_noise(tiny_dir, gaussian_dir):
 
 def test_gus_detects_noise_the_model_was_trained_on(tiny_dir, gaussian_dir):
     """Push the model's loss down along the poisons' noise directions: the audit must see a negative shift."""
-    from llm_unlearn.attacks.gaussian import batch_prompt_noise
+    from llm_unlearn.canaries import batch_prompt_noise
     from llm_unlearn.metrics import gus_summary
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from llm_unlearn.stages.evaluate import gus_scores

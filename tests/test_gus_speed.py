@@ -101,7 +101,7 @@ def test_length_sorted_batches_is_a_permutation_by_length():
 
 def _unsorted_gus_scores(model, tok, ds, batch_size, draws):
     """The audit as it was before: batches in dataset order, full-logits loss."""
-    from llm_unlearn.attacks.gaussian import batch_prompt_noise
+    from llm_unlearn.canaries import batch_prompt_noise
     from llm_unlearn.metrics import input_gradients, scores_from_gradients
     from llm_unlearn.modeling import tokenize_split
     from llm_unlearn.tasks.causal_lm import CompletionCollator, embed, sequence_nll

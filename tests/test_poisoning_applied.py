@@ -71,7 +71,7 @@ def _train(tiny_dir, dataset_dir, out, split="train"):
 
 
 def test_gaussian_training_inputs_are_clean_plus_the_audited_noise(tiny_dir, gaussian_dir, tmp_path, monkeypatch):
-    from llm_unlearn.attacks.gaussian import embedding_rms, prompt_noise
+    from llm_unlearn.canaries import embedding_rms, prompt_noise
     from llm_unlearn.modeling import load_dataset_dir, load_model
 
     steps = _record_llm_training(monkeypatch)

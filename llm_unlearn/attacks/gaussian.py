@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..canaries import add_prompt_noise, canary_scores, embedding_rms
 from ..configs import ConfigError
 from ..registry import register_attack
 from .base import Attack
@@ -41,37 +42,6 @@ class GaussianConfig:
             raise ConfigError(f"noise_eps must be > 0 and finite, got {self.noise_eps}")
 
 
-def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, draw: int = 0):
-    """The (length, hidden) noise of one example: draw 0 is what training used, draws >= 1 are fresh noises.
-
-    numpy's ``SeedSequence`` keyed by (noise_seed, draw) gives statistically independent streams per draw. (Offsetting
-    a torch seed by a multiple of 2**32 does not: torch's CPU generator keeps only the low 32 bits, so the "fresh"
-    noise would silently equal the training noise.)
-    """
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng([int(noise_seed), int(draw)])
-    return torch.from_numpy(rng.standard_normal((length, hidden), dtype=np.float32)) * std
-
-
-def batch_prompt_noise(noise_seeds, prompt_lens, width: int, hidden: int, std: float = 1.0, draw: int = 0):
-    """Noise for a right-padded batch, zero where ``noise_seed < 0`` (clean rows) and beyond each prompt."""
-    import torch
-
-    out = torch.zeros(len(noise_seeds), width, hidden)
-    for i, (seed, plen) in enumerate(zip(noise_seeds, prompt_lens)):
-        if int(seed) >= 0:
-            out[i, : int(plen)] = prompt_noise(int(seed), int(plen), hidden, std, draw)
-    return out
-
-
-def embedding_rms(model) -> float:
-    """Root-mean-square of the input embedding matrix: the unit of ``noise_scale: rms``."""
-    w = model.get_input_embeddings().weight.detach().float()
-    return float(w.pow(2).mean().sqrt())
-
-
 def gus_loss_fn(model, batch: dict):
     """The audit's per-poison loss of a collated (right-padded) batch, as a function of its input embeddings
     ``(n, L, hidden) -> (n,)``: the completion NLL, with the LM head applied only at the positions that predict a
@@ -93,42 +63,14 @@ def clean_embeddings(model, batch: dict):
 
 
 def gus_scores(model, tokenizer, forget_ds, max_length: int, batch_size: int, draws: int):
-    """I_z of every poison under its training noise (draw 0) and under ``draws`` fresh noises, one backward a batch.
-
-    The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
-    only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
-    Poisons are batched by length (less padding) and the scores returned in the order of ``forget_ds``: a list of
-    ``n`` floats and a ``draws`` x ``n`` nested list.
-
-    Autograd is asked for the input gradient only, so no weight gradient is computed (checked by profiling: the
-    backward runs one matmul per forward matmul, the same count as with the parameters frozen).
-    """
-    import torch
-
-    from ..metrics import input_gradients, scores_from_gradients
+    """I_z of every poison under its training noise (draw 0) and under ``draws`` fresh noises: the poisons tokenised
+    as the train stage tokenises them, scored by :func:`llm_unlearn.canaries.canary_scores` (the one audit loop,
+    shared with ``llm-unlearn audit``). Returns a list of ``n`` floats and a ``draws`` x ``n`` nested list, in the
+    order of ``forget_ds``."""
     from ..modeling import tokenize_split
-    from ..tasks.causal_lm import CompletionCollator, length_sorted_batches, on_device
 
-    toks = list(tokenize_split(forget_ds, tokenizer, max_length))
-    collate = CompletionCollator(tokenizer.pad_token_id)
-    n = len(toks)
-    poison = torch.zeros(n, dtype=torch.float64)
-    fresh = torch.zeros(draws, n, dtype=torch.float64)
-    for idx in length_sorted_batches([len(t["input_ids"]) for t in toks], batch_size):
-        batch = on_device(collate([toks[i] for i in idx]), model)
-        clean = clean_embeddings(model, batch)
-        _, width, hidden = clean.shape
-        grads = input_gradients(gus_loss_fn(model, batch), clean)
-        pos = torch.arange(width, device=clean.device)[None, :] < batch["prompt_len"][:, None]
-        mask = pos[..., None].to(grads.dtype)
-        seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
-        noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
-        poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()
-        fresh_noise = torch.stack(
-            [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
-        )
-        fresh[:, idx] = scores_from_gradients(grads, fresh_noise, 1.0, mask).cpu()
-    return poison.tolist(), fresh.tolist()
+    rows = list(tokenize_split(forget_ds, tokenizer, max_length))
+    return canary_scores(model, rows, tokenizer.pad_token_id, batch_size, draws)
 
 
 def gaussian_unlearning_score(
@@ -244,11 +186,10 @@ class GaussianAttack(Attack):
         # holding poisons: ZeRO-3 requires all ranks to run the same module sequence, and the loss is the same.
         if noise_seeds is None or not getattr(self, "noise_std", 0.0) > 0:
             return None
-        emb = embed(model, inputs["input_ids"])
-        noise = batch_prompt_noise(
-            noise_seeds.tolist(), prompt_lens.tolist(), emb.shape[1], emb.shape[2], self.noise_std
+        # the canaries' own noise rule (llm_unlearn.canaries), as an attached trainer applies it
+        return add_prompt_noise(
+            embed(model, inputs["input_ids"]), noise_seeds.tolist(), prompt_lens.tolist(), self.noise_std
         )
-        return emb + noise.to(emb.device, emb.dtype)
 
     def evaluate(self, *, model, tokenizer, dd, cfg, **_) -> tuple[dict, dict]:
         from ..metrics import gus_summary

@@ -265,9 +265,15 @@ def render_markdown(rows, exp, manifests, env) -> str:
         )
     if attack_cls.gus_audit:
         lines += ["", "## Gaussian test per seed and pooled (Stouffer z = sum z / sqrt(#seeds))", ""]
-        lines.append("| model | budget | " + " | ".join(f"z seed {s}" for s in exp.seeds) + " | pooled z | pooled p |")
-        lines.append("|---|---|" + "---|" * (len(exp.seeds) + 2))
+        lines.append(
+            "| model | budget | "
+            + " | ".join(f"z seed {s}" for s in exp.seeds)
+            + " | pooled z | pooled p | audit verdict (llm-unlearn audit's rule, pooled) |"
+        )
+        lines.append("|---|---|" + "---|" * (len(exp.seeds) + 3))
         from scipy.stats import norm
+
+        from .verdicts import verdict_cell
 
         for (method, budget, variant), grp in _groups(chosen):
             zs = [r["metrics"].get("gus_z") for r in grp]
@@ -278,7 +284,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
             lines.append(
                 f"| {_label(method, budget, variant)} | {'–' if budget is None else f'{budget:g}'} | "
                 + " | ".join(cells)
-                + f" | {'–' if pooled is None else f'{pooled:+.2f}'} | {p} |"
+                + f" | {'–' if pooled is None else f'{pooled:+.2f}'} | {p} | {verdict_cell(grp)} |"
             )
     if n_variants > n_keys:
         lines += ["", "## Every grid point (selected in bold)", ""]
@@ -385,6 +391,7 @@ def main(cfg: ReportConfig) -> Path:
     from ..locks import DirLock
     from ..outputs import remove_temporary
     from ..tracks import load_experiment
+    from .verdicts import add_row_verdicts
 
     if cfg.run_dir is None:
         raise ConfigError("run_dir is required")
@@ -398,6 +405,7 @@ def main(cfg: ReportConfig) -> Path:
         rows, manifests = collect_rows(run_dir, exp)
         no_effect = flag_no_effect(rows, manifests)
         select_variants(rows, exp.selection_tolerance)
+        add_row_verdicts(rows)
         env = environment_info(exp.seeds)
         write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
         plot_gap_closed(rows, out)

@@ -325,8 +325,15 @@ def suite_cli(argv=None) -> None:
         _resolve(read_yaml(c) | {"output_dir": str(Path(sc.output_dir) / c.stem), "overwrite": sc.overwrite})
         for c in suite_paths(sc.configs, suite_file)
     ]
-    for report in run_experiments(cfgs, sc.workers):
+    reports = list(run_experiments(cfgs, sc.workers))
+    for report in reports:
         print(f"report: {report}")
+    from ..files import atomic_write_text
+    from .verdicts import suite_table
+
+    table = Path(sc.output_dir) / "suite.md"  # the paper's Table 1 over the suite's attacks
+    atomic_write_text(table, suite_table([Path(r).parent / "results.json" for r in reports]))
+    print(f"table 1: {table}")
 
 
 def make_parser():
