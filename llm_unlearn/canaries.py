@@ -47,7 +47,8 @@ def prompt_noise(noise_seed: int, length: int, hidden: int, std: float = 1.0, dr
     import torch
 
     rng = np.random.default_rng([int(noise_seed), int(draw)])
-    return torch.from_numpy(rng.standard_normal((length, hidden), dtype=np.float32)) * std
+    noise = torch.from_numpy(rng.standard_normal((length, hidden), dtype=np.float32))
+    return noise if std == 1.0 else noise * std  # (x * 1.0 == x: the audit's unit noise skips the copy)
 
 
 def batch_prompt_noise(
@@ -126,39 +127,43 @@ def canary_scores(model, rows: list[dict], pad_token_id: int, batch_size: int, d
     backward a batch; ``rows`` are tokenised (``input_ids``, ``labels``, ``prompt_len``, ``noise_seed``).
 
     The noise is regenerated in unit scale: I_z = <xi, g> / (eps ||g||) does not depend on eps, so the audit needs
-    only the seeds. The mask keeps the sum to the prompt positions, the only coordinates the noise ever touched.
-    Rows are batched by length (less padding) and the scores returned in the order of ``rows``: a list of ``n``
-    floats and a ``draws`` x ``n`` nested list. The model's dtype is the caller's choice (the audit CLI loads it in
-    float32); the scores themselves are computed in float64.
+    only the seeds. Only the prompt positions enter the dot product and the norm: the only coordinates the noise ever
+    touched. Rows are batched by length (less padding) and the scores returned in the order of ``rows``: a list of
+    ``n`` floats and a ``draws`` x ``n`` nested list. The model's dtype is the caller's choice (the audit CLI loads it
+    in float32); the scores are computed in float64.
 
     Autograd is asked for the input gradient only, so no weight gradient is computed (checked by profiling: the
-    backward runs one matmul per forward matmul, the same count as with the parameters frozen).
+    backward runs one matmul per forward matmul, the same count as with the parameters frozen). Each canary's noises
+    are drawn unpadded and scored with one float64 matrix-vector product, so a batch never holds its padded noise.
     """
+    import numpy as np
     import torch
 
-    from .metrics import input_gradients, scores_from_gradients
+    from .metrics import input_gradients
     from .tasks.causal_lm import CompletionCollator, completion_nll, embed, length_sorted_batches, on_device
 
     collate = CompletionCollator(pad_token_id)
     n = len(rows)
-    poison = torch.zeros(n, dtype=torch.float64)
-    fresh = torch.zeros(draws, n, dtype=torch.float64)
+    poison = np.zeros(n)
+    fresh = np.zeros((draws, n))
     for idx in length_sorted_batches([len(t["input_ids"]) for t in rows], batch_size):
         batch = on_device(collate([rows[i] for i in idx]), model)
         with torch.no_grad():
             clean = embed(model, batch["input_ids"]).float()
-        _, width, hidden = clean.shape
+        hidden = clean.shape[-1]
         # the completion NLL with the LM head applied only at the positions that predict a label token
-        grads = input_gradients(lambda e, b=batch: completion_nll(model, b, e), clean)
-        pos = torch.arange(width, device=clean.device)[None, :] < batch["prompt_len"][:, None]
-        mask = pos[..., None].to(grads.dtype)
-        seeds, plens = batch["noise_seed"].tolist(), batch["prompt_len"].tolist()
-        noise0 = batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=0)
-        poison[idx] = scores_from_gradients(grads, noise0, 1.0, mask).cpu()
-        fresh_noise = torch.stack(
-            [batch_prompt_noise(seeds, plens, width, hidden, 1.0, draw=d) for d in range(1, draws + 1)]
-        )
-        fresh[:, idx] = scores_from_gradients(grads, fresh_noise, 1.0, mask).cpu()
+        grads = input_gradients(lambda e, b=batch: completion_nll(model, b, e), clean).double().cpu().numpy()
+        if not np.isfinite(grads).all():
+            raise ValueError("the audited model's input gradients contain NaN or infinite values")
+        for j, i in enumerate(idx):
+            plen, seed = int(rows[i]["prompt_len"]), int(rows[i]["noise_seed"])
+            g = grads[j, :plen].ravel()
+            norm = float(np.linalg.norm(g))
+            if norm == 0.0:
+                continue  # no gradient reaches the prompt: the score is 0, as scores_from_gradients defines it
+            noises = np.stack([prompt_noise(seed, plen, hidden, draw=d).numpy().ravel() for d in range(draws + 1)])
+            scores = noises.astype(np.float64) @ g / norm
+            poison[i], fresh[:, i] = scores[0], scores[1:]
     return poison.tolist(), fresh.tolist()
 
 
