@@ -538,3 +538,31 @@ def test_pushed_model_card_and_results_carry_the_recomputed_numbers(run_dir, tmp
         for r in staged:
             want = _value(exp, r["variant"], seed, "gap_closed")
             assert r["metrics"]["gap_closed"] == pytest.approx(want, rel=1e-12, abs=1e-12), r["variant"]
+
+
+def test_every_model_carries_the_audit_verdict(run_dir):
+    """results.json rows carry what ``llm-unlearn audit`` would say of each model, and report.md's Gaussian table the
+    verdict of the pooled test, recomputed here from the per-seed z's (two-sided p < 0.01; invalid if any seed's
+    fresh control is off or it has fewer than 10 poisons)."""
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    for r in rows:
+        m = r["metrics"]
+        valid = m["n_poison"] >= 10 and abs(m["fresh_gus_z"]) <= 3
+        want = "invalid" if not valid else ("residual" if m["gus_p"] < 0.01 else "no_residual_detected")
+        assert m["audit_verdict"] == want, (r["variant"], m["gus_p"], m["fresh_gus_z"])
+    exp = _expected(run_dir)
+    labels = _label_to_variant(exp)
+    tables = _md_tables((run_dir / "report.md").read_text())
+    stouffer = next(t for h, t in tables.items() if h.startswith("Gaussian test per seed and pooled"))
+    col = next(k for k in stouffer[0] if k.startswith("audit verdict"))
+    assert stouffer
+    for line in stouffer:
+        variant, _, _ = _row_variant(line["model"], labels)
+        grp = [r for r in rows if r["variant"] == variant]
+        z = _stouffer([r["metrics"]["gus_z"] for r in grp])
+        p = _two_sided_p(z)
+        if any(r["metrics"]["audit_verdict"] == "invalid" for r in grp):
+            assert line[col] == "invalid", line
+        else:
+            verdict = "residual" if p < 0.01 else "no residual detected"
+            assert line[col] == f"{verdict}, p = {p:.2g}", (line, z)
