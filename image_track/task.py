@@ -1,10 +1,6 @@
-"""The image classification task for the shared stages (registered as the ``image_classification`` entry point of
-``llm_unlearn.tasks``): what ``llm_unlearn.stages.evaluate`` and ``llm_unlearn.stages.diagnose`` ask of an image
-model and its data. Its batch-level quantities (loss, cost, log-probs, logits, blocks) are the generic
-``llm_unlearn.tasks.classification.ClassificationTask`` the methods use.
-
-Evaluation: clean accuracy, the attack's metrics from its ``evaluate`` hook (``image_track/attacks/``: ASR, poison
-success, the Gaussian Unlearning Score on pixel gradients), loss MIA; ``eval_results.json`` has the LLM track's keys.
+"""The image classification task for the shared stages (the ``image_classification`` entry point of
+``llm_unlearn.tasks``): what the poison, train, unlearn, evaluate and diagnose stages ask of an image model and its
+data. Batch-level quantities are ``llm_unlearn.tasks.classification.ClassificationTask``'s.
 """
 
 from __future__ import annotations
@@ -18,8 +14,6 @@ from .models import ModelConfig
 from .training import TrainSection
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.outputs import write_records
-from llm_unlearn.training import DivergedError
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
 
 
@@ -117,47 +111,32 @@ class ImageUnlearnConfig:
 
 
 def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) -> tuple[dict, dict]:
-    from llm_unlearn.attacks import attack_from_manifest, eval_keys
-    from llm_unlearn.metrics import loss_mia
-
-    from .data import splits
+    """Clean accuracy, the attack's metrics (its ``evaluate`` hook), loss MIA: the LLM track's keys."""
+    from llm_unlearn.attacks import attack_from_manifest
+    from llm_unlearn.stages.evaluate import eval_record
     from llm_unlearn.tasks.classification import per_example_loss, predict
 
+    from .data import splits
+
     data = splits(tensors, manifest)
-    test = data["test"]
+    test, forget = data["test"], data["forget"]
     preds = predict(model, test.images, cfg.batch_size)
-    metrics = {"clean_accuracy": float((preds == test.labels).float().mean())}
-    per_sample: dict = {"test_predictions": preds.tolist()}
-    # Every image attack's keys (null here), then this attack's metrics (c): results of all attacks share one schema.
-    metrics.update(dict.fromkeys(eval_keys("image")))
-    attack_metrics, attack_samples = attack_from_manifest(manifest, "image").evaluate(
-        model=model, tensors=tensors, manifest=manifest, cfg=cfg
-    )
-    metrics.update(attack_metrics)
-    per_sample.update(attack_samples)
-    forget = data["forget"]
+    attack = attack_from_manifest(manifest, "image").evaluate(model=model, tensors=tensors, manifest=manifest, cfg=cfg)
     forget_loss = per_example_loss(model, forget.images, forget.labels, cfg.batch_size)
     test_loss = per_example_loss(model, test.images, test.labels, cfg.batch_size)
-    metrics.update(loss_mia(forget_loss.tolist(), test_loss.tolist()))
+    accuracy = float((preds == test.labels).float().mean())
+    metrics, per_sample = eval_record(
+        "image", accuracy, preds.tolist(), attack, forget_loss.tolist(), test_loss.tolist()
+    )
     metrics["test_loss"] = float(test_loss.mean())
     metrics["forget_loss"] = float(forget_loss.mean())
-    per_sample.update(forget_loss=forget_loss.tolist(), test_loss=test_loss.tolist())
     return metrics, per_sample
 
 
 def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
-    """The protocol's split-size rule on a poisoned image dataset's manifest."""
-    from llm_unlearn.budget import check_split_sizes
+    from llm_unlearn.budget import check_manifest_splits
 
-    sizes = manifest.get("splits", {})
-    if "retain" in sizes and "forget" in sizes:
-        check_split_sizes(
-            sizes["retain"],
-            sizes["forget"],
-            batch_size,
-            int(manifest.get("num_classes", 0)),
-            where=f"dataset_dir {dataset_dir!r}: ",
-        )
+    check_manifest_splits(manifest, batch_size, int(manifest.get("num_classes", 0)), dataset_dir)
 
 
 class ImageTask:
@@ -211,45 +190,21 @@ class ImageTask:
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)
 
     def train(self, cfg: ImageTrainConfig, out: Path) -> dict:
+        from llm_unlearn.stages.train import finish_training
+
         from .data import load_dataset_dir, splits
         from .models import build_model, save_model
-        from llm_unlearn.training import remove_checkpoints
-
         from .training import train_classifier
 
         tensors, manifest = load_dataset_dir(cfg.dataset_dir)
         data = splits(tensors, manifest)[cfg.split]
-        model = build_model(
-            cfg.model,
-            manifest["image_shape"],
-            manifest["num_classes"],
-            manifest["mean"],
-            manifest["std"],
-            seed=cfg.seed,
-        )
-        diverged, info = None, {}
-        try:
-            info = train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
-        except DivergedError as e:
-            diverged = e
-        info = {
-            "split": cfg.split,
-            "n_examples": len(data),
-            "steps": info.get("steps", diverged.step if diverged else None),
-            "compute_tokens": info.get("compute_tokens", 0),  # examples through forward+backward (the budget unit)
-            "compute_unit": "examples",
-            "train_loss": info.get("train_loss", diverged.loss if diverged else None),
-            "diverged": diverged is not None,
-            "diverged_step": diverged.step if diverged else None,
-            "wall_seconds": info.get("wall_seconds", 0.0),  # this run's (a resumed run: since it resumed)
-            "resumed_from_step": info.get("resumed_from_step"),  # the checkpoint this run started from (None: scratch)
-        }
+        shape, k, mean, std = (manifest[key] for key in ("image_shape", "num_classes", "mean", "std"))
+        model = build_model(cfg.model, shape, k, mean, std, seed=cfg.seed)
+        run = train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
+        # compute: examples through forward+backward (the budget unit); wall_seconds: since this run (re)started
+        info = {"split": cfg.split, "n_examples": len(data), **run, "compute_unit": "examples"}
         save_model(model.cpu(), out)
-        remove_checkpoints(out)  # also after a divergence: the rerun trains from scratch, as without them
-        if diverged is not None:  # the record without the marker: the stage is not finished
-            write_records(out, cfg, {"training_info.json": info})
-            raise diverged
-        return {"training_info.json": info}
+        return finish_training(cfg, out, info)
 
     # --- unlearning (the shared unlearn stage calls these) ---
 
