@@ -27,22 +27,29 @@ SCHEDULE_HELP = (
 
 
 @dataclass
-class UnlearnConfig:
-    """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
+class UnlearnRun:
+    """The keys every task's unlearn config starts with: which models, data, method, budget and seed (the ones
+    ``run`` fills in for every job); the task's config adds its training settings."""
 
     model_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
     dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
-    output_dir: str | None = field(default=None, metadata={"help": "where the adapter/model goes"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the unlearned model (or adapter) goes"})
     retrain_dir: str | None = field(
         default=None, metadata={"help": "gold retrain dir; its training_info.json compute_tokens is the budget's 100%"}
     )
     reference_compute_tokens: float | None = field(
-        default=None, metadata={"help": "retraining compute in tokens, if retrain_dir is not given"}
+        default=None, metadata={"help": "retraining compute (the task's unit), if retrain_dir is not given"}
     )
     method: str = field(default="gd", metadata={"help": "a METHODS key"})
     method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own knobs"})
     budget: float = field(default=0.1, metadata={"help": "fraction of retraining compute, in (0, 1]"})
-    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise"})
+    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise (and augmentation)"})
+
+
+@dataclass
+class UnlearnConfig(UnlearnRun):
+    """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
+
     learning_rate: float = field(default=1e-3, metadata={"help": "optimizer learning rate"})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
@@ -205,6 +212,28 @@ def method_trainer(
         peft_config=peft_config,
         task=task,
         data_collator=collator,
+    )
+
+
+def classifier_trainer(cfg, model, forget, retain, budget: float, reference, **extra):
+    """:func:`method_trainer` for a classifier that carries its ``ClassificationTask`` (``model.unlearn_task``):
+    paired forget/retain batches through the task's collator; a step costs its examples."""
+    from ..methods.base import ForgetRetainCollator
+
+    task = model.unlearn_task
+    collator = ForgetRetainCollator(collate=task.collator())
+    step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    return method_trainer(
+        cfg,
+        model,
+        forget,
+        retain,
+        budget,
+        collator=collator,
+        step_cost=lambda world: step * world,
+        reference=reference,
+        task=task,
+        **extra,
     )
 
 
