@@ -32,8 +32,9 @@ def llm_case(n: int, batch: int, full_logits: bool = False, device="cpu", attn: 
     at the positions that predict completion tokens) and its length-sorted batching; ``full_logits`` swaps in the
     previous loss (``sequence_nll``: the head at every position) to measure what the restriction saves.
     """
+    from llm_unlearn.attacks.gaussian import clean_embeddings, gus_loss_fn
     from llm_unlearn.canaries import batch_prompt_noise
-    from llm_unlearn.stages.evaluate import clean_embeddings, gus_loss_fn, length_sorted_batches
+    from llm_unlearn.tasks.causal_lm import length_sorted_batches
     from llm_unlearn.tasks.causal_lm import CompletionCollator, sequence_nll, tokenize_example
 
     tok, model = tiny_llm()
@@ -57,7 +58,7 @@ def llm_case(n: int, batch: int, full_logits: bool = False, device="cpu", attn: 
         return idx, b, clean, noise, mask
 
     # Inputs are built once, outside the timed region: both sides then time the audit only. The batched side groups
-    # poisons of similar lengths (as evaluate's gus_scores does), so little compute goes to padding.
+    # poisons of similar lengths (as attacks.gaussian.gus_scores does), so little compute goes to padding.
     batched_inputs = [prepare(idx) for idx in length_sorted_batches([len(f["input_ids"]) for f in feats], batch)]
     single_inputs = [prepare([i]) for i in range(n)]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.tasks.classification import Split
 
 DATA_NAME = "data.safetensors"
 
@@ -133,43 +133,17 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
-@dataclass
-class Split:
-    images: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor  # row in the training set (or the test set)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.images[i], "labels": int(self.labels[i]), "index": int(self.index[i])}
-
-
 def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    from llm_unlearn.files import atomic_save_tensors
 
-    tmp = out / f".{DATA_NAME}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(out / DATA_NAME)
+    atomic_save_tensors(tensors, out / DATA_NAME)
 
 
 def read_manifest(path: str | Path) -> dict:
     """The manifest of an image poison stage's output (a ConfigError if ``path`` is not one, or it does not parse)."""
-    import json
+    from llm_unlearn.modeling import read_manifest
 
-    d = Path(path)
-    if not (d / DATA_NAME).is_file() or not (d / "manifest.json").is_file():
-        raise ConfigError(f"dataset_dir {str(d)!r} holds no poisoned image dataset (run the image poison stage)")
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (ValueError, OSError) as e:
-        raise ConfigError(
-            f"dataset_dir: {str(d / 'manifest.json')!r} does not parse ({e}); redo the poison stage"
-        ) from e
-    if not isinstance(manifest, dict):
-        raise ConfigError(f"dataset_dir: {str(d / 'manifest.json')!r} is not a poison manifest")
-    return manifest
+    return read_manifest(str(path), data=DATA_NAME)
 
 
 def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,9 +195,6 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     # The crop's gather leaves the batch channels-last in memory; this torch CPU build's conv backward has been seen
     # to corrupt memory on such input for narrow ResNets (width 2-4), so hand the model a contiguous batch.
     return x.contiguous()
-
-
-Augment = Literal["none", "crop_flip"]
 
 
 def make_augment(kind: str, padding: int = 4):

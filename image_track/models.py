@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.tasks.classification import ClassificationTask, ClassifierOutput
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model_config.json"
@@ -42,17 +43,6 @@ class ModelConfig:
     def validate(self) -> None:
         if self.width < 1 or self.hidden < 1:
             raise ConfigError(f"model.width and model.hidden must be >= 1, got {self.width}, {self.hidden}")
-
-
-@dataclass
-class ClassifierOutput:
-    """What the methods and the Trainer read: ``logits`` (n, classes) and ``loss`` when labels were given."""
-
-    logits: torch.Tensor
-    loss: torch.Tensor | None = None
-
-    def __getitem__(self, i):  # HF Trainer indexes outputs like a tuple in a few places
-        return (self.loss, self.logits)[i] if self.loss is not None else (self.logits,)[i]
 
 
 class BasicBlock(nn.Module):
@@ -126,8 +116,6 @@ class ImageClassifier(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
-        from llm_unlearn.tasks.classification import ClassificationTask
-
         self.unlearn_task = ClassificationTask()  # how llm_unlearn's methods read this model's batches
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -165,30 +153,22 @@ def build_model(
 
 def save_model(model: ImageClassifier, out: str | Path) -> None:
     """``model.safetensors`` (weights and buffers) + ``model_config.json``; no pickles."""
-    from safetensors.torch import save_file
-
-    from llm_unlearn.files import atomic_write_text
+    from llm_unlearn.files import atomic_save_tensors, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / WEIGHTS_NAME)
+    atomic_save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS_NAME)
     atomic_write_text(out / CONFIG_NAME, json.dumps(model.description(), indent=2) + "\n")
 
 
-def load_model(model_dir: str | Path) -> ImageClassifier:
+def load_model(model_dir: str | Path, key: str = "model_dir") -> ImageClassifier:
     from safetensors.torch import load_file
 
-    d = Path(model_dir)
-    if not (d / WEIGHTS_NAME).is_file() or not (d / CONFIG_NAME).is_file():
-        raise ConfigError(f"{str(d)!r} holds no image model ({WEIGHTS_NAME} + {CONFIG_NAME}); is it a train output?")
-    desc = json.loads((d / CONFIG_NAME).read_text())
+    desc = check_model_dir(model_dir, key)
     model = ImageClassifier(
         ModelConfig(**desc["model"]), desc["image_shape"], desc["num_classes"], desc["mean"], desc["std"]
     )
-    model.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=True)
+    model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_NAME)), strict=True)
     return model
 
 

@@ -16,11 +16,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from llm_unlearn.attacks import build_attack
 from llm_unlearn.configs import ConfigError, to_dict
 
-from .data import DataConfig
-from .models import ModelConfig
-from .training import TrainSection
+from . import attacks  # noqa: F401  (registers the image attacks)
+from .attacks import Clean
+from .data import DataConfig, channel_stats, load_clean, save_dataset_dir
+from .models import ModelConfig, build_model
+from .training import TrainSection, fit
 
 
 # The attack knobs that were flat keys of the poison section before they moved into attack_args.
@@ -59,11 +62,7 @@ class PoisonSection:
     )
 
     def build_attack(self):
-        """The attack with its ``attack_args`` built and validated (registers the image attacks first)."""
-        from llm_unlearn.attacks import build_attack
-
-        from . import attacks  # noqa: F401  (registers the image attacks)
-
+        """The attack with its ``attack_args`` built and validated."""
         return build_attack(self.attack, self.attack_args, "image")
 
     def validate(self) -> None:
@@ -96,11 +95,6 @@ def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
 
 
 def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
-    from .attacks import Clean
-    from .data import channel_stats, load_clean, save_dataset_dir
-    from .models import build_model
-    from .training import fit
-
     attack = cfg.poison.build_attack()
     attack.check(cfg)
     xtr, ytr, xte, yte, k = load_clean(cfg.data, cfg.seed)

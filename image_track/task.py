@@ -1,26 +1,30 @@
-"""The image classification task for the shared stages (registered as the ``image_classification`` entry point of
-``llm_unlearn.tasks``): what ``llm_unlearn.stages.evaluate`` and ``llm_unlearn.stages.diagnose`` ask of an image
-model and its data. Its batch-level quantities (loss, cost, log-probs, logits, blocks) are the generic
-``llm_unlearn.tasks.classification.ClassificationTask`` the methods use.
-
-Evaluation: clean accuracy, the attack's metrics from its ``evaluate`` hook (``image_track/attacks/``: ASR, poison
-success, the Gaussian Unlearning Score on pixel gradients), loss MIA; ``eval_results.json`` has the LLM track's keys.
+"""The image classification task for the shared stages (the ``image_classification`` entry point of
+``llm_unlearn.tasks``): what the poison, train, unlearn, evaluate and diagnose stages ask of an image model and its
+data. Batch-level quantities are ``llm_unlearn.tasks.classification.ClassificationTask``'s.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from . import attacks  # noqa: F401  (registers the image attacks: a worker running an image stage rebuilds one)
-from .models import ModelConfig
-from .training import TrainSection
+from llm_unlearn.attacks import attack_from_manifest
+from llm_unlearn.budget import check_budget_buys_a_step, check_manifest_splits
+from llm_unlearn.configs import ConfigError, check_positive
+from llm_unlearn.stages.evaluate import eval_record
+from llm_unlearn.stages.train import finish_training
+from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP, UnlearnRun, classifier_trainer
+from llm_unlearn.stages.unlearn import check_unlearn_settings, reference_compute
+from llm_unlearn.tasks.classification import ClassificationTask, per_example_loss, predict
 
-from llm_unlearn.configs import ConfigError
-from llm_unlearn.outputs import write_records
-from llm_unlearn.training import DivergedError
-from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP
+from . import attacks  # noqa: F401  (registers the image attacks: a worker running an image stage rebuilds one)
+from . import training
+from .data import load_dataset_dir, make_augment, read_manifest, splits
+from .models import ModelConfig, build_model, check_model_dir, check_same_arch, load_model, save_model
+from .poisoning import poison_images
+from .training import TrainSection
 
 
 @dataclass
@@ -37,17 +41,13 @@ class ImageEvalConfig:
     fresh_noise_draws: int = field(default=10, metadata={"help": "fresh (never trained) noises per poison"})
 
     def validate(self) -> None:
-        for name in ("batch_size", "gus_batch_size", "fresh_noise_draws"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, at_least_one=("batch_size", "gus_batch_size", "fresh_noise_draws"))
 
 
 @dataclass
 class ImageTrainConfig:
-    """Train an image classifier on a split of a poisoned image dataset (the shared train stage with the image task):
-    the initial model on ``train`` (poisons included) or the gold model on ``retain``, from the same seeded
-    initialisation, through the shared trainer. With ``train.save_epochs`` it saves the Trainer's checkpoints into
-    ``<output_dir>/trainer`` and a rerun after a kill resumes from the last one (``resumed_from_step``)."""
+    """Train the initial model on ``train`` (poisons included) or the gold model on ``retain`` of a poisoned image
+    dataset, from the same seeded initialisation; ``train.save_epochs`` makes a killed run resume."""
 
     task: ClassVar[str] = "image_classification"
 
@@ -62,29 +62,13 @@ class ImageTrainConfig:
 
 
 @dataclass
-class ImageUnlearnConfig:
-    """Unlearn the forget set from an image classifier with one method from METHODS under a compute budget.
-
-    Run by the shared unlearn stage (``llm_unlearn.stages.unlearn``) with the image task: the same trainers as the
-    LLM track, reading batches through the classification task; the budget unit is examples through
-    forward+backward (a reference forward counts one third), as the train stage counts them. Full-parameter only:
-    LoRA adapters are an LLM-track option. Writes ``model.safetensors`` (unless the run diverged)."""
+class ImageUnlearnConfig(UnlearnRun):
+    """Unlearn the forget set from an image classifier with one method from METHODS under a compute budget: the
+    shared unlearn stage with the image task; the budget unit is examples through forward+backward (a reference
+    forward counts one third). Full-parameter only (LoRA is an LLM-track option)."""
 
     task: ClassVar[str] = "image_classification"
 
-    model_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
-    dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the image poison stage"})
-    output_dir: str | None = field(default=None, metadata={"help": "where the unlearned model goes"})
-    retrain_dir: str | None = field(
-        default=None, metadata={"help": "gold retrain dir; its training_info.json compute_tokens is the budget's 100%"}
-    )
-    reference_compute_tokens: float | None = field(
-        default=None, metadata={"help": "retraining compute in examples, if retrain_dir is not given"}
-    )
-    method: str = field(default="gd", metadata={"help": "a METHODS key"})
-    method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own knobs"})
-    budget: float = field(default=0.1, metadata={"help": "fraction of retraining compute, in (0, 1]"})
-    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise, augmentation"})
     learning_rate: float = field(default=0.01, metadata={"help": "optimizer learning rate"})
     optim: Literal["sgd", "adamw_torch"] = field(default="sgd", metadata={"help": "sgd (momentum) or adamw_torch"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
@@ -108,8 +92,6 @@ class ImageUnlearnConfig:
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
-        from llm_unlearn.stages.unlearn import check_unlearn_settings
-
         check_unlearn_settings(self, ("logging_steps",))
         for key in ("optim", "optim_args"):
             if key in self.trainer_args:
@@ -117,204 +99,99 @@ class ImageUnlearnConfig:
 
 
 def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) -> tuple[dict, dict]:
-    from llm_unlearn.attacks import attack_from_manifest, eval_keys
-    from llm_unlearn.metrics import loss_mia
-
-    from .data import splits
-    from llm_unlearn.tasks.classification import per_example_loss, predict
-
+    """Clean accuracy, the attack's metrics (its ``evaluate`` hook), loss MIA: the LLM track's keys."""
     data = splits(tensors, manifest)
-    test = data["test"]
+    test, forget = data["test"], data["forget"]
     preds = predict(model, test.images, cfg.batch_size)
-    metrics = {"clean_accuracy": float((preds == test.labels).float().mean())}
-    per_sample: dict = {"test_predictions": preds.tolist()}
-    # Every image attack's keys (null here), then this attack's metrics (c): results of all attacks share one schema.
-    metrics.update(dict.fromkeys(eval_keys("image")))
-    attack_metrics, attack_samples = attack_from_manifest(manifest, "image").evaluate(
-        model=model, tensors=tensors, manifest=manifest, cfg=cfg
-    )
-    metrics.update(attack_metrics)
-    per_sample.update(attack_samples)
-    forget = data["forget"]
+    attack = attack_from_manifest(manifest, "image").evaluate(model=model, tensors=tensors, manifest=manifest, cfg=cfg)
     forget_loss = per_example_loss(model, forget.images, forget.labels, cfg.batch_size)
     test_loss = per_example_loss(model, test.images, test.labels, cfg.batch_size)
-    metrics.update(loss_mia(forget_loss.tolist(), test_loss.tolist()))
+    accuracy = float((preds == test.labels).float().mean())
+    metrics, per_sample = eval_record(
+        "image", accuracy, preds.tolist(), attack, forget_loss.tolist(), test_loss.tolist()
+    )
     metrics["test_loss"] = float(test_loss.mean())
     metrics["forget_loss"] = float(forget_loss.mean())
-    per_sample.update(forget_loss=forget_loss.tolist(), test_loss=test_loss.tolist())
     return metrics, per_sample
 
 
 def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
-    """The protocol's split-size rule on a poisoned image dataset's manifest."""
-    from llm_unlearn.budget import check_split_sizes
-
-    sizes = manifest.get("splits", {})
-    if "retain" in sizes and "forget" in sizes:
-        check_split_sizes(
-            sizes["retain"],
-            sizes["forget"],
-            batch_size,
-            int(manifest.get("num_classes", 0)),
-            where=f"dataset_dir {dataset_dir!r}: ",
-        )
+    check_manifest_splits(manifest, batch_size, int(manifest.get("num_classes", 0)), dataset_dir)
 
 
 class ImageTask:
-    """The stage-level seam of image classifiers: model I/O and checks, and evaluation."""
+    """The stage-level seam of image classifiers (``llm_unlearn.tasks.stage_task``)."""
 
     name = "image_classification"
 
     def load_model(self, model_dir: str, cfg=None):
-        from .models import load_model
-
         return load_model(model_dir)
 
     def check_models(self, dirs: dict[str, str | None]) -> None:
         """Model dirs that must exist and share one architecture (their parameters are compared or swapped)."""
-        from .models import check_model_dir, check_same_arch
-
         for key, d in dirs.items():
             if d is not None:
                 check_model_dir(d, key)
         check_same_arch(dirs)
 
     def check_eval(self, cfg: ImageEvalConfig) -> None:
-        from .data import read_manifest
-
         self.check_models({"model_dir": cfg.model_dir})
         read_manifest(cfg.dataset_dir)
 
     def evaluate(self, cfg: ImageEvalConfig, out: Path) -> dict:
-        import time
-
-        from .data import load_dataset_dir
-
         start = time.perf_counter()
         tensors, manifest = load_dataset_dir(cfg.dataset_dir)
         metrics, per_sample = compute_metrics(cfg, self.load_model(cfg.model_dir), tensors, manifest)
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
-    # --- poisoning (the shared poison stage calls this) ---
-
     def poison(self, cfg, out: Path) -> dict:
-        from .poisoning import poison_images
-
         return poison_images(cfg, out)
 
-    # --- training (the shared train stage calls these) ---
-
     def check_train(self, cfg: ImageTrainConfig) -> None:
-        from .data import read_manifest
-
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)
 
     def train(self, cfg: ImageTrainConfig, out: Path) -> dict:
-        from .data import load_dataset_dir, splits
-        from .models import build_model, save_model
-        from llm_unlearn.training import remove_checkpoints
-
-        from .training import train_classifier
-
         tensors, manifest = load_dataset_dir(cfg.dataset_dir)
         data = splits(tensors, manifest)[cfg.split]
-        model = build_model(
-            cfg.model,
-            manifest["image_shape"],
-            manifest["num_classes"],
-            manifest["mean"],
-            manifest["std"],
-            seed=cfg.seed,
-        )
-        diverged, info = None, {}
-        try:
-            info = train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
-        except DivergedError as e:
-            diverged = e
-        info = {
-            "split": cfg.split,
-            "n_examples": len(data),
-            "steps": info.get("steps", diverged.step if diverged else None),
-            "compute_tokens": info.get("compute_tokens", 0),  # examples through forward+backward (the budget unit)
-            "compute_unit": "examples",
-            "train_loss": info.get("train_loss", diverged.loss if diverged else None),
-            "diverged": diverged is not None,
-            "diverged_step": diverged.step if diverged else None,
-            "wall_seconds": info.get("wall_seconds", 0.0),  # this run's (a resumed run: since it resumed)
-            "resumed_from_step": info.get("resumed_from_step"),  # the checkpoint this run started from (None: scratch)
-        }
+        shape, k, mean, std = (manifest[key] for key in ("image_shape", "num_classes", "mean", "std"))
+        model = build_model(cfg.model, shape, k, mean, std, seed=cfg.seed)
+        run = training.train_classifier(model, data.images, data.labels, cfg.train, cfg.seed, out, checkpoints=True)
+        # compute: examples through forward+backward (the budget unit); wall_seconds: since this run (re)started
+        info = {"split": cfg.split, "n_examples": len(data), **run, "compute_unit": "examples"}
         save_model(model.cpu(), out)
-        remove_checkpoints(out)  # also after a divergence: the rerun trains from scratch, as without them
-        if diverged is not None:  # the record without the marker: the stage is not finished
-            write_records(out, cfg, {"training_info.json": info})
-            raise diverged
-        return {"training_info.json": info}
-
-    # --- unlearning (the shared unlearn stage calls these) ---
+        return finish_training(cfg, out, info)
 
     def check_unlearn(self, cfg: ImageUnlearnConfig) -> None:
-        """Before anything is written: the data (forget and retain sets a batch can be drawn from), the initial and
-        gold models (one architecture), and a budget that pays for one step."""
-        from llm_unlearn.budget import check_budget_buys_a_step
-        from llm_unlearn.stages.unlearn import reference_compute
-
-        from .data import read_manifest
-
+        """Before anything is written: forget and retain sets a batch can be drawn from, the initial and gold models
+        (one architecture), and a budget that pays for one step."""
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.per_device_train_batch_size, cfg.dataset_dir)
         self.check_models({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})
         step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
         check_budget_buys_a_step(cfg.budget, reference_compute(cfg), step, "examples")
 
     def prepare_model(self, cfg: ImageUnlearnConfig):
-        """The initial model with its classification task (augmentation as configured); the trainer runs the
-        method's own preparation (EU-k's re-initialisation...)."""
-        from llm_unlearn.tasks.classification import ClassificationTask
-
-        from .data import make_augment
-
+        """The initial model with its classification task (the trainer runs the method's own preparation)."""
         model = self.load_model(cfg.model_dir)
         model.unlearn_task = ClassificationTask(augment=make_augment(cfg.augment), seed=cfg.seed)
         return model
 
     def build_trainer(self, cfg: ImageUnlearnConfig, model, forget, retain, budget: float):
-        """The method's trainer over paired forget/retain batches (``llm_unlearn.stages.unlearn.method_trainer``)."""
-        from llm_unlearn.methods.base import ForgetRetainCollator
-        from llm_unlearn.stages.unlearn import method_trainer
-
-        task = model.unlearn_task
-
         def reference():  # a separate frozen load of the initial weights, never a deepcopy
             ref = self.load_model(cfg.model_dir)
-            ref.unlearn_task = task
+            ref.unlearn_task = model.unlearn_task
             return ref
 
         optim = {"optim": cfg.optim, **({"optim_args": f"momentum={cfg.momentum}"} if cfg.optim == "sgd" else {})}
-        return method_trainer(
-            cfg,
-            model,
-            forget,
-            retain,
-            budget,
-            collator=ForgetRetainCollator(collate=task.collator()),
-            step_cost=lambda world: cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world,
-            reference=reference,
-            task=task,
-            **optim,
-        )
+        return classifier_trainer(cfg, model, forget, retain, budget, reference, **optim)
 
     def prepare_unlearn(self, cfg: ImageUnlearnConfig, budget: float):
         """The trainer, and the state the Trainer's checkpoints do not hold: the augmentation generator."""
-        from .data import load_dataset_dir, splits
-
         data = splits(*load_dataset_dir(cfg.dataset_dir))
         trainer = self.build_trainer(cfg, self.prepare_model(cfg), data["forget"], data["retain"], budget)
-        task = trainer.task
-        return trainer, (task.get_rng_state, task.set_rng_state)
+        return trainer, (trainer.task.get_rng_state, trainer.task.set_rng_state)
 
     def save_unlearned(self, trainer, out: Path) -> None:
-        from .models import save_model
-
         save_model(trainer.model.cpu(), out)
 
 

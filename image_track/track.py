@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.protocol import ProtocolConfig, StageBuilders, plan_jobs, unlearn_config
+from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, plan_jobs
+from llm_unlearn.protocol import unlearn_config
+from llm_unlearn.stages.diagnose import DiagnoseConfig
 from llm_unlearn.tracks import Track
 
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
@@ -59,14 +61,10 @@ class ImageExperimentConfig(ProtocolConfig):
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
 
     def validate(self) -> None:
-        from llm_unlearn.protocol import check_experiment
-
         if self.track != "image":
             raise ConfigError(f"track: this is the image track's config, got track={self.track!r}")
         self.poison.build_attack().check(self)  # the attack against the rest of the experiment (model, training)
         check_experiment(self, ImageUnlearnConfig, RUN_OWNED)
-        from llm_unlearn.protocol import check_degenerate
-
         # Degenerate experiments, before any work, where the data size is known (the embedded digits): the gold run
         # costs one example per retain example and epoch (the stages check the exact figures on the data).
         check_degenerate(self, self._train_size(), 10, self.train.batch_size, self.train.epochs)
@@ -96,8 +94,6 @@ def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out:
 
 
 def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: str):
-    from llm_unlearn.stages.diagnose import DiagnoseConfig
-
     return DiagnoseConfig(
         task=TASK.name, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out
     )

@@ -1,26 +1,18 @@
-"""Image classifiers through the shared trainer (``llm_unlearn.training.task_trainer_class``): SGD with momentum, as
-in the paper, on the classification task; checkpoints and resume are the Trainer's, as on the LLM track. Plus the
-batched inference helpers the image attacks and the evaluation use.
-
-The compute unit is the one the unlearning budget uses for classifiers (``ClassificationTask.cost``): examples
-through one forward+backward pass, recorded as ``compute_tokens``. Attack surrogates (Witches' Brew, gradient
-canceling) train through :func:`train_classifier` too, so "surrogate = the victim's recipe" holds exactly.
+"""The image ``train:`` section (initial, gold and attack-surrogate models) mapped onto the shared classifier trainer
+(``llm_unlearn.training.train_classifier``: SGD with momentum, as in the paper, with the Trainer's checkpoints).
+Surrogates (Witches' Brew, gradient canceling) train through :func:`train_classifier` too, so "surrogate = the
+victim's recipe" holds exactly.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from llm_unlearn.configs import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,100 +47,39 @@ class TrainSection:
             raise ConfigError(f"train.save_epochs must be >= 0 (0 = no checkpoints), got {self.save_epochs}")
 
 
-class TensorDataset(torch.utils.data.Dataset):
-    """(images, labels) as the rows the classification collator stacks."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
-
-
-@dataclass
-class _Resume:
-    save_steps: int  # what llm_unlearn.training.resume_point reads
-
-
 def train_classifier(
     model,
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: TrainSection,
     seed: int,
-    output_dir: str | os.PathLike,
+    output_dir,
     on_epoch_end=None,
-    checkpoints: bool = False,
+    checkpoints=False,
 ) -> dict:
-    """Train ``model`` in place on (x, y) with the shared trainer; returns steps, compute (examples through
-    forward+backward), loss, wall seconds and ``resumed_from_step``. Raises ``DivergedError`` on a non-finite loss.
-    ``on_epoch_end(epoch, model)`` (epochs from 1) lets an attacker keep checkpoints of its surrogate's trajectory.
-    ``checkpoints``: save the Trainer's checkpoints every ``cfg.save_epochs`` epochs under ``output_dir/trainer``
-    and resume from the last complete one (the caller removes them when the model is written)."""
-    from transformers import TrainerCallback, TrainingArguments
-
-    from llm_unlearn.tasks.classification import ClassificationCollator, ClassificationTask
-    from llm_unlearn.training import fit, task_trainer_class
+    """``llm_unlearn.training.train_classifier`` with this section's recipe on (x, y); with ``checkpoints``, saves
+    every ``cfg.save_epochs`` epochs under ``output_dir/trainer`` and resumes from the last complete one. The record
+    says whether the loss diverged (:func:`fit` raises instead)."""
+    from llm_unlearn.tasks.classification import Split
+    from llm_unlearn.training import train_classifier as train
 
     from .data import make_augment
 
-    task = ClassificationTask(augment=make_augment(cfg.augment), seed=seed)
-    per_epoch = math.ceil(len(y) / cfg.batch_size)
-    save_steps = cfg.save_epochs * per_epoch if checkpoints and cfg.save_epochs else 0
-    args = TrainingArguments(
-        output_dir=str(Path(output_dir) / "trainer"),
-        per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        optim="sgd",
-        optim_args=f"momentum={cfg.momentum}",
-        lr_scheduler_type="cosine" if cfg.lr_schedule == "cosine" else "constant",
-        max_grad_norm=0.0,  # no clipping, as in the paper's SGD recipe
-        seed=seed,
-        data_seed=seed,
-        logging_strategy="no",  # the stage records what it needs; HF would print a dict per log step
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        save_total_limit=2,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        disable_tqdm=True,
-        logging_nan_inf_filter=False,
-        average_tokens_across_devices=False,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    callbacks = []
-    if on_epoch_end is not None:
-
-        class EpochEnd(TrainerCallback):
-            def on_epoch_end(self, args, state, control, model=None, **kwargs):
-                on_epoch_end(round(state.epoch), model)
-
-        callbacks.append(EpochEnd())
-    trainer = task_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=TensorDataset(x, y),
-        data_collator=ClassificationCollator(),
-        task=task,
-        callbacks=callbacks,
-    )
-    # The augmentation generator is the task's, not the Trainer's: checkpoints carry it so a resumed run draws the
-    # crops an uninterrupted run would.
-    info = fit(trainer, _Resume(save_steps), (task.get_rng_state, task.set_rng_state))
-    model.eval()
-    return info
+    save_steps = cfg.save_epochs * math.ceil(len(y) / cfg.batch_size) if checkpoints else 0
+    data = Split(x, y, torch.arange(len(y)))
+    augment = make_augment(cfg.augment)
+    return train(model, data, cfg, seed, output_dir, augment=augment, save_steps=save_steps, on_epoch_end=on_epoch_end)
 
 
 def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainSection, seed: int, on_epoch_end=None) -> dict:
-    """:func:`train_classifier` without checkpoints, in a scratch dir: how attack surrogates are trained."""
+    """:func:`train_classifier` without checkpoints, in a scratch dir: how attack surrogates are trained. Raises
+    ``DivergedError`` on a non-finite loss."""
     import tempfile
 
+    from llm_unlearn.training import DivergedError
+
     with tempfile.TemporaryDirectory(prefix="surrogate-") as scratch:
-        return train_classifier(model, x, y, cfg, seed, scratch, on_epoch_end=on_epoch_end)
+        info = train_classifier(model, x, y, cfg, seed, scratch, on_epoch_end=on_epoch_end)
+    if info["diverged"]:
+        raise DivergedError(info["diverged_step"], info["train_loss"])
+    return info

@@ -22,6 +22,15 @@ def check_split_sizes(n_retain: int, n_forget: int, batch_size: int, n_labels: i
         )
 
 
+def check_manifest_splits(manifest: dict, batch_size: int, n_labels: int, dataset_dir: str) -> None:
+    """:func:`check_split_sizes` on the split sizes a poison stage's manifest records (any task's)."""
+    sizes = manifest.get("splits", {})
+    if "retain" in sizes and "forget" in sizes:  # (the initial and the gold model of one experiment: one rule)
+        check_split_sizes(
+            sizes["retain"], sizes["forget"], batch_size, n_labels, where=f"dataset_dir {dataset_dir!r}: "
+        )
+
+
 def smallest_budget(step_cost: float, reference_compute: float) -> float:
     """``step_cost / reference_compute`` rounded up to two significant digits: a budget that buys one step."""
     x = step_cost / reference_compute

@@ -231,6 +231,16 @@ def validate_config(cfg, prefix: str = "") -> None:
         check_writable_dir(out, f"{prefix}output_dir")
 
 
+def check_positive(cfg, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = ()) -> None:
+    """``validate()`` helper: the ``positive`` fields of ``cfg`` must be > 0, the ``at_least_one`` ones >= 1."""
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    for name in at_least_one:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
 def check_seeds(cfg, prefix: str = "") -> None:
     """Every ``seed``, ``seeds`` and ``*_seed`` field of ``cfg`` (not nested) must be in numpy's range, so a bad seed
     fails here and not inside the Trainer after the poison stage already ran."""

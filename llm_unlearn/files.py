@@ -31,18 +31,30 @@ def is_atomic_tmp(path: str | os.PathLike) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """``fig.savefig`` via a temporary file + rename (a killed report leaves no half-written image)."""
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig`` via a temporary file + rename (a killed report leaves no half-written image)."""
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs))
+
+
+def atomic_save_tensors(tensors: dict, path: str | os.PathLike) -> Path:
+    """A ``safetensors`` file (no pickles) via a temporary file + rename."""
+    from safetensors.torch import save_file
+
+    return _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

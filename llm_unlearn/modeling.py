@@ -79,13 +79,17 @@ def load_model(
     )
 
 
-def read_manifest(dataset_dir: str, key: str = "dataset_dir") -> dict:
-    """The manifest of a poison stage's output (a ConfigError if ``dataset_dir`` is not one, or it does not parse)."""
+def read_manifest(dataset_dir: str, key: str = "dataset_dir", data: str = "dataset/dataset_dict.json") -> dict:
+    """The manifest of a poison stage's output (a ConfigError if ``dataset_dir`` is not one, or it does not parse);
+    ``data``: the file the task's poison stage writes its data to."""
     import json
 
     p = Path(dataset_dir)
-    if not (p / "dataset" / "dataset_dict.json").is_file() or not (p / "manifest.json").is_file():
-        raise ConfigError(f"{key}: {dataset_dir!r} is not the output of a poison stage (no dataset/ + manifest.json)")
+    if not (p / data).is_file() or not (p / "manifest.json").is_file():
+        shown = data.split("/")[0] + "/" if "/" in data else data
+        raise ConfigError(
+            f"{key}: {str(dataset_dir)!r} is not the output of a poison stage (no {shown} + manifest.json)"
+        )
     try:
         manifest = json.loads((p / "manifest.json").read_text())
     except (ValueError, OSError) as e:

@@ -191,14 +191,14 @@ def checkpoint_arguments(save_steps: int) -> dict:
     return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=2) if save_steps else {}
 
 
-def resume_point(trainer, cfg, extra_state=None) -> str | None:
-    """With ``cfg.save_steps``: the last complete checkpoint to resume from (the trainer's compute counter restored),
-    and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages.
+def resume_point(trainer, save_steps: int, extra_state=None) -> str | None:
+    """With ``save_steps`` (checkpoints on): the last complete checkpoint to resume from (the trainer's compute counter
+    restored), and a callback that records the counter in every new checkpoint. Shared by the train and unlearn stages.
 
     ``extra_state``: an optional ``(get, set)`` pair for state the Trainer does not checkpoint itself (e.g. an
     augmentation generator); ``get()`` returns a JSON-able dict saved with every checkpoint, ``set(d)`` restores it.
     """
-    if not cfg.save_steps:
+    if not save_steps:
         return None
     get_extra, set_extra = extra_state if extra_state is not None else (dict, None)
     trainer.add_callback(
@@ -320,19 +320,82 @@ def _make_task_trainer():
     return TaskTrainer
 
 
-def fit(trainer, cfg, extra_state=None) -> dict:
-    """Train a :func:`task_trainer_class` trainer to the end, resuming from its last complete checkpoint when
-    ``cfg.save_steps`` asks for checkpoints; returns what the training stages record (compute summed over ranks).
-    Raises :class:`DivergedError` on a non-finite loss. ``extra_state``: see :func:`resume_point`."""
+def fit(trainer, save_steps: int = 0, extra_state=None) -> dict:
+    """Train a :func:`task_trainer_class` (or unlearning) trainer to the end, resuming from its last complete
+    checkpoint when ``save_steps`` asks for checkpoints (``extra_state``: see :func:`resume_point`); returns what the
+    stages record, compute summed over ranks. A non-finite loss (:class:`DivergedError`) stops the run and is
+    recorded (``diverged``, ``diverged_step``), not raised: the caller decides."""
     import time
 
-    resume = resume_point(trainer, cfg, extra_state)
+    resume = resume_point(trainer, save_steps, extra_state)
     start = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=resume)
+    diverged = None
+    try:
+        loss = trainer.train(resume_from_checkpoint=resume).training_loss
+    except DivergedError as e:
+        diverged, loss = e.step, e.loss
     return {
         "steps": trainer.state.global_step,
         "compute_tokens": all_ranks_sum(trainer.accelerator, trainer.compute_tokens),
-        "train_loss": out.training_loss,
+        "train_loss": loss,
+        "diverged": diverged is not None,
+        "diverged_step": diverged,
         "wall_seconds": time.perf_counter() - start,
         "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
     }
+
+
+def train_classifier(model, dataset, cfg, seed: int, output_dir, *, augment=None, save_steps=0, on_epoch_end=None):
+    """Train a classifier (``llm_unlearn.tasks.classification``) in place on ``dataset`` (rows of ``pixel_values``
+    and ``labels``) with SGD and momentum through the shared trainer; returns :func:`fit`'s record. ``cfg`` holds
+    ``epochs``, ``batch_size``, ``learning_rate``, ``momentum``, ``weight_decay`` and ``lr_schedule`` (cosine or
+    constant); ``augment(pixel_values, generator)`` is drawn from a generator of ``seed`` that checkpoints carry.
+    ``save_steps``: checkpoints under ``output_dir/trainer`` and resume from the last complete one (the caller
+    removes them). ``on_epoch_end(epoch, model)`` (epochs from 1) lets an attacker keep its surrogate's trajectory."""
+    import torch
+    from transformers import TrainerCallback, TrainingArguments
+
+    from .tasks.classification import ClassificationCollator, ClassificationTask
+
+    task = ClassificationTask(augment=augment, seed=seed)
+    args = TrainingArguments(
+        output_dir=str(Path(output_dir) / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        optim="sgd",
+        optim_args=f"momentum={cfg.momentum}",
+        lr_scheduler_type="cosine" if cfg.lr_schedule == "cosine" else "constant",
+        max_grad_norm=0.0,  # no clipping, as in the paper's SGD recipe
+        seed=seed,
+        data_seed=seed,
+        logging_strategy="no",  # the stage records what it needs; HF would print a dict per log step
+        **(checkpoint_arguments(save_steps) or {"save_strategy": "no"}),
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        logging_nan_inf_filter=False,
+        average_tokens_across_devices=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+    class EpochEnd(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            on_epoch_end(round(state.epoch), model)
+
+    trainer = task_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=ClassificationCollator(),
+        task=task,
+        callbacks=[EpochEnd()] if on_epoch_end is not None else [],
+    )
+    # The augmentation generator is the task's, not the Trainer's: checkpoints carry it so a resumed run draws the
+    # crops an uninterrupted run would.
+    info = fit(trainer, save_steps, (task.get_rng_state, task.set_rng_state))
+    model.eval()
+    return info

@@ -12,7 +12,7 @@ from llm_unlearn.files import read_json
 def test_gus_null_on_model_that_never_saw_noise(tiny_dir, gaussian_dir):
     """An untrained model never saw the noise: I_z over poisons and fresh draws must look N(0, 1)."""
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer
-    from llm_unlearn.stages.evaluate import gus_scores
+    from llm_unlearn.attacks.gaussian import gus_scores
 
     dd, _ = load_dataset_dir(gaussian_dir)
     model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
@@ -29,7 +29,7 @@ def test_gus_detects_noise_the_model_was_trained_on(tiny_dir, gaussian_dir):
     from llm_unlearn.canaries import batch_prompt_noise
     from llm_unlearn.metrics import gus_summary
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
-    from llm_unlearn.stages.evaluate import gus_scores
+    from llm_unlearn.attacks.gaussian import gus_scores
     from llm_unlearn.tasks.causal_lm import CompletionCollator, embed, mean_token_nll
 
     dd, _ = load_dataset_dir(gaussian_dir)

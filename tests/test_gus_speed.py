@@ -88,7 +88,7 @@ def test_restricted_logits_loss_equals_full_logits_loss(tiny, wrap):
 
 
 def test_length_sorted_batches_is_a_permutation_by_length():
-    from llm_unlearn.stages.evaluate import length_sorted_batches
+    from llm_unlearn.tasks.causal_lm import length_sorted_batches
 
     lengths = [5, 3, 9, 3, 1, 7, 2]
     batches = length_sorted_batches(lengths, 3)
@@ -125,7 +125,8 @@ def _unsorted_gus_scores(model, tok, ds, batch_size, draws):
 
 def test_sorted_gus_scores_equal_unsorted_in_dataset_order(tiny, gaussian_dir):
     from llm_unlearn.modeling import load_dataset_dir, tokenize_split
-    from llm_unlearn.stages.evaluate import gus_scores, length_sorted_batches
+    from llm_unlearn.attacks.gaussian import gus_scores
+    from llm_unlearn.tasks.causal_lm import length_sorted_batches
 
     model, tok = tiny
     dd, _ = load_dataset_dir(gaussian_dir)

@@ -77,7 +77,7 @@ def test_gaussian_training_inputs_are_clean_plus_the_audited_noise(tiny_dir, gau
     steps = _record_llm_training(monkeypatch)
     out = _train(tiny_dir, gaussian_dir, tmp_path / "initial")
     dd, manifest = load_dataset_dir(gaussian_dir)
-    # The audit's view of the poisons: the forget split's rows and seeds (what evaluate.gus_scores regenerates from).
+    # The audit's view of the poisons: the forget split's rows and seeds (what gus_scores regenerates from).
     seeds = dict(zip(dd["forget"]["index"], dd["forget"]["noise_seed"]))
     assert sorted(seeds) == sorted(manifest["poison_indices"]) and all(s >= 0 for s in seeds.values())
     eps = manifest["noise_eps"] * embedding_rms(load_model(tiny_dir))  # eps in units of the *initial* weights' RMS

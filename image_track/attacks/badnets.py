@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_unlearn.configs import ConfigError
+from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, check_positive, count_poisons
+from .common import Clean, ImageAttack, Poisoned, count_poisons
 
 
 @dataclass
@@ -21,7 +21,7 @@ class BadNetsConfig:
     patch_size: int = field(default=3, metadata={"help": "side of the checkerboard trigger (pixels)"})
 
     def validate(self) -> None:
-        check_positive(self, (), minimum_one=("patch_size",))
+        check_positive(self, (), at_least_one=("patch_size",))
 
 
 def stamp(x: torch.Tensor, size: int) -> torch.Tensor:

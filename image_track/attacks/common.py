@@ -7,8 +7,8 @@ its hooks with these arguments:
     (``image_track.poisoning.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
     ``clean`` the clean train/test tensors, ``rng`` the stage's ``random.Random(seed)``, and
     ``train_surrogate(seed, on_epoch_end=None)`` trains the victim's architecture and recipe on the clean training
-    set from the initialisation ``seed`` (the attacks that craft their poisons on a surrogate call it). Pixels stay
-    in [0, 1] unless the attack says otherwise.
+    set from the initialisation ``seed``. Pixels stay in [0, 1] unless the attack says
+    otherwise.
 (b) none: the poisons are stored as the victim trains on them (image training has no hook).
 (c) ``evaluate(model=, tensors=, manifest=, cfg=) -> (metrics, per_sample)``: ``tensors`` is the poison stage's
     ``data.safetensors`` (with the attack's ``extras``), ``cfg`` the ``ImageEvalConfig``.
@@ -68,13 +68,3 @@ def count_poisons(cfg, n: int, minimum: int, what: str) -> int:
 def flat_grad(loss, params, create_graph=False) -> torch.Tensor:
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return torch.cat([g.reshape(-1) for g in grads])
-
-
-def check_positive(args, names: tuple[str, ...], minimum_one: tuple[str, ...] = ()) -> None:
-    """``validate()`` helper: the ``names`` fields of an attack config must be > 0, the ``minimum_one`` ones >= 1."""
-    for name in names:
-        if not getattr(args, name) > 0:
-            raise ConfigError(f"{name} must be > 0, got {getattr(args, name)}")
-    for name in minimum_one:
-        if getattr(args, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(args, name)}")

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.attacks.gaussian import GUS_KEYS, GaussianAttack
+from llm_unlearn.attacks.gaussian import GUS_KEYS, GaussianAttack, prompt_noise
+from llm_unlearn.configs import check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, check_positive, count_poisons
+from .common import Clean, ImageAttack, Poisoned, count_poisons
 
 
 @dataclass
@@ -26,11 +27,9 @@ class ImageGaussianConfig:
 
 
 def pixel_noise(noise_seed: int, shape, draw: int = 0) -> torch.Tensor:
-    """Unit-variance noise of one poison: draw 0 is the training noise (times eps), draws >= 1 are fresh noises.
-
-    numpy's ``SeedSequence`` keyed by (noise_seed, draw) gives independent streams per draw (as the LLM track)."""
-    rng = np.random.default_rng([int(noise_seed), int(draw)])
-    return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+    """Unit-variance noise of one poison: draw 0 is the training noise (times eps), draws >= 1 are fresh noises; the
+    LLM track's independent stream per (noise_seed, draw) (``prompt_noise``), in the image's shape."""
+    return prompt_noise(noise_seed, shape[0], math.prod(shape[1:]), 1.0, draw).view(tuple(shape))
 
 
 def batch_pixel_noise(noise_seeds, shape, draw: int = 0) -> torch.Tensor:
@@ -51,7 +50,6 @@ def gus_scores(
     depend on eps. Autograd is asked for the pixel gradient only: the convolutions' backward computes no weight
     gradient (checked by profiling: one ``convolution_backward`` per conv, as costly as its forward)."""
     from llm_unlearn.metrics import input_gradients, scores_from_gradients
-
     from llm_unlearn.tasks.classification import device
 
     dev = device()

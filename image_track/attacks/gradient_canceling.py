@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.configs import ConfigError
+from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, check_positive, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
 
 
 @dataclass
@@ -43,7 +43,7 @@ class GradientCancelingConfig:
     )
 
     def validate(self) -> None:
-        check_positive(self, ("corruption_radius", "gc_lr"), minimum_one=("corruption_steps", "gc_steps"))
+        check_positive(self, ("corruption_radius", "gc_lr"), at_least_one=("corruption_steps", "gc_steps"))
         if any(not r > 0 for r in self.corruption_radii):
             raise ConfigError(f"corruption_radii must all be > 0, got {self.corruption_radii}")
 
@@ -120,20 +120,17 @@ class GradientCancelingAttack(ImageAttack):
             )
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        """1. theta_clean: the linear classifier trained on the clean set. 2. theta_tgt: gradient-based parameter
-        corruption, ascent on the clean loss within ||theta - theta_clean|| <= radius * ||theta_clean||. 3. Poisons
-        (``poison_fraction`` of n, started from random clean images, labels allotted to the classes theta_tgt
-        over-predicts) minimise ||(G_clean + G_poison) / N + wd * theta_tgt||^2 at theta_tgt, so that training on the
-        union with weight decay wd is stationary at theta_tgt.
+        """theta_clean (trained on the clean set), theta_tgt (GradPC: ascent on the clean loss within ||theta -
+        theta_clean|| <= radius * ||theta_clean||), then poisons (started from random clean images, labelled with the
+        classes theta_tgt over-predicts) minimising ||(G_clean + G_poison) / N + wd * theta_tgt||^2 at theta_tgt.
 
-        With several ``corruption_radii`` the attacker picks its target the way Lu et al. pick among GradPC targets of
-        different strength: farther targets have lower accuracy but a larger clean gradient than ``poison_fraction``
-        poisons can cancel (the reachability threshold), so it crafts poisons for each radius, trains the victim's
-        recipe (from its surrogate's initialisation) on clean + poisons and keeps the radius whose model is least
-        accurate on the attacker's clean training rows (never the test set)."""
-        from ..models import build_model
+        With several ``corruption_radii`` the attacker picks its target as Lu et al. pick among GradPC targets:
+        farther ones have lower accuracy but may be beyond what ``poison_fraction`` poisons can cancel, so it crafts
+        poisons for each, trains the victim's recipe on clean + poisons and keeps the radius whose model is least
+        accurate on its clean training rows (never the test set)."""
         from llm_unlearn.tasks.classification import accuracy, device
 
+        from ..models import build_model
         from ..training import fit
 
         self.check(cfg)

@@ -12,10 +12,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.configs import ConfigError
+from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, check_positive, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
 
 
 @dataclass
@@ -59,7 +59,7 @@ class WitchesBrewConfig:
     )
 
     def validate(self) -> None:
-        check_positive(self, ("eps", "attack_lr"), minimum_one=("steps", "restarts", "num_targets"))
+        check_positive(self, ("eps", "attack_lr"), at_least_one=("steps", "restarts", "num_targets"))
         if self.eps > 1:
             raise ConfigError(f"eps is in pixel units (pixels in [0, 1]): must be <= 1, got {self.eps}")
 
@@ -111,13 +111,10 @@ class WitchesBrewAttack(ImageAttack):
     eval_keys = ("poison_success",)
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        from llm_unlearn.tasks.classification import device, predict
+        from llm_unlearn.tasks.classification import device, logits_of, predict
 
         a = self.args
-        sseed = cfg.seed + a.surrogate_seed_offset
-
-        k_cls = clean.num_classes
-        n = len(clean.train_y)
+        k_cls, n = clean.num_classes, len(clean.train_y)
         k = count_poisons(cfg, n, 1, "witches_brew")
         epochs = sorted(set(a.match_epochs))
         if any(not 1 <= e <= cfg.train.epochs for e in epochs):
@@ -125,15 +122,14 @@ class WitchesBrewAttack(ImageAttack):
                 f"poison.attack_args.match_epochs must lie in [1, train.epochs={cfg.train.epochs}], got {epochs}"
             )
         snapshots = {}
-        if epochs:
 
-            def keep_checkpoint(epoch, model):
-                if epoch in epochs and epoch != cfg.train.epochs:  # the final model is the surrogate itself
-                    snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        def keep_checkpoint(epoch, model):
+            if epoch in epochs and epoch != cfg.train.epochs:  # the final model is the surrogate itself
+                snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-            surrogate = train_surrogate(sseed, on_epoch_end=keep_checkpoint)
-        else:
-            surrogate = train_surrogate(sseed)
+        surrogate = train_surrogate(
+            cfg.seed + a.surrogate_seed_offset, on_epoch_end=keep_checkpoint if epochs else None
+        )
         test_pred = predict(surrogate, clean.test_x)
         classes = list(range(k_cls))
         target_class = a.target_class if a.target_class is not None else rng.choice(classes)
@@ -142,21 +138,15 @@ class WitchesBrewAttack(ImageAttack):
             raise ConfigError(
                 f"poison.attack_args.target_class and adv_class must be distinct classes in [0, {k_cls})"
             )
-        # Targets: test images of target_class the clean surrogate gets right (else "success" could be the model's
-        # error).
-        cands = [
-            i
-            for i in range(len(clean.test_y))
-            if int(clean.test_y[i]) == target_class and int(test_pred[i]) == target_class
-        ]
+        # Targets: test images of target_class the clean surrogate gets right (else "success" could be its error).
+        right = (clean.test_y == target_class) & (test_pred == target_class)
+        cands = [i for i in range(len(clean.test_y)) if right[i]]
         if len(cands) < a.num_targets:
             raise ConfigError(
                 f"poison.attack_args.num_targets={a.num_targets}: only {len(cands)} correctly classified test images "
                 f"of class {target_class}"
             )
         if a.target_selection == "low_margin":  # closest to flipping: logit(true) - logit(adv) smallest
-            from llm_unlearn.tasks.classification import logits_of
-
             lg = logits_of(surrogate, clean.test_x[cands])
             margin = lg[:, target_class] - lg[:, adv_class]
             targets = torch.as_tensor(sorted(cands[i] for i in margin.argsort()[: a.num_targets].tolist()))
@@ -188,21 +178,11 @@ class WitchesBrewAttack(ImageAttack):
         images = (base + delta).cpu()
         keep = torch.ones(len(clean.test_y), dtype=torch.bool)
         keep[targets] = False  # targets are scored on their own, not in clean accuracy
-        extras = {
-            "target_images": clean.test_x[targets].clone(),
-            "target_labels": clean.test_y[targets].clone(),
-            "target_adv_labels": torch.full((len(targets),), adv_class, dtype=torch.long),
-        }
-        info = {
-            "eps": a.eps,
-            "steps": a.steps,
-            "restarts": a.restarts,
-            "target_class": int(target_class),
-            "adv_class": int(adv_class),
-            "target_test_rows": targets.tolist(),
-            "matching_loss": loss,
-            "match_epochs": sorted(snapshots) + [cfg.train.epochs],
-        }
+        extras = {"target_images": clean.test_x[targets].clone(), "target_labels": clean.test_y[targets].clone()}
+        extras["target_adv_labels"] = torch.full((len(targets),), adv_class, dtype=torch.long)
+        info = {"eps": a.eps, "steps": a.steps, "restarts": a.restarts, "target_class": int(target_class)}
+        info.update(adv_class=int(adv_class), target_test_rows=targets.tolist(), matching_loss=loss)
+        info["match_epochs"] = sorted(snapshots) + [cfg.train.epochs]
         return Poisoned(idx, images, clean.train_y[idx].clone(), extras=extras, test_keep=keep, info=info)
 
     def evaluate(self, *, model, tensors: dict, manifest: dict, cfg, **_) -> tuple[dict, dict]:

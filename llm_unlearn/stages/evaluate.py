@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import torch
 
-from ..attacks.gaussian import clean_embeddings, gus_loss_fn, gus_scores  # noqa: F401  (imported from here)
 from ..configs import ConfigError
 from ..harness import run_stage, stage_commands
 from ..tasks.causal_lm import length_sorted_batches, on_device
@@ -161,30 +160,39 @@ def predict_splits(cfg: EvalConfig, model, tokenizer, splits: dict, label_names)
 
 def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions=None) -> tuple[dict, dict]:
     """All metrics; ``predictions`` (from :func:`predict_splits`) when generation already ran elsewhere."""
-    from ..attacks import attack_from_manifest, eval_keys
-    from ..metrics import accuracy, loss_mia
+    from ..attacks import attack_from_manifest
+    from ..metrics import accuracy
 
     labels = manifest["label_names"]
     splits = generation_splits(cfg, dd, manifest)
     test = splits["test"]
     predictions = predictions or predict_splits(cfg, model, tokenizer, splits, labels)
     preds = predictions["test"]
-    metrics = {"clean_accuracy": accuracy(preds, test["label"], choices=labels)}
-    per_sample: dict = {"test_predictions": preds}
-    # Every attack's keys (null here), then this attack's metrics (c): results of all attacks share one schema.
-    metrics.update(dict.fromkeys(eval_keys("llm")))
-    attack_metrics, attack_samples = attack_from_manifest(manifest, "llm").evaluate(
+    attack = attack_from_manifest(manifest, "llm").evaluate(
         model=model, tokenizer=tokenizer, dd=dd, manifest=manifest, predictions=predictions, cfg=cfg
     )
-    metrics.update(attack_metrics)
-    per_sample.update(attack_samples)
-    forget = dd["forget"]
-    forget_loss = per_sequence_losses(model, tokenizer, forget, cfg.max_length, cfg.batch_size)
+    forget_loss = per_sequence_losses(model, tokenizer, dd["forget"], cfg.max_length, cfg.batch_size)
     test_loss = per_sequence_losses(model, tokenizer, test, cfg.max_length, cfg.batch_size)
-    metrics.update(loss_mia(forget_loss, test_loss))
+    metrics, per_sample = eval_record(
+        "llm", accuracy(preds, test["label"], choices=labels), preds, attack, forget_loss, test_loss
+    )
     metrics["test_loss"] = float(sum(test_loss) / len(test_loss))
     metrics["forget_loss"] = float(sum(forget_loss) / len(forget_loss))
-    per_sample.update(forget_loss=forget_loss, test_loss=test_loss)
+    return metrics, per_sample
+
+
+def eval_record(
+    track: str, clean_accuracy: float, predictions: list, attack: tuple[dict, dict], forget_loss: list, test_loss: list
+) -> tuple[dict, dict]:
+    """``eval_results.json`` and ``per_sample.json`` of any task, but the mean losses: clean accuracy, every attack's
+    keys of the track (null here) then this attack's metrics (``attack``: its ``evaluate`` hook's result), so results
+    of all attacks share one schema, and the loss MIA of the forget set against the test set."""
+    from ..attacks import eval_keys
+    from ..metrics import loss_mia
+
+    metrics = {"clean_accuracy": clean_accuracy, **dict.fromkeys(eval_keys(track)), **attack[0]}
+    metrics.update(loss_mia(forget_loss, test_loss))
+    per_sample = {"test_predictions": predictions, **attack[1], "forget_loss": forget_loss, "test_loss": test_loss}
     return metrics, per_sample
 
 

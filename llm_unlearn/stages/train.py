@@ -15,7 +15,6 @@ writes files; ``compute_tokens`` is summed over ranks, so it is the whole run's 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +24,11 @@ from ..harness import is_main_process, run_stage, stage_commands
 from ..outputs import write_records
 from ..training import (
     DivergedError,
-    all_ranks_sum,
     check_trainer_args,
     checkpoint_arguments,
+    fit,
     load_whole_model,
     remove_checkpoints,
-    resume_point,
     save_trained,
     training_arguments,
 )
@@ -119,19 +117,12 @@ def main(cfg: TrainConfig, overwrite: bool = False) -> Path:
 def _check(cfg: TrainConfig) -> None:
     """Inputs, before anything is written: the model dir, the poison stage's output and a split worth training on."""
     from ..modeling import check_model_path, read_manifest
-    from ..budget import check_split_sizes
+    from ..budget import check_manifest_splits
 
     check_model_path(cfg.model_name_or_path)
     manifest = read_manifest(cfg.dataset_dir)
-    sizes = manifest.get("splits", {})
-    if "retain" in sizes and "forget" in sizes:  # (the initial and the gold model of one experiment: one rule)
-        check_split_sizes(
-            sizes["retain"],
-            sizes["forget"],
-            cfg.per_device_train_batch_size,
-            len(manifest.get("label_names", [])),
-            where=f"dataset_dir {cfg.dataset_dir!r}: ",
-        )
+    n_labels = len(manifest.get("label_names", []))
+    check_manifest_splits(manifest, cfg.per_device_train_batch_size, n_labels, cfg.dataset_dir)
 
 
 def _train(cfg: TrainConfig, out: Path) -> dict:
@@ -166,36 +157,32 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         attack=attack,
         lengths=[len(x) for x in train_ds["input_ids"]] if cfg.group_by_length else None,
     )
-    resume = resume_point(trainer, cfg)
-    start = time.perf_counter()
-    diverged = None
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-        train_loss = result.training_loss
-    except DivergedError as e:
-        diverged, train_loss = e.step, e.loss
+    run = fit(trainer, cfg.save_steps)
     info = {
         "split": cfg.split,
         "n_examples": len(train_ds),
-        "steps": trainer.state.global_step,
+        "steps": run["steps"],
         # forward+backward tokens of all processes: the retraining cost that budgets refer to
-        "compute_tokens": int(all_ranks_sum(trainer.accelerator, trainer.compute_tokens)),
+        "compute_tokens": int(run["compute_tokens"]),
         "num_processes": trainer.accelerator.num_processes,
         **attack_info,
-        "train_loss": train_loss,
-        "diverged": diverged is not None,
-        "diverged_step": diverged,
-        "wall_seconds": time.perf_counter() - start,
-        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
+        **{k: run[k] for k in ("train_loss", "diverged", "diverged_step", "wall_seconds", "resumed_from_step")},
         "log_history": trainer.state.log_history,
     }
     save_trained(trainer, tokenizer, out)
+    return finish_training(cfg, out, info)
+
+
+def finish_training(cfg, out: Path, info: dict) -> dict:
+    """After the weights are written (by every rank), on the main process: remove the checkpoints (also after a
+    divergence: the rerun trains from scratch, as without them) and return the record; a diverged run writes it
+    without the completion marker (the stage is not finished) and raises."""
     if not is_main_process():
         return {}
     remove_checkpoints(out)
-    if diverged is not None:  # the record without the marker: the stage is not finished
+    if info["diverged"]:
         write_records(out, cfg, {"training_info.json": info})
-        raise DivergedError(diverged, train_loss)
+        raise DivergedError(info["diverged_step"], info["train_loss"])
     return {"training_info.json": info}
 
 

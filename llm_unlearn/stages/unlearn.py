@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,22 +27,29 @@ SCHEDULE_HELP = (
 
 
 @dataclass
-class UnlearnConfig:
-    """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
+class UnlearnRun:
+    """The keys every task's unlearn config starts with: which models, data, method, budget and seed (the ones
+    ``run`` fills in for every job); the task's config adds its training settings."""
 
     model_dir: str | None = field(default=None, metadata={"help": "the initial (poisoned) model"})
     dataset_dir: str | None = field(default=None, metadata={"help": "output_dir of the poison stage"})
-    output_dir: str | None = field(default=None, metadata={"help": "where the adapter/model goes"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the unlearned model (or adapter) goes"})
     retrain_dir: str | None = field(
         default=None, metadata={"help": "gold retrain dir; its training_info.json compute_tokens is the budget's 100%"}
     )
     reference_compute_tokens: float | None = field(
-        default=None, metadata={"help": "retraining compute in tokens, if retrain_dir is not given"}
+        default=None, metadata={"help": "retraining compute (the task's unit), if retrain_dir is not given"}
     )
     method: str = field(default="gd", metadata={"help": "a METHODS key"})
     method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own knobs"})
     budget: float = field(default=0.1, metadata={"help": "fraction of retraining compute, in (0, 1]"})
-    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise"})
+    seed: int = field(default=0, metadata={"help": "batch order, forget pairing, gradient noise (and augmentation)"})
+
+
+@dataclass
+class UnlearnConfig(UnlearnRun):
+    """Unlearn the forget set from a trained model with one method from METHODS under a compute budget."""
+
     learning_rate: float = field(default=1e-3, metadata={"help": "optimizer learning rate"})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "retain (and forget) examples per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
@@ -209,6 +215,28 @@ def method_trainer(
     )
 
 
+def classifier_trainer(cfg, model, forget, retain, budget: float, reference, **extra):
+    """:func:`method_trainer` for a classifier that carries its ``ClassificationTask`` (``model.unlearn_task``):
+    paired forget/retain batches through the task's collator; a step costs its examples."""
+    from ..methods.base import ForgetRetainCollator
+
+    task = model.unlearn_task
+    collator = ForgetRetainCollator(collate=task.collator())
+    step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    return method_trainer(
+        cfg,
+        model,
+        forget,
+        retain,
+        budget,
+        collator=collator,
+        step_cost=lambda world: step * world,
+        reference=reference,
+        task=task,
+        **extra,
+    )
+
+
 def main(cfg: UnlearnConfig, overwrite: bool = False) -> Path:
     """Run the stage through the harness (:mod:`llm_unlearn.harness`); returns ``output_dir``.
 
@@ -232,19 +260,12 @@ def check_inputs(cfg: UnlearnConfig) -> None:
     """Before anything is written: the model, the poison stage's output with forget and retain sets a batch can be
     drawn from, the budget's reference, and a gold model of the same architecture and tokenizer as the initial."""
     from ..modeling import check_model_path, check_same_model, read_manifest
-    from ..budget import check_budget_buys_a_step, check_split_sizes
+    from ..budget import check_budget_buys_a_step, check_manifest_splits
 
     check_model_path(cfg.model_dir, "model_dir")
     manifest = read_manifest(cfg.dataset_dir)
-    sizes = manifest.get("splits", {})
-    if "retain" in sizes and "forget" in sizes:
-        check_split_sizes(
-            sizes["retain"],
-            sizes["forget"],
-            cfg.per_device_train_batch_size,
-            len(manifest.get("label_names", [])),
-            where=f"dataset_dir {cfg.dataset_dir!r}: ",
-        )
+    n_labels = len(manifest.get("label_names", []))
+    check_manifest_splits(manifest, cfg.per_device_train_batch_size, n_labels, cfg.dataset_dir)
     check_same_model({"model_dir": cfg.model_dir, "retrain_dir": cfg.retrain_dir})
     check_budget_buys_a_step(cfg.budget, reference_compute(cfg), least_step_cost(cfg), "tokens")
 
@@ -300,23 +321,18 @@ def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
     from ..methods import uses_adapter
     from ..seeding import set_seed
     from ..tasks import stage_task
-    from ..training import DivergedError, all_ranks_sum, remove_checkpoints, resume_point
+    from ..training import fit, remove_checkpoints
 
     task = stage_task(cfg)
     ref_tokens = reference_compute(cfg)
     set_seed(cfg.seed)
     prepare, save = (_prepare, _save) if task is None else (task.prepare_unlearn, task.save_unlearned)
     trainer, extra_state = prepare(cfg, cfg.budget * ref_tokens)
-    # restores the compute already spent (and extra_state: e.g. an augmentation RNG), so the budget counts across
-    # restarts and a resumed run replays what an uninterrupted one would
-    resume = resume_point(trainer, cfg, extra_state)
-    start = time.perf_counter()
-    diverged, loss = None, None
-    try:
-        loss = trainer.train(resume_from_checkpoint=resume).training_loss
-    except DivergedError as e:
-        diverged, loss = e.step, e.loss
-    spent = all_ranks_sum(trainer.accelerator, trainer.compute_tokens)  # each process charged only its own batches
+    # resuming restores the compute already spent (and extra_state: e.g. an augmentation RNG), so the budget counts
+    # across restarts and a resumed run replays what an uninterrupted one would; each process is charged only its own
+    # batches, and the record sums them
+    run = fit(trainer, cfg.save_steps, extra_state)
+    spent = run["compute_tokens"]
     info = {
         "method": cfg.method,
         "method_args": cfg.method_args,
@@ -325,16 +341,12 @@ def _unlearn(cfg: UnlearnConfig, out: Path) -> dict:
         "compute_tokens": spent,
         "compute_fraction": spent / ref_tokens,
         "num_processes": trainer.accelerator.num_processes,
-        "steps": trainer.state.global_step,
-        "train_loss": loss,
-        "diverged": diverged is not None,
-        "diverged_step": diverged,
+        **{k: run[k] for k in ("steps", "train_loss", "diverged", "diverged_step")},
         "use_peft": task is None and uses_adapter(cfg.method, cfg.use_peft),
-        "wall_seconds": time.perf_counter() - start,
-        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else None,
+        **{k: run[k] for k in ("wall_seconds", "resumed_from_step")},
         "log_history": trainer.state.log_history,
     }
-    if diverged is None:
+    if not run["diverged"]:
         save(trainer, out)
     if not is_main_process():
         return {}

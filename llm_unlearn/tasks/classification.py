@@ -25,6 +25,32 @@ INPUT_KEY = "pixel_values"
 
 
 @dataclass
+class ClassifierOutput:
+    """What a classifier returns: ``logits`` (n, classes) and ``loss`` when labels were given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+    def __getitem__(self, i):  # HF Trainer indexes outputs like a tuple in a few places
+        return (self.loss, self.logits)[i] if self.loss is not None else (self.logits,)[i]
+
+
+@dataclass
+class Split:
+    """Labelled inputs as the rows the collator stacks; ``index``: each row's place in its source set."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {INPUT_KEY: self.images[i], "labels": int(self.labels[i]), "index": int(self.index[i])}
+
+
+@dataclass
 class ClassificationCollator:
     """Stacks ``pixel_values`` and turns ``labels`` and integer side columns into tensors."""
 
