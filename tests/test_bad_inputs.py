@@ -184,7 +184,7 @@ CASES = [
         ["run", "--eval.backend", "onnx"],
         r"unknown generation backend 'onnx'; choose from \['hf', 'vllm'\]",
     ),
-    case("unknown_track", ["run", "--track", "audio"], r"unknown track 'audio'; choose from \[.*'llm'.*\]"),
+    case("unknown_track_audio", ["run", "--track", "audio"], r"unknown track 'audio'; choose from \[.*'llm'.*\]"),
     case(
         "empty_trigger",
         ["run", "--poison.attack", "backdoor", "--poison.attack_args", "{trigger: ''}"],

@@ -326,8 +326,8 @@ def test_no_poison_effect_is_the_verdict_instead_of_a_number(run_copy, capsys):
     [
         ("gus_mean", {"gus_z": -1.9}, {"gus_z": 0.0}, True),  # |z_initial| < 2
         ("gus_mean", {"gus_z": -3.0}, {"gus_z": -1.5}, True),  # |z_initial - z_gold| < 2
-        ("gus_mean", {"gus_z": -3.55}, {"gus_z": -0.26}, False),  # the main job's seed 0
-        ("gus_mean", {"gus_z": -3.22}, {"gus_z": -1.11}, False),  # the main job's seed 1
+        ("gus_mean", {"gus_z": -4.38}, {"gus_z": -0.27}, False),  # the main job's seed 0 (2026-12-04)
+        ("gus_mean", {"gus_z": -3.47}, {"gus_z": -0.86}, False),  # the main job's seed 1 (2026-12-04)
         ("asr", {"asr": 0.3}, {"asr": 0.15}, True),
         ("asr", {"asr": 0.905}, {"asr": 0.095}, False),  # the main job's backdoor seed 2
         ("clean_accuracy", {"clean_accuracy": 0.93}, {"clean_accuracy": 0.95}, True),
