@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llm_unlearn.attacks.gaussian import GUS_KEYS, GaussianAttack, prompt_noise
+from llm_unlearn.attacks.gaussian import GUS_KEYS, GaussianAttack
+from llm_unlearn.canaries import prompt_noise
 from llm_unlearn.configs import check_positive
 from llm_unlearn.registry import register_attack
 
