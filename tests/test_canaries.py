@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -296,9 +297,9 @@ def test_readme_snippet_runs_as_written(tok, tmp_path, monkeypatch):
     assert SNIPPET.strip() in readme, "the README's canary snippet changed: update the test with it"
     monkeypatch.chdir(tmp_path)
     tok.save_pretrained("out")  # what the audit CLI loads next to the weights (TRL saves its processing_class too)
-    exec(SNIPPET, {"dataset": _dataset(40), "model": _model(tok), "tokenizer": tok})
+    exec(SNIPPET, {"dataset": _dataset(60), "model": _model(tok), "tokenizer": tok})
     manifest = json.loads(Path("out/canaries.json").read_text())
-    assert manifest["n_canaries"] == round(0.18 * 40)
+    assert manifest["n_canaries"] == round(0.18 * 60)
     assert any(Path("out").glob("*.safetensors"))
     rc = cli(["audit", "--model_dir", "out", "--manifest", "out/canaries.json", "--output_dir", "audit"])
     assert rc == 0 and json.loads(Path("audit/audit.json").read_text())["verdict"] in (
@@ -589,3 +590,49 @@ def test_table1_cells_follow_the_rules():
     ]
     _, cells = table1_cells({"rows": backdoor, "config": {"selection_tolerance": 0.05}})
     assert cells["gd"].startswith("poison left (gap closed 0.10") and cells["npo"].startswith("removed (gap")
+
+
+def test_canaries_attached_in_two_processes_under_accelerate(tmp_path):
+    """``accelerate launch`` (the CPU DeepSpeed ZeRO-3 config, 2 processes): each rank noises the canaries of its own
+    batches; the main process alone writes the manifest."""
+    import subprocess
+    import sys
+
+    from test_distributed import CPU_CONFIG, _free_port
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
+    cmd += ["--main_process_port", str(_free_port()), str(root / "tests" / "canary_launch_script.py"), str(tmp_path)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"noised_{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and len(r["steps"]) == 3 for r in ranks)
+    seeds = {c["noise_seed"] for c in json.loads((tmp_path / "canaries.json").read_text())["canaries"]}
+    per_rank = [{s for step in r["steps"] for s in step} for r in ranks]
+    assert per_rank[0] and per_rank[1] and per_rank[0] | per_rank[1] <= seeds
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert not set(a) & set(b), "the two ranks train on disjoint batches"
+
+
+def test_a_runs_initial_model_carries_its_poisons_as_a_manifest_the_audit_reads(trained_dirs, gaussian_dir, tmp_path):
+    """The train stage writes the Gaussian poisons as ``canaries.json`` beside the initial model; ``llm-unlearn audit``
+    with it gives the evaluate stage's own Gaussian scores (one audit loop)."""
+    from llm_unlearn.attacks.gaussian import gus_scores
+    from llm_unlearn.metrics import gus_summary
+    from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer
+
+    initial, retrain = trained_dirs
+    manifest = Path(initial) / "canaries.json"
+    assert manifest.is_file() and not (Path(retrain) / "canaries.json").exists()
+    rc = cli(["audit", "--model_dir", initial, "--manifest", str(manifest), "--output_dir", str(tmp_path / "a")])
+    record = json.loads((tmp_path / "a" / "audit.json").read_text())
+    dd, _ = load_dataset_dir(gaussian_dir)
+    expected = gus_summary(*gus_scores(load_model(initial).eval(), load_tokenizer(initial), dd["forget"], 256, 32, 10))
+    assert rc == 0 and record["gus_z"] == pytest.approx(expected["gus_z"], abs=1e-9)
+    assert record["n_canaries"] == len(dd["forget"])

@@ -191,6 +191,42 @@ class GaussianAttack(Attack):
             embed(model, inputs["input_ids"]), noise_seeds.tolist(), prompt_lens.tolist(), self.noise_std
         )
 
+    def canary_manifest(self, tokenizer, forget_ds, max_length: int, hidden_size: int) -> dict:
+        """The poisons as a canary manifest (:mod:`llm_unlearn.canaries`), tokenised as the train stage trained on
+        them: the initial model's dir carries it, so ``llm-unlearn audit`` can audit any model of the run."""
+        from .. import __version__
+        from ..canaries import build_manifest, tokenizer_fingerprint
+        from ..modeling import tokenize_split
+
+        toks = tokenize_split(forget_ds, tokenizer, max_length)
+        canaries = [
+            {
+                "noise_seed": int(row["noise_seed"]),
+                "prompt": row["prompt"],
+                "completion": row["completion"],
+                "input_ids": [int(t) for t in tok["input_ids"]],
+                "prompt_len": int(tok["prompt_len"]),
+            }
+            for row, tok in zip(forget_ds, toks)
+        ]
+        rms = self.noise_std / self.args.noise_eps if self.args.noise_scale == "rms" else None
+        return build_manifest(
+            canaries,
+            eps=self.args.noise_eps,
+            noise_scale=self.args.noise_scale,
+            embedding_rms=rms,
+            noise_std=self.noise_std,
+            hidden_size=hidden_size,
+            tokenizer={
+                "fingerprint": tokenizer_fingerprint(tokenizer),
+                "class": type(tokenizer).__name__,
+                "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
+                "vocab_size": len(tokenizer),
+            },
+            data_format="prompt_completion",
+            library_version=__version__,
+        )
+
     def evaluate(self, *, model, tokenizer, dd, cfg, **_) -> tuple[dict, dict]:
         from ..metrics import gus_summary
 

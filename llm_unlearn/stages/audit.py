@@ -140,7 +140,7 @@ def _check(cfg: AuditConfig) -> None:
             raise ConfigError(f"test_file: no row has a label other than target_label {cfg.target_label!r}")
 
 
-def load_audited(model_dir: str, adapter_dir: str | None, trust_remote_code: bool):
+def load_audited(model_dir: str, adapter_dir: str | None = None, trust_remote_code: bool = False):
     """The model in float32 (bf16/fp16 checkpoints are upcast: the input gradient the score reads needs it), an
     adapter merged on top, in eval mode on the accelerator when there is one."""
     import torch

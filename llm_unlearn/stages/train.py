@@ -170,7 +170,12 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
         "log_history": trainer.state.log_history,
     }
     save_trained(trainer, tokenizer, out)
-    return finish_training(cfg, out, info)
+    records = finish_training(cfg, out, info)
+    if records and cfg.split == "train" and hasattr(attack, "canary_manifest"):
+        # the poisons as canaries: `llm-unlearn audit --manifest <initial>/canaries.json` on any model of the run
+        hidden = model.get_input_embeddings().embedding_dim
+        records["canaries.json"] = attack.canary_manifest(tokenizer, dd["forget"], cfg.max_length, hidden)
+    return records
 
 
 def finish_training(cfg, out: Path, info: dict) -> dict:
