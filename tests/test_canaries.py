@@ -636,3 +636,44 @@ def test_a_runs_initial_model_carries_its_poisons_as_a_manifest_the_audit_reads(
     expected = gus_summary(*gus_scores(load_model(initial).eval(), load_tokenizer(initial), dd["forget"], 256, 32, 10))
     assert rc == 0 and record["gus_z"] == pytest.approx(expected["gus_z"], abs=1e-9)
     assert record["n_canaries"] == len(dd["forget"])
+
+
+def test_suite_writes_table1_over_its_attacks(tmp_path, capsys):
+    """``llm-unlearn suite`` on a Gaussian and a backdoor experiment writes ``suite.md``: a row per model, a column per
+    attack, each cell one of the three verdicts with its numbers."""
+    import yaml
+
+    base = {
+        "seeds": [0],
+        "tiny": dict(TINY_SHAPE),
+        "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False},
+        "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+        "eval": {"fresh_noise_draws": 2, "max_new_tokens": 2},
+        "methods": ["gd"],
+        "budgets": [0.3],
+        "diagnostics": False,
+        "workers": 1,
+    }
+    small = {"embedded_n_train": 120, "embedded_n_test": 40, "embedded_min_sentences": 1, "embedded_max_sentences": 1}
+    files = []
+    for attack in ("gaussian", "backdoor"):
+        f = tmp_path / f"{attack}.yaml"
+        f.write_text(yaml.safe_dump({**base, "poison": {"attack": attack, "poison_fraction": 0.2, **small}}))
+        files.append(str(f))
+    rc = cli(["suite", "--configs", json.dumps(files), "--output_dir", str(tmp_path / "suite")])
+    text = (tmp_path / "suite" / "suite.md").read_text()
+    assert rc == 0 and "table 1:" in capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert header == "| model | gaussian | backdoor |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"model", "initial", "gold (retrain)", "gd"}
+    for name in ("initial", "gold (retrain)", "gd"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")[1:]]
+        kinds = ("poison left", "removed", "audit invalid", "no poison effect")
+        assert len(cells) == 2 and all(c.startswith(kinds) for c in cells), rows[name]
+    results = json.loads((tmp_path / "suite" / "gaussian" / "results.json").read_text())
+    effect = all(r["metrics"]["poison_effect"] for r in results["rows"])
+    gaussian_gd = rows["gd"].strip("|").split("|")[1].strip()
+    assert gaussian_gd.startswith("no poison effect") != effect  # this tiny run may or may not poison; both are named
+    if effect:
+        assert gaussian_gd.count("z ") == 1 and ", p " in gaussian_gd

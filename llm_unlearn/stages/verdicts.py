@@ -10,6 +10,8 @@ Table 1 cells (per attack, the selected variant of each method at the largest bu
   :data:`REMOVED_GAP` of the initial-to-gold gap on the attack's metric; otherwise **poison left**.
 * **removed at a utility cost**: removed, but clean accuracy fell more than the run's ``selection_tolerance`` below
   the initial model's (the poison went with the model's usefulness).
+* **no poison effect to unlearn**: every seed's initial model is indistinguishable from its gold model on the poison
+  metric (the report's verdict, ``protocol.poison_effect_problem``): nothing to judge.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ def table1_cells(results: dict) -> tuple[str, dict]:
     for method, grp in groups.items():
         acc = _mean([r["metrics"].get("clean_accuracy") for r in grp])
         gap = _mean([r["metrics"].get("gap_closed") for r in grp])
-        if any("gus_z" in r["metrics"] for r in grp):
+        if all(r["metrics"].get("poison_effect") is False for r in grp):
+            # the run's own rule (protocol.poison_effect_problem): the initial model carries nothing to remove
+            cells[method] = f"no poison effect to unlearn (acc {acc:.2f})" if acc is not None else "no poison effect"
+            continue
+        if any(r["metrics"].get("gus_z") is not None for r in grp):
             v, z, p = pooled_verdict(grp)
             removed = v == "no_residual_detected"
             nums = f"z {z:+.1f}, p {p:.2g}" if z is not None else "no test"
