@@ -646,7 +646,8 @@ def test_suite_writes_table1_over_its_attacks(tmp_path, capsys):
     base = {
         "seeds": [0],
         "tiny": dict(TINY_SHAPE),
-        "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False},
+        # test_report_numbers' recipe: 8 epochs at lr 1e-2 on 120 short reviews poison the tiny model
+        "train": {"num_train_epochs": 8, "learning_rate": 1e-2, "per_device_train_batch_size": 16, "progress": False},
         "unlearn": {"per_device_train_batch_size": 8, "progress": False},
         "eval": {"fresh_noise_draws": 2, "max_new_tokens": 2},
         "methods": ["gd"],
