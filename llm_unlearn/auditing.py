@@ -138,7 +138,7 @@ def _summary_result(canary: list[float], fresh: list[list[float]], alpha: float)
 
 
 def _as_manifest(manifest):
-    from .canaries import Manifest, check_manifest, load_manifest
+    from .canary_manifest import Manifest, check_manifest, load_manifest
 
     if isinstance(manifest, Manifest):
         return manifest

@@ -160,7 +160,8 @@ def test_attached_sft_trainer_adds_exactly_each_canarys_noise_to_its_prompt(tok,
 
 
 def test_manifest_records_what_the_audit_needs_and_no_noise(tok, tmp_path):
-    from llm_unlearn.canaries import GaussianCanaries, load_manifest, tokenizer_fingerprint
+    from llm_unlearn.canaries import GaussianCanaries
+    from llm_unlearn.canary_manifest import load_manifest, tokenizer_fingerprint
 
     model = _model(tok)
     canaries = GaussianCanaries(fraction=0.25, seed=0)

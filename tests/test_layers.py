@@ -27,6 +27,7 @@ LAYERS = [
             "llm_unlearn.metrics",
             "llm_unlearn.generation",
             "llm_unlearn.canaries",
+            "llm_unlearn.canary_manifest",
             "image_track.models",
             "image_track.data",
         ],

@@ -205,26 +205,19 @@ def test_every_builtin_pair_is_exported_from_the_package():
 
 def test_a_plugins_knob_dataclass_gives_its_trl_config(tiny_dir, tmp_path, monkeypatch):
     """The half_gd plugin exactly as the issue gives it: its HalfGDConfig (a TrainingArguments) is derived."""
-    from dataclasses import dataclass
-
     from transformers import AutoTokenizer, TrainingArguments
 
     import llm_unlearn.methods as methods_pkg
-    from llm_unlearn import UnlearnTrainer, register_method, registry
+    from llm_unlearn import registry
 
     monkeypatch.setattr(registry, "METHODS", dict(registry.methods()))
     monkeypatch.setattr(methods_pkg, "_ARGS", {})
 
-    @dataclass
-    class HalfGDConfig:
-        scale: float = 0.5
+    from test_plugins import PLUGIN  # the issue's plugin text, one copy for both tests
 
-    @register_method("half_gd", config=HalfGDConfig)
-    class HalfGDTrainer(UnlearnTrainer):
-        reads_forget = False
-
-        def unlearn_loss(self, model, forget, retain):
-            return self.method_cfg.scale * self.nll(model, retain)
+    plugin: dict = {}
+    exec(PLUGIN, plugin)
+    HalfGDConfig, HalfGDTrainer = plugin["HalfGDConfig"], plugin["HalfGDTrainer"]
 
     spec = registry.get_method("half_gd")
     args_cls = spec.config_cls

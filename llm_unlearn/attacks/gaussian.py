@@ -195,7 +195,7 @@ class GaussianAttack(Attack):
         """The poisons as a canary manifest (:mod:`llm_unlearn.canaries`), tokenised as the train stage trained on
         them: the initial model's dir carries it, so ``llm-unlearn audit`` can audit any model of the run."""
         from .. import __version__
-        from ..canaries import build_manifest, tokenizer_fingerprint
+        from ..canary_manifest import build_manifest, tokenizer_record
         from ..modeling import tokenize_split
 
         toks = tokenize_split(forget_ds, tokenizer, max_length)
@@ -217,12 +217,7 @@ class GaussianAttack(Attack):
             embedding_rms=rms,
             noise_std=self.noise_std,
             hidden_size=hidden_size,
-            tokenizer={
-                "fingerprint": tokenizer_fingerprint(tokenizer),
-                "class": type(tokenizer).__name__,
-                "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
-                "vocab_size": len(tokenizer),
-            },
+            tokenizer=tokenizer_record(tokenizer),
             data_format="prompt_completion",
             library_version=__version__,
         )

@@ -125,7 +125,7 @@ def read_test_rows(path: str) -> list[dict]:
 def _check(cfg: AuditConfig) -> None:
     """Everything that can be wrong with the input, before anything is written: the manifest, the model dirs, the
     tokenizers against the manifest's fingerprint, the test rows."""
-    from ..canaries import load_manifest
+    from ..canary_manifest import load_manifest
     from ..modeling import load_tokenizer
 
     manifest = load_manifest(cfg.manifest)
@@ -158,7 +158,7 @@ def load_audited(model_dir: str, adapter_dir: str | None = None, trust_remote_co
 def _audit(cfg: AuditConfig, out: Path) -> dict:
     from .. import __version__
     from ..auditing import audit, write_audit
-    from ..canaries import load_manifest
+    from ..canary_manifest import load_manifest
     from ..modeling import load_tokenizer
 
     manifest = load_manifest(cfg.manifest)
