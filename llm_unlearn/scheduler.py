@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,19 +173,43 @@ def launch_job(job: Job, threads: int | None = None) -> None:
     and wait for it. Its stderr is passed through (progress, logs) and kept in ``<output_dir>.launch.log``; a non-zero
     exit raises :class:`LaunchFailed` with the last lines, or the launched stage's own ConfigError (a problem it found
     before work, e.g. a budget that buys no step), as ``local`` would raise it."""
-    import subprocess
-    from collections import deque
-
     import yaml
 
     launcher = job.launcher
     spec, log = launch_paths(job)
     spec.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec, yaml.safe_dump(normalized(job.config), sort_keys=False))
-    cmd = launcher.command(job, spec)
     env = {**os.environ, LAUNCHED_ENV: "1"}  # (LLM_UNLEARN_PLUGINS is in os.environ: the ranks load the plugins too)
     if "OMP_NUM_THREADS" not in os.environ:  # the worker's share of the cores, split between its ranks
         env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // launcher.processes()))
+    for attempt in range(PORT_ATTEMPTS):
+        rc, tail = _launch_once(job, launcher.command(job, spec), env, log)
+        # The rendezvous port was taken between our pick and the launcher's bind (another launch, another program):
+        # nothing of the stage ran yet, so a fresh port is safe to try.
+        if rc == 0 or not any("address already in use" in line.lower() for line in tail):
+            break
+        logger.warning("%s: rendezvous port taken, relaunching on another (attempt %d)", job.name, attempt + 2)
+    if rc == 0:
+        return
+    refusal = f"llm-unlearn {_stage_kind(job)}: error: "
+    error = next((line for line in reversed(tail) if line.startswith(refusal)), None)
+    if error is not None:  # the stage refused its inputs before any work, as it would in process
+        raise ConfigError(f"{job.name}: {error.split(': error: ', 1)[1]}")
+    logger.error("%s: the launched job exited with %d; its stderr ends with:\n%s", job.name, rc, "\n".join(tail))
+    last = tail[-1] if tail else "(no output)"
+    raise LaunchFailed(
+        f"{job.name}: `accelerate launch ... llm_unlearn {_stage_kind(job)}` exited with {rc}; the stage stays "
+        f"incomplete and rerunning the same command resumes it; its stderr ends with: {last} (all of it: {log})"
+    )
+
+
+PORT_ATTEMPTS = 3
+
+
+def _launch_once(job: Job, cmd: list[str], env: dict, log: Path) -> tuple[int, deque]:
+    """Run one ``accelerate launch``; its stderr passes through and goes to ``log``. Returns (exit code, last lines)."""
+    import subprocess
+
     logger.info("%s: %s", job.name, " ".join(cmd))
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     partial = b""
@@ -206,18 +231,7 @@ def launch_job(job: Job, threads: int | None = None) -> None:
             proc.stderr.close()
     if partial.strip():
         tail.append(partial.decode(errors="replace"))
-    if rc == 0:
-        return
-    refusal = f"llm-unlearn {_stage_kind(job)}: error: "
-    error = next((line for line in reversed(tail) if line.startswith(refusal)), None)
-    if error is not None:  # the stage refused its inputs before any work, as it would in process
-        raise ConfigError(f"{job.name}: {error.split(': error: ', 1)[1]}")
-    logger.error("%s: the launched job exited with %d; its stderr ends with:\n%s", job.name, rc, "\n".join(tail))
-    last = tail[-1] if tail else "(no output)"
-    raise LaunchFailed(
-        f"{job.name}: `accelerate launch ... llm_unlearn {_stage_kind(job)}` exited with {rc}; the stage stays "
-        f"incomplete and rerunning the same command resumes it; its stderr ends with: {last} (all of it: {log})"
-    )
+    return rc, tail
 
 
 def _echo(chunk: bytes) -> None:
@@ -231,8 +245,20 @@ def _echo(chunk: bytes) -> None:
 
 
 def _free_port() -> int:
+    """A port for a launch's rendezvous, drawn below Linux's ephemeral range (32768+): a port the kernel hands out
+    for ``bind(0)`` is also where gloo's and the TCP store's own connections land, so two launches starting at once
+    could collide there; a launch that still loses the race is retried (see :func:`launch_job`)."""
+    import random
     import socket
 
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -96,18 +96,20 @@ def test_run_with_accelerate_launcher_resumes_after_sigkill_and_records_processe
     # done and a launched unlearning job's rank 0 has begun its stage.
     tag = uuid.uuid4().hex
     cmd = _cmd(config, out)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(tag), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    first_log = tmp_path / "killed.log"
+    with open(first_log, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tag), stdout=log, stderr=log, start_new_session=True)
+        killed = False
+        while proc.poll() is None:
+            if any((d / STARTED).is_file() for d in unlearn):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed = True
+                break
+            time.sleep(0.05)
+    assert killed, f"the run ended (exit {proc.returncode}) before it could be killed mid-way:\n" + (
+        first_log.read_text(errors="replace")[-6000:]
     )
-    killed = False
-    while proc.poll() is None:
-        if any((d / STARTED).is_file() for d in unlearn):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            killed = True
-            break
-        time.sleep(0.05)
-    assert killed, "the run finished before it could be killed mid-way"
     deadline = time.monotonic() + 60  # (a wait, not a timing claim: the kernel delivers the death signals)
     while _tagged(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -199,3 +201,31 @@ def test_a_failed_launch_is_reported_with_its_stderr_and_leaves_the_stage_incomp
     assert "NOT_A_TYPE" in log.read_text()  # all of its stderr is kept
     assert yaml.safe_load(out.with_name("initial.launch.yaml").read_text())["output_dir"] == str(out)
     assert not (out / ".complete").exists()
+
+
+def test_a_launch_that_loses_its_rendezvous_port_is_relaunched_on_another(tmp_path, monkeypatch):
+    """Two launches starting at once can race for a port: the launch whose rendezvous found its port taken (nothing of
+    the stage ran) is relaunched on a fresh one; any other failure is not retried."""
+    from llm_unlearn import scheduler
+
+    calls = []
+
+    class Flaky(scheduler.Launcher):
+        def command(self, job, spec):
+            calls.append(scheduler._free_port())
+            fail = len(calls) == 1 or job.name == "broken"
+            msg = "RuntimeError: The server socket has failed to listen: Address already in use" if fail else "ok"
+            code = f"import sys; print({msg!r}, file=sys.stderr); sys.exit({int(fail)})"
+            return [sys.executable, "-c", code]
+
+    launcher = Flaky(str(CPU_CONFIG))
+    job = scheduler.Job("unlearn/x", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "x")}, [], launcher)
+    scheduler.launch_job(job)
+    assert len(calls) == 2 and all(20000 <= p <= 32000 for p in calls)
+    assert (tmp_path / "x.launch.log").read_text().strip() == "ok"  # the log is the launch that ran
+
+    calls.clear()
+    broken = scheduler.Job("broken", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "y")}, [], launcher)
+    with pytest.raises(scheduler.LaunchFailed, match="Address already in use"):
+        scheduler.launch_job(broken)
+    assert len(calls) == scheduler.PORT_ATTEMPTS
