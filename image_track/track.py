@@ -37,6 +37,7 @@ RUN_OWNED = (
             "method",
             "method_args",
             "budget",
+            "save_at_budgets",
             "seed",
         ),
     ),

@@ -74,6 +74,19 @@ class ModelInfo:
     results: dict  # the run's results.json
 
 
+def _nested_variant(p: Path) -> str:
+    """The model id of a nested budget's model ``unlearn/<run id>/at_budget_<f>``: the run's id with its budget
+    replaced by f (ids are ``<method>_b<budget>`` plus the grid point's suffix)."""
+    try:
+        top, mine = read_json(p.parent / "unlearn_info.json"), read_json(p / "unlearn_info.json")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"folder: {str(p)!r} is a nested budget's model without a readable unlearn_info.json") from e
+    prefix = f"{top['method']}_b{top['budget']:g}"
+    if not p.parent.name.startswith(prefix):
+        raise ConfigError(f"folder: {str(p)!r} is not inside an unlearning run of this toolkit's layout")
+    return f"{mine['method']}_b{mine['budget']:g}" + p.parent.name[len(prefix) :]
+
+
 def locate(folder: str | os.PathLike) -> ModelInfo:
     """Resolve a model dir inside a run, or raise a ConfigError that says what a valid folder looks like."""
     p = Path(folder).expanduser().resolve()
@@ -82,11 +95,14 @@ def locate(folder: str | os.PathLike) -> ModelInfo:
     if (p / "experiment.yaml").is_file():
         choices = sorted(str(d.relative_to(p)) for d in p.glob("seed_*/*") if d.name in ("initial", "retrain"))
         choices += sorted(str(d.relative_to(p)) for d in p.glob("seed_*/unlearn/*") if d.is_dir())
+        choices += sorted(str(d.relative_to(p)) for d in p.glob("seed_*/unlearn/*/at_budget_*") if d.is_dir())
         raise ConfigError(
             f"folder: {str(folder)!r} is a whole run; push one of its models, e.g. {choices[:6]} (relative to it)"
         )
     if p.parent.name == "unlearn" and p.parent.parent.name.startswith("seed_"):
         seed_dir, variant = p.parent.parent, p.name
+    elif p.name.startswith("at_budget_") and p.parent.parent.name == "unlearn":
+        seed_dir, variant = p.parent.parent.parent, _nested_variant(p)
     elif p.name in ("initial", "retrain") and p.parent.name.startswith("seed_"):
         seed_dir, variant = p.parent, p.name
     else:

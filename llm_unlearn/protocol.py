@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .budget import check_budget_buys_a_step, check_split_sizes
@@ -48,6 +49,15 @@ class ProtocolConfig:
         },
     )
     budgets: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "fractions of retraining compute"})
+    nested_budgets: bool = field(
+        default=True,
+        metadata={
+            "help": "one unlearning run per seed, method and grid point spends the largest budget and saves its model "
+            "as its compute crosses each smaller one (the model a run with that budget ends with), where the "
+            "schedule and the method allow it (constant learning rate, no warmup, not ssd; the report says which "
+            "did not); false: every budget is a run of its own"
+        },
+    )
     selection_tolerance: float = field(
         default=0.02,
         metadata={
@@ -158,7 +168,18 @@ class Variant:
     budget: float
     overrides: dict  # unlearn-config keys (e.g. learning_rate)
     method_args: dict  # method_args merged with the grid point's method keys
-    model_id: str  # its directory name under unlearn/ and eval/
+    model_id: str  # its directory name under eval/ (and under unlearn/ when it is a run of its own)
+    # nested budgets: the model id of the run (same method and grid point, the largest budget) that saves this
+    # variant's model as its spend crosses this budget, in unlearn/<nested_in>/at_budget_<budget>; None: its own run
+    nested_in: str | None = None
+
+    def unlearn_dir(self, seed_dir) -> Path:
+        """Where this variant's unlearned model (and its ``unlearn_info.json``) is, under ``seed_<s>``."""
+        from .stages.unlearn import snapshot_name
+
+        if self.nested_in is None:
+            return Path(seed_dir) / "unlearn" / self.model_id
+        return Path(seed_dir) / "unlearn" / self.nested_in / snapshot_name(self.budget)
 
 
 def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, set]:
@@ -230,7 +251,59 @@ def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
                         model_id=mid,
                     )
                 )
+    return _nest(cfg, out, unlearn_cls) if getattr(cfg, "nested_budgets", False) else out
+
+
+def _grid_point(v: Variant) -> tuple:
+    return v.method, repr(sorted(v.overrides.items())), repr(sorted(v.method_args.items()))
+
+
+def _nest(cfg, variants: list[Variant], unlearn_cls: type) -> list[Variant]:
+    """Point every variant but the largest budget of its (method, grid point) at the largest one's run, where
+    :func:`nesting_problem` allows it."""
+    largest: dict[tuple, Variant] = {}
+    for v in variants:
+        key = _grid_point(v)
+        if key not in largest or v.budget > largest[key].budget:
+            largest[key] = v
+    out = []
+    for v in variants:
+        top = largest[_grid_point(v)]
+        if top is not v and nesting_problem_of(cfg, v, unlearn_cls) is None:
+            v = dataclasses.replace(v, nested_in=top.model_id)
+        out.append(v)
     return out
+
+
+def nesting_problem_of(cfg, v: Variant, unlearn_cls: type) -> str | None:
+    """Why this variant's budget cannot come from a longer run of its grid point (None if it can)."""
+    from .stages.unlearn import nesting_problem
+
+    section = cfg.unlearn if isinstance(cfg.unlearn, unlearn_cls) else unlearn_cls()
+    return nesting_problem(dataclasses.replace(section, **v.overrides, method=v.method))
+
+
+def nesting_notes(cfg, unlearn_cls: type) -> list[str]:
+    """What the report says of how the budgets ran: nested, or each its own run and why."""
+    if len(cfg.budgets) < 2:
+        return []
+    if not cfg.nested_budgets:
+        return ["Every budget is an unlearning run of its own (`nested_budgets: false`)."]
+    variants = unlearn_variants(cfg, unlearn_cls)
+    separate = {}
+    for v in variants:
+        problem = nesting_problem_of(cfg, v, unlearn_cls)
+        if problem:
+            separate.setdefault(v.method, problem)
+    nested = sorted({v.method for v in variants if v.nested_in is not None})
+    notes = []
+    if nested:
+        notes.append(
+            f"Budgets are nested for {', '.join(nested)}: one run per seed and grid point spends the largest budget "
+            "and saves its model as its compute crosses each smaller one (`compute_fraction` is what it had spent)."
+        )
+    notes += [f"{m}: each budget is a run of its own, because {why}." for m, why in separate.items()]
+    return notes
 
 
 def _default(cls, name):
@@ -352,10 +425,10 @@ def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, r
 
 
 def plan_jobs(cfg, stages: StageBuilders) -> list:
-    """The DAG of stage jobs for the whole grid (seeds x methods x budgets x grid points), any track."""
-    from pathlib import Path
-
+    """The DAG of stage jobs for the whole grid (seeds x methods x budgets x grid points), any track: one unlearn
+    job per run (a nested run saves the models of its grid point's smaller budgets), one eval job per variant."""
     from .scheduler import Job
+    from .stages.unlearn import snapshot_config
 
     root = Path(cfg.output_dir)
     jobs = []
@@ -380,12 +453,23 @@ def plan_jobs(cfg, stages: StageBuilders) -> list:
             module, build = stages.evaluate
             ec = build(cfg, str(d / name), dataset_dir, str(d / "eval" / name), None)
             jobs.append(Job(f"{s}/eval/{name}", module, ec, [f"{s}/{name}"]))
-        for v in unlearn_variants(cfg, stages.unlearn_cls, stages.run_owned):
+        variants = unlearn_variants(cfg, stages.unlearn_cls, stages.run_owned)
+        initial, retrain = str(d / "initial"), str(d / "retrain")
+        runs = {}
+        for v in variants:
+            if v.nested_in is not None:
+                continue
             module, build = stages.unlearn
-            initial, retrain = str(d / "initial"), str(d / "retrain")
             uc = build(cfg, seed, v, dataset_dir, initial, retrain, str(d / "unlearn" / v.model_id))
-            unlearn_job = f"{s}/unlearn/{v.model_id}"
-            jobs.append(Job(unlearn_job, module, uc, [f"{s}/initial", f"{s}/retrain"]))
+            marks = sorted(n.budget for n in variants if n.nested_in == v.model_id)
+            if marks:
+                uc = dataclasses.replace(uc, save_at_budgets=marks)
+            runs[v.model_id] = uc
+            jobs.append(Job(f"{s}/unlearn/{v.model_id}", module, uc, [f"{s}/initial", f"{s}/retrain"]))
+        for v in variants:
+            run_id = v.nested_in or v.model_id
+            unlearn_job = f"{s}/unlearn/{run_id}"
+            uc = runs[run_id] if v.nested_in is None else snapshot_config(runs[run_id], v.budget)
             module, build = stages.evaluate
             ec = build(cfg, uc.output_dir, dataset_dir, str(d / "eval" / v.model_id), uc)
             jobs.append(Job(f"{s}/eval/{v.model_id}", module, ec, [unlearn_job]))

@@ -207,7 +207,7 @@ PORT_ATTEMPTS = 3
 
 
 def _launch_once(job: Job, cmd: list[str], env: dict, log: Path) -> tuple[int, deque]:
-    """Run one ``accelerate launch``; its stderr passes through and goes to ``log``. Returns (exit code, last lines)."""
+    """One ``accelerate launch``; its stderr passes through and goes to ``log``; returns (exit code, last lines)."""
     import subprocess
 
     logger.info("%s: %s", job.name, " ".join(cmd))

@@ -107,8 +107,9 @@ def test_run_with_accelerate_launcher_resumes_after_sigkill_and_records_processe
                 killed = True
                 break
             time.sleep(0.05)
-    assert killed, f"the run ended (exit {proc.returncode}) before it could be killed mid-way:\n" + (
-        first_log.read_text(errors="replace")[-6000:]
+    assert killed, (
+        f"the run ended (exit {proc.returncode}) before it could be killed mid-way:\n"
+        + (first_log.read_text(errors="replace")[-6000:])
     )
     deadline = time.monotonic() + 60  # (a wait, not a timing claim: the kernel delivers the death signals)
     while _tagged(tag) and time.monotonic() < deadline:

@@ -122,7 +122,9 @@ class BudgetCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         from ..training import all_ranks_sum
 
-        if all_ranks_sum(self.trainer.accelerator, self.trainer.compute_tokens) >= self.trainer.budget_tokens:
+        # kept on the trainer: the nested-budget snapshots (stages/unlearn.py) read the same sum, no second all-reduce
+        self.trainer.spent_all_ranks = all_ranks_sum(self.trainer.accelerator, self.trainer.compute_tokens)
+        if self.trainer.spent_all_ranks >= self.trainer.budget_tokens:
             control.should_training_stop = True
         return control
 
@@ -166,6 +168,11 @@ class UnlearnTrainer(Trainer):
 
     # False for methods whose loss never reads the forget batch: the dataset then skips it.
     reads_forget = True
+    # Whether the model this trainer holds once it has spent a fraction f of its budget is the model a run with budget
+    # f would end with (with a schedule that does not follow the budget): true of every method that is a sequence of
+    # optimizer steps; false of one whose result depends on the total budget (SSD dampens once, at the end). ``run``
+    # then takes all budgets of a grid point from one run (``save_at_budgets``) only for methods where it holds.
+    nests_budgets = True
     # What registration fills in (``@register_method``): the method's name and config class.
     method_name: str | None = None
     method_config_cls: type | None = None
@@ -200,6 +207,7 @@ class UnlearnTrainer(Trainer):
         budget = getattr(args, "budget_tokens", None)
         self.budget_tokens = float("inf") if budget is None else float(budget)
         self.compute_tokens = 0.0
+        self.spent_all_ranks = 0.0  # compute_tokens summed over processes, as of the last finished step
         self.reference_model = None
         self._clip_params = None
         needs_reference = spec.needs_reference if spec is not None else getattr(self, "needs_reference", False)

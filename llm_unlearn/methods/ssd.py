@@ -92,6 +92,7 @@ class SSDTrainer(UnlearnTrainer):
     """Fisher passes over real batches of D and of D_f (see the module docstring), then one dampening; no optimizer."""
 
     _DATA, _FORGET = 0, 1  # stream ids of the seeded batch orders
+    nests_budgets = False  # the dampening happens once, from the Fisher passes of the whole budget
 
     def _batches(self, parts: list, half: str, stream: int):
         """Endless collated batches over the concatenation of ``parts``, in the form the paired-batch collator gives

@@ -102,7 +102,7 @@ def collect_rows(run_dir: Path, exp) -> tuple[list[dict], dict]:
                 }
             )
         for v in variants(exp):
-            info = read_json(d / "unlearn" / v.model_id / "unlearn_info.json")
+            info = read_json(v.unlearn_dir(d) / "unlearn_info.json")
             ev = d / "eval" / v.model_id / "eval_results.json"
             m = read_json(ev) if ev.is_file() and not info["diverged"] else {}
             diag = d / "diag" / v.model_id / "diagnostics.json"
@@ -218,6 +218,7 @@ def attack_class(exp, attack: str):
 
 def render_markdown(rows, exp, manifests, env) -> str:
     from ..metrics import stouffer_z
+    from ..protocol import nesting_notes
     from ..tracks import get_track
 
     attack = rows[0]["attack"]
@@ -232,6 +233,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
         "",
         get_track(exp.track).describe(exp),
         f"Seeds {exp.seeds}, methods {exp.methods}, budgets {exp.budgets}.",
+        *nesting_notes(exp, type(exp.unlearn)),
         f"Poison metric: `{metric}`; gap closed = (M(initial) - M(updated)) / (M(initial) - M(retrain)): "
         "1 = as good as retraining, 0 = no effect, < 0 = the poison got stronger.",
         "",

@@ -96,7 +96,13 @@ class ExperimentConfig(ProtocolConfig):
 RUN_OWNED = (
     ("poison", ("output_dir", "seed")),
     ("train", ("model_name_or_path", "dataset_dir", "output_dir", "split", "seed")),
-    ("unlearn", ("model_dir", "dataset_dir", "output_dir", "retrain_dir", "method", "method_args", "budget", "seed")),
+    (
+        "unlearn",
+        (
+            *("model_dir", "dataset_dir", "output_dir", "retrain_dir"),
+            *("method", "method_args", "budget", "save_at_budgets", "seed"),
+        ),
+    ),
     ("eval", ("model_dir", "adapter_dir", "dataset_dir", "output_dir")),
 )
 ExperimentConfig.CLI_EXCLUDE = frozenset(f"{sec}.{n}" for sec, names in RUN_OWNED for n in names)
