@@ -36,7 +36,7 @@ EXPERIMENT = {
     "unlearn": {"per_device_train_batch_size": 4, "progress": False},
     "eval": {"fresh_noise_draws": 3},
     "methods": ["gd", "npo"],
-    "budgets": [0.2],
+    "budgets": [0.1, 0.2],  # nested: each launched unlearning run also saves its 0.1 model (a ZeRO-3 gather mid-run)
     "diagnostics": False,
     "workers": 2,  # two launches at once (the trainings): each needs its own rendezvous port
 }
@@ -125,8 +125,13 @@ def test_run_with_accelerate_launcher_resumes_after_sigkill_and_records_processe
     assert {r["method"] for r in rows} == {"initial", "retrain", "gd", "npo"}
     for d in ("initial", "retrain"):
         assert json.loads((seed / d / "training_info.json").read_text())["num_processes"] == 2
+    assert {(r["method"], r["budget"]) for r in rows if r["budget"]} == {
+        (m, b) for m in ("gd", "npo") for b in (0.1, 0.2)
+    }
     for d, m in zip(unlearn, ("gd", "npo")):
         assert json.loads((d / "unlearn_info.json").read_text())["num_processes"] == 2
+        nested = json.loads((d / "at_budget_0.1" / "unlearn_info.json").read_text())
+        assert nested["num_processes"] == 2 and 0.1 <= nested["compute_fraction"] < 0.2
         spec = yaml.safe_load(d.with_name(d.name + ".launch.yaml").read_text())  # what was launched, for a rerun
         assert spec["method"] == m and spec["output_dir"] == str(d)
 
