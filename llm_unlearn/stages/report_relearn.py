@@ -163,7 +163,8 @@ def plot_relearn(rows: list[dict], relearned: list[dict], metric: str, out: Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colors = plt.get_cmap("tab10").colors
+    # tab10 without its green and red, which mark the gold and initial baselines
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (2, 3)]
     i = 0
     for label, by_steps in _curves(rows, relearned):
         xs = sorted(by_steps)
