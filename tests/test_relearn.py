@@ -113,6 +113,22 @@ def test_no_steps_and_bad_inputs_refused_before_work(tmp_path, trained_dirs, gau
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_diverged_unlearned_model_is_not_relearned(tmp_path, trained_dirs, gaussian_dir):
+    from llm_unlearn.scheduler import _diverged_unlearn
+    from llm_unlearn.stages.evaluate import EvalConfig
+
+    adapter = tmp_path / "unlearn"  # what a diverged LoRA unlearning run leaves: its record, no weights
+    adapter.mkdir()
+    (adapter / "unlearn_info.json").write_text(json.dumps({"diverged": True, "diverged_step": 3}))
+    out = main(_cfg(trained_dirs[0], gaussian_dir, tmp_path / "r", adapter_dir=str(adapter), steps=[1, 2]))
+    assert _info(out)["source_diverged"] is True
+    for n in (1, 2):
+        assert (step_dir(out, n) / ".complete").is_file() and not (step_dir(out, n) / "model.safetensors").exists()
+        # its evaluation is skipped the way the source model's is
+        ev = EvalConfig(model_dir=str(step_dir(out, n)), dataset_dir=gaussian_dir, output_dir=str(tmp_path / "e"))
+        assert _diverged_unlearn(ev)
+
+
 def test_experiment_relearn_section_is_checked():
     from llm_unlearn.stages.run import ExperimentConfig
 
@@ -201,3 +217,18 @@ def test_run_with_relearning_writes_rows_table_and_plot(tmp_path):
     assert "## Relearning: does the poison come back?" in text and "| ga, budget 0.2 | 0 |" in text
     assert text.index("## Relearning") < text.index("## Environment")
     assert (tmp_path / "run" / "relearn.png").stat().st_size > 1000
+
+
+def test_a_run_dir_from_before_the_relearn_section_is_the_same_experiment(tmp_path):
+    import yaml
+
+    from llm_unlearn.configs import to_dict
+    from llm_unlearn.stages.run import ExperimentConfig, check_output_dir
+
+    cfg = build_config(ExperimentConfig, {"output_dir": str(tmp_path), "seeds": [0], "methods": ["ga"]})
+    old = {k: v for k, v in to_dict(cfg).items() if k != "relearn"}  # an experiment.yaml of an older version
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    check_output_dir(cfg)  # relearning off: the same experiment, resumed
+    on = build_config(ExperimentConfig, {**to_dict(cfg), "relearn": {"steps": [10]}})
+    with pytest.raises(ConfigError, match="different experiment"):
+        check_output_dir(on)  # relearning added: another experiment (--overwrite keeps its finished stages)

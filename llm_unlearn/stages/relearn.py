@@ -133,7 +133,8 @@ def _check(cfg: RelearnConfig) -> None:
     if cfg.adapter_dir and not source_diverged(cfg):
         check_model_path(cfg.adapter_dir, "adapter_dir")
     split = "retain" if cfg.data == "retain" else "forget"
-    n = manifest.get(f"n_{split}", manifest.get("n_poison") if split == "forget" else None)
+    n_train, n_forget = manifest.get("n_train"), manifest.get("n_poison")
+    n = n_forget if split == "forget" else (None if None in (n_train, n_forget) else n_train - n_forget)
     if n is not None and int(n) < 1:
         raise ConfigError(f"data {cfg.data}: the {split} split of {cfg.dataset_dir!r} is empty; nothing to relearn on")
 
