@@ -8,6 +8,7 @@ live in ``llm_unlearn/protocol.py``. Layout under ``output_dir``::
 
     experiment.yaml  results.json  report.md  *.png
     seed_<s>/base/ poison/ initial/ retrain/ unlearn/<method>_b<budget>/ eval/<model>/
+    seed_<s>/relearn/<model>/r<n>/ eval/<model>_r<n>/   (with a relearn section: see protocol.relearn_jobs)
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ExperimentConfig(ProtocolConfig):
         default_factory=RelearnConfig,
         metadata={
             "help": "relearning after unlearning (off while steps is []): initial, gold and every unlearned model "
-            "fine-tuned steps more optimizer steps on retain rows or a fraction of the poisons, then evaluated"
+            "fine-tuned for each count of steps more optimizer steps (retain rows or a fraction of the poisons), "
+            "then evaluated"
         },
     )
 
