@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("train", "fine-tune the initial (poisoned) or gold (retain) model"),
     "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
     "eval": ("evaluate", "evaluate a model: utility, ASR, Gaussian Unlearning Score, loss MIA"),
+    "relearn": ("relearn", "fine-tune a model a few more steps (retain rows or some poisons), saved after each count"),
     "diagnose": ("diagnose", "parameter-shift diagnostics of a model, or the exact linear toy (--toy linear)"),
     "audit": ("audit", "audit any model for what is left of Gaussian canaries (and a backdoor): a verdict"),
     "report": ("report", "results.json, report.md and plots for a run directory"),

@@ -131,7 +131,7 @@ def locate(folder: str | os.PathLike) -> ModelInfo:
             f"folder: {str(run_dir)!r} has no results.json yet; run `llm-unlearn report --run_dir {run_dir}` first"
         )
     results = read_json(results_path)
-    rows = [r for r in results.get("rows", []) if r.get("seed") == seed]
+    rows = [r for r in results.get("rows", []) if r.get("seed") == seed and not r.get("relearn_steps")]
     mine = [r for r in rows if _variant(r) == variant]
     if not mine:
         raise ConfigError(f"folder: results.json has no row for seed {seed}, model {variant!r}; rerun the report")

@@ -395,6 +395,7 @@ class StageBuilders:
         unlearn(cfg, seed, variant, dataset_dir, initial, retrain, out) -> config
         evaluate(cfg, model_dir, dataset_dir, out, unlearn_cfg)     -> config   (unlearn_cfg: None for initial/gold)
         diagnose(cfg, initial, retrain, eval_cfg, out)              -> config | None
+        relearn(cfg, seed, eval_cfg, out)                           -> config   (optional: see relearn_jobs)
     """
 
     unlearn_cls: type
@@ -405,6 +406,7 @@ class StageBuilders:
     evaluate: tuple
     diagnose: tuple
     base: tuple | None = None
+    relearn: tuple | None = None
 
 
 def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, retrain: str, out: str):
@@ -478,4 +480,42 @@ def plan_jobs(cfg, stages: StageBuilders) -> list:
                 dc = build(cfg, initial, retrain, ec, str(d / "diag" / v.model_id))
                 if dc is not None:
                     jobs.append(Job(f"{s}/diag/{v.model_id}", module, dc, [unlearn_job]))
+    jobs += relearn_jobs(cfg, stages, jobs)
     return jobs
+
+
+def relearn_jobs(cfg, stages: StageBuilders, jobs: list) -> list:
+    """Relearning jobs (the experiment's ``relearn`` section; none when its ``steps`` is empty or the track has no
+    relearn stage): every model the plan evaluates (``seed_<s>/eval/<id>``: initial, gold, each unlearned variant) is
+    fine-tuned further by one job, ``seed_<s>/relearn/<id>``, which saves it after each of ``steps`` into ``r<n>/``;
+    each of those is evaluated into ``seed_<s>/eval/<id>_r<n>``. The relearn job reads the model the way that
+    evaluation reads it (its ``model_dir``/``adapter_dir``) and waits for what that evaluation waits for."""
+    section = getattr(cfg, "relearn", None)
+    if stages.relearn is None or section is None or not section.steps:
+        return []
+    from pathlib import Path
+
+    from .scheduler import Job
+    from .stages.relearn import step_dir
+
+    names = {j.name for j in jobs}
+    out = []
+    for seed in cfg.seeds:
+        d = Path(cfg.output_dir) / f"seed_{seed}"
+        prefix = f"s{seed}/eval/"
+        for job in [j for j in jobs if j.name.startswith(prefix)]:
+            mid, ec = job.name[len(prefix) :], job.config
+            module, build = stages.relearn
+            rc = build(cfg, seed, ec, str(d / "relearn" / mid))
+            relearn_job = f"s{seed}/relearn/{mid}"
+            out.append(Job(relearn_job, module, rc, list(job.deps)))
+            module, build = stages.evaluate
+            for n in sorted(section.steps):
+                name = f"{prefix}{mid}_r{n}"
+                if name in names:  # a grid's model id that ends like a relearned model's would share its dirs
+                    raise ConfigError(f"relearn: the eval dir of {mid!r} after {n} steps is a model id of the grid")
+                ec_n = build(
+                    cfg, str(step_dir(rc.output_dir, n)), ec.dataset_dir, str(d / "eval" / f"{mid}_r{n}"), None
+                )
+                out.append(Job(name, module, ec_n, [relearn_job]))
+    return out

@@ -42,7 +42,18 @@ def test_results_json_schema(run_dir):
     rows = res["rows"]
     assert {r["method"] for r in rows} == {"initial", "retrain", *METHODS}
     for r in rows:
-        assert set(r) == {"attack", "method", "budget", "variant", "seed", "metrics", "selected", "within_tolerance"}
+        assert set(r) == {
+            "attack",
+            "method",
+            "budget",
+            "variant",
+            "seed",
+            "metrics",
+            "selected",
+            "within_tolerance",
+            "relearn_steps",
+        }
+        assert r["relearn_steps"] == 0  # no relearn section: every row is a model as trained or unlearned
         assert r["attack"] == "gaussian" and r["seed"] == 0
         assert (r["budget"] is None) == (r["method"] in ("initial", "retrain"))
         m = r["metrics"]

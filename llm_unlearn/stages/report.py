@@ -20,7 +20,7 @@ from ..outputs import read_record
 from ..files import atomic_savefig, atomic_write_text, write_json
 from ..envinfo import environment_info
 
-REPORT_FILES = ("results.json", "report.md", "gap_closed.png", "gus_hist.png")
+REPORT_FILES = ("results.json", "report.md", "gap_closed.png", "gus_hist.png", "relearn.png")
 # Keys the report reads from each per-seed record: one without them (an empty `{}`) is an error naming the file.
 REQUIRED_KEYS = {
     "manifest.json": ("attack", "metric"),
@@ -393,6 +393,7 @@ def main(cfg: ReportConfig) -> Path:
     from ..locks import DirLock
     from ..outputs import remove_temporary
     from ..tracks import load_experiment
+    from .report_relearn import plot_relearn, relearn_markdown, relearn_rows, with_relearning
     from .verdicts import add_row_verdicts
 
     if cfg.run_dir is None:
@@ -408,13 +409,17 @@ def main(cfg: ReportConfig) -> Path:
         no_effect = flag_no_effect(rows, manifests)
         select_variants(rows, exp.selection_tolerance)
         add_row_verdicts(rows)
+        relearned = relearn_rows(run_dir, exp, rows)  # after selection and verdicts, which read rows alone
+        metric = manifests[exp.seeds[0]]["metric"]
         env = environment_info(exp.seeds)
-        write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows})
+        write_json(out / "results.json", {"config": to_dict(exp), "environment": env, "rows": rows + relearned})
+        plot_relearn(rows, relearned, metric, out)
         plot_gap_closed(rows, out)
         if attack_class(exp, rows[0]["attack"]).gus_audit:
             plot_gus_hist(run_dir, exp, rows, out)
         report = out / "report.md"
         text = with_verdict(render_markdown(rows, exp, manifests, env), rows, exp.seeds, no_effect)
+        text = with_relearning(text, relearn_markdown(rows, relearned, exp, metric))
         atomic_write_text(report, text)
     return report
 

@@ -8,6 +8,7 @@ live in ``llm_unlearn/protocol.py``. Layout under ``output_dir``::
 
     experiment.yaml  results.json  report.md  *.png
     seed_<s>/base/ poison/ initial/ retrain/ unlearn/<method>_b<budget>/ eval/<model>/
+    seed_<s>/relearn/<model>/r<n>/ eval/<model>_r<n>/   (with a relearn section: see protocol.relearn_jobs)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..files import atomic_write_text, is_atomic_tmp
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
+from .relearn import RelearnConfig
 from .tiny import TinyConfig
 from .train import TrainConfig
 from .unlearn import UnlearnConfig
@@ -61,6 +63,14 @@ class ExperimentConfig(ProtocolConfig):
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "initial and gold training settings"})
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "shared unlearning settings"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation settings"})
+    relearn: RelearnConfig = field(
+        default_factory=RelearnConfig,
+        metadata={
+            "help": "relearning after unlearning (off while steps is []): initial, gold and every unlearned model "
+            "fine-tuned for each count of steps more optimizer steps (retain rows or a fraction of the poisons), "
+            "then evaluated"
+        },
+    )
 
     def validate(self) -> None:
         if self.track != "llm":
@@ -104,6 +114,7 @@ RUN_OWNED = (
         ),
     ),
     ("eval", ("model_dir", "adapter_dir", "dataset_dir", "output_dir")),
+    ("relearn", ("model_dir", "adapter_dir", "dataset_dir", "output_dir", "seed")),
 )
 ExperimentConfig.CLI_EXCLUDE = frozenset(f"{sec}.{n}" for sec, names in RUN_OWNED for n in names)
 
@@ -145,6 +156,18 @@ def _diagnose(cfg: ExperimentConfig, initial: str, retrain: str, ec, out: str):
     )
 
 
+def _relearn(cfg: ExperimentConfig, seed: int, ec, out: str):
+    # the model as its evaluation reads it: a full model dir, or an adapter on top of the initial model
+    return dataclasses.replace(
+        cfg.relearn,
+        model_dir=ec.model_dir,
+        adapter_dir=ec.adapter_dir,
+        dataset_dir=ec.dataset_dir,
+        output_dir=out,
+        seed=seed,
+    )
+
+
 STAGES = StageBuilders(
     unlearn_cls=UnlearnConfig,
     run_owned=RUN_OWNED,
@@ -154,6 +177,7 @@ STAGES = StageBuilders(
     unlearn=(_STAGES + "unlearn", unlearn_config),
     evaluate=(_STAGES + "evaluate", _evaluate),
     diagnose=(_STAGES + "diagnose", _diagnose),
+    relearn=(_STAGES + "relearn", _relearn),
 )
 
 
@@ -206,7 +230,9 @@ def _identity(cfg: ExperimentConfig) -> dict:
 def _identity_dict(d: dict) -> dict:
     # What defines results: everything but where they go and how many processes compute them (and how they are
     # launched: switching a run to accelerate keeps its finished stages, as the stage configs are the same).
-    return {k: v for k, v in d.items() if k not in HOW_RUN}
+    # A run dir made before the relearn section existed (or with relearning off) is the same experiment.
+    off = not (d.get("relearn") or {}).get("steps")
+    return {k: v for k, v in d.items() if k not in HOW_RUN and not (k == "relearn" and off)}
 
 
 HOW_RUN = ("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes")

@@ -68,6 +68,7 @@ def table1_cells(results: dict) -> tuple[str, dict]:
     """(attack, {method: cell}) of one experiment's ``results.json``: the initial and gold models and each method's
     selected variant at the largest budget."""
     rows, cfg = results["rows"], results["config"]
+    rows = [r for r in rows if not r.get("relearn_steps")]  # relearned models are the report's own section
     attack = rows[0]["attack"]
     tol = float(cfg.get("selection_tolerance", 0.05))
     init_acc = _mean([r["metrics"].get("clean_accuracy") for r in rows if r["method"] == "initial"])
