@@ -203,7 +203,10 @@ def _identity_dict(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in HOW_RUN}
 
 
-HOW_RUN = ("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes")
+HOW_RUN = (
+    *("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes"),
+    *("executor", "ray_address", "resources", "slurm"),  # where jobs run does not change what they compute
+)
 
 
 def _resolve(cfg, **overrides):
@@ -267,11 +270,21 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             locked.append(c.output_dir)
         for c in cfgs:  # validate every output dir before any work starts
             check_output_dir(c)
-        execute(jobs, workers or max(c.workers for c in cfgs))
+        execute(jobs, workers or max(c.workers for c in cfgs), _pool(cfgs))
         return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
     finally:
         for d in reversed(locked):
             release(d)
+
+
+def _pool(cfgs: list) -> object | None:
+    """Where the jobs of these experiments run: their executor (one for all; local: None, the process pool)."""
+    from ..executors import build_pool
+
+    kinds = {(c.executor, c.ray_address, repr(c.resources), repr(c.slurm)) for c in cfgs}
+    if len(kinds) > 1:
+        raise ConfigError("experiments run as one job graph must share executor, ray_address, resources and slurm")
+    return build_pool(cfgs[0], [c.output_dir for c in cfgs])
 
 
 def _job_output(job: Job) -> str:
