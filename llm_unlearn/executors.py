@@ -76,7 +76,9 @@ def check_executor(cfg) -> None:
     needs, the slurm section."""
     resources = cfg.resources
     if not isinstance(resources, dict):
-        raise ConfigError(f"resources: expected a mapping of stage -> {{num_cpus, num_gpus, memory_gb}}, got {resources!r}")
+        raise ConfigError(
+            f"resources: expected a mapping of stage -> {{num_cpus, num_gpus, memory_gb}}, got {resources!r}"
+        )
     for stage, res in resources.items():
         if stage not in RESOURCE_STAGES:
             raise ConfigError(f"resources.{stage}: unknown stage; choose from {list(RESOURCE_STAGES)}")
@@ -99,7 +101,9 @@ def check_executor(cfg) -> None:
         if cfg.slurm != SlurmConfig():
             unused.append("slurm")
         if unused:  # a recipe may carry cluster settings while this run stays on the machine
-            logger.warning("%s: only read with executor ray or slurm (this run's executor is local)", ", ".join(unused))
+            logger.warning(
+                "%s: only read with executor ray or slurm (this run's executor is local)", ", ".join(unused)
+            )
         return
     if cfg.executor == "slurm" and cfg.ray_address:
         logger.warning("ray_address is only read with executor ray (this run's executor is slurm)")
@@ -185,8 +189,11 @@ class RemotePool:
     def threads(self, job) -> int:
         return max(1, int(job_resources(self.resources, job)["num_cpus"]))
 
+    local = False  # whether jobs run on this machine (a Ray instance this run started, submitit's local executor)
+
     def job_args(self, job) -> tuple:
-        return (job, self.threads(job), str(job_log(job, self.name)), self.probe_args(), self.plugins)
+        driver = os.getpid() if self.local else None
+        return (job, self.threads(job), str(job_log(job, self.name)), self.probe_args(), self.plugins, driver)
 
     def settle(self, future: Future, job, outcome, crash: BaseException | None = None, extra: str = "") -> None:
         """Set ``future`` from what :func:`run_remote` returned (or from the executor's own error, ``crash``)."""
@@ -260,10 +267,13 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def run_remote(job, threads: int, log: str, probe_args: tuple, plugins: str | None):
+def run_remote(job, threads: int, log: str, probe_args: tuple, plugins: str | None, driver: int | None = None):
     """Run one stage job on a node (a Ray worker or a SLURM job): check the shared filesystem, load the run's
     plugins, send the job's output to its log, and return ``("ok", run_job's result)`` or ``("error", exception)``
-    (the exception itself, so the driver raises what ``local`` raises; its traceback goes to the log)."""
+    (the exception itself, so the driver raises what ``local`` raises; its traceback goes to the log). ``driver``:
+    the pid of the run on this machine, whose death ends the job (see :func:`_die_with_driver`)."""
+    if driver is not None:
+        _die_with_driver(driver)
     problems = probe(*probe_args)
     if problems:
         return "error", ConfigError(
@@ -287,6 +297,51 @@ def run_remote(job, threads: int, log: str, probe_args: tuple, plugins: str | No
             except Exception:
                 e = RuntimeError(f"{type(e).__name__}: {e}")
             return "error", e
+
+
+_WATCHED: set[int] = set()
+
+
+def _die_with_driver(pid: int) -> None:
+    """Kill this process (and its children: an ``accelerate launch``, whose ranks die with it) as soon as the run
+    ``pid`` on this machine is gone, however it died. A local Ray instance's workers otherwise outlive a killed run
+    by seconds, long enough to finish a stage the rerun is already redoing; the local pool's workers get the same
+    from ``PR_SET_PDEATHSIG``, which cannot name a process other than the parent."""
+    if pid in _WATCHED:
+        return
+    _WATCHED.add(pid)
+
+    def watch():
+        import signal
+        import time
+
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, another user's (a reused pid would be): keep watching
+                pass
+            time.sleep(0.1)
+        for child in _children():
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-driver").start()
+
+
+def _children() -> list[int]:
+    """This process's children (Linux /proc; none elsewhere)."""
+    out = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        try:
+            out += [int(p) for p in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 class _output_to:

@@ -100,7 +100,9 @@ class ProtocolConfig:
             "diagnose, default; keys: num_cpus, num_gpus, memory_gb (default 1 CPU, no GPU)"
         },
     )
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "executor slurm: how jobs are submitted"})
+    slurm: SlurmConfig = field(
+        default_factory=SlurmConfig, metadata={"help": "executor slurm: how jobs are submitted"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
 

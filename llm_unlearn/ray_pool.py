@@ -53,6 +53,7 @@ class RayPool(RemotePool):
                 where = self.address or "a local instance on 127.0.0.1"
                 raise ConfigError(f"executor ray: cannot start or join Ray at {where}: {e}") from e
             self.owned = True
+            self.local = self.address is None  # its workers are this machine's processes: they die with the run
         self.task = ray.remote(run_remote)  # exported to the cluster once, not per job
         self.write_markers()
         self._probe_nodes(ray)

@@ -34,6 +34,7 @@ class SlurmPool(RemotePool):
         self.cfg = cfg
         self.folder = Path(cfg.folder or self.run_dirs[0] / "submitit").absolute()
         self.inflight: dict = {}  # submitit Job -> Future
+        self.local = cfg.cluster == "local"
 
     def executor(self, name: str, res: dict):
         """A submitit executor for one job: the slurm section plus the job's resources."""
