@@ -130,7 +130,7 @@ def test_ray_run_killed_while_unlearning_resumes_to_the_local_metrics(tmp_path):
 def slurm_local(monkeypatch):
     pytest.importorskip("submitit")
     from llm_unlearn.executors import SlurmConfig
-    from llm_unlearn.slurm_pool import SlurmPool
+    from llm_unlearn.executors.slurm_pool import SlurmPool
 
     # The jobs import the stand-in stage module (tests/helpers.py) in processes of their own.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p))

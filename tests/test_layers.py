@@ -45,8 +45,6 @@ LAYERS = [
             "llm_unlearn.tracks",
             "llm_unlearn.scheduler",
             "llm_unlearn.executors",
-            "llm_unlearn.ray_pool",
-            "llm_unlearn.slurm_pool",
         ],
     ),
     ("orchestration", ["llm_unlearn.stages.report", "llm_unlearn.stages.run", "image_track.track"]),

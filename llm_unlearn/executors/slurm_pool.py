@@ -12,8 +12,9 @@ import logging
 from concurrent.futures import Future
 from pathlib import Path
 
-from .configs import ConfigError
-from .executors import PROBE_TIMEOUT_S, RemotePool, SlurmConfig, job_resources, probe, run_remote, threaded_future
+from ..configs import ConfigError
+from .config import SlurmConfig, job_resources
+from .remote import PROBE_TIMEOUT_S, RemotePool, probe, run_remote, threaded_future
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class SlurmPool(RemotePool):
 
     def submit(self, fn, job, threads=None) -> Future:
         """Submit ``job`` as one SLURM job (``fn`` is the scheduler's ``run_job``; the job calls it through
-        :func:`llm_unlearn.executors.run_remote`)."""
+        :func:`llm_unlearn.executors.remote.run_remote`)."""
         res = job_resources(self.resources, job)
         sjob = self.executor(f"llm-unlearn:{job.name}", res).submit(run_remote, *self.job_args(job))
         logger.info("%s: SLURM job %s", job.name, sjob.job_id)

@@ -1,15 +1,5 @@
-"""Where the grid's jobs run: ``executor: local | ray | slurm``.
-
-``local`` is the scheduler's own process pool (:mod:`llm_unlearn.scheduler`). ``ray`` runs each stage job as a Ray
-task with the resources of its stage (``resources``), on ``ray_address`` (null: a Ray instance started on this machine,
-bound to 127.0.0.1). ``slurm`` submits each job through submitit (``slurm`` section: partition, time, setup commands).
-Both are pools with ``submit(fn, job, threads) -> Future`` that the scheduler's DAG loop drives exactly as it drives
-the local pool, so ordering, skipping, resuming and stopping on a failure are one code path for every executor.
-
-Both assume a filesystem shared by the driver and every node (the run dir, the working directory, the installed
-package). :meth:`RemotePool.open` checks it before any job is submitted: the driver writes a marker with a fresh token
-into each run dir and a probe task on the executor (on every Ray node) must read it back; every job checks it again
-where it lands. A job's output goes to ``<output_dir>.<executor>.log`` beside its output dir, and a failure names it.
+"""What both remote executors share: the job wrapper that runs on a node (:func:`run_remote`), the
+shared-filesystem probe, and :class:`RemotePool`, which turns a job's outcome into the Future the scheduler waits on.
 """
 
 from __future__ import annotations
@@ -22,107 +12,16 @@ import threading
 import traceback
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-from .configs import ConfigError
-from .harness import StageFault
+from ..configs import ConfigError
+from ..harness import StageFault
+from .config import job_resources
 
 logger = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray", "slurm")
-# resources keys: a stage of the planner (``base`` is the tiny base model of the embedded default) or ``default``.
-RESOURCE_STAGES = ("default", "base", "poison", "train", "unlearn", "evaluate", "diagnose")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
-DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0}
 MARKER = ".executor-probe"  # written by the driver into each run dir while remote jobs run
 PROBE_TIMEOUT_S = 600  # a probe that does not run in this long: no worker can take it (or the queue is long)
-EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # executor -> (module, pip extra)
-
-
-@dataclass
-class SlurmConfig:
-    """``executor: slurm``: how each stage job is submitted (through submitit, one sbatch job per stage job)."""
-
-    partition: str | None = field(default=None, metadata={"help": "SLURM partition (null: the cluster's default)"})
-    account: str | None = field(default=None, metadata={"help": "SLURM account to charge (null: your default)"})
-    time_min: int = field(default=240, metadata={"help": "time limit of each job, in minutes"})
-    setup: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "shell commands run in each job before the stage, e.g. ['module load cuda/12.4', "
-            "'source ~/venvs/unlearn/bin/activate']"
-        },
-    )
-    additional: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "more sbatch options, passed as they are, e.g. {constraint: a100, qos: high}"},
-    )
-    folder: str | None = field(
-        default=None, metadata={"help": "submitit's job files and logs (null: <output_dir>/submitit)"}
-    )
-    cluster: Literal["slurm", "local"] = field(
-        default="slurm",
-        metadata={
-            "help": "slurm (sbatch), or local: submitit's own local executor, each job a process on this machine "
-            "(a dry run of the slurm path without a cluster)"
-        },
-    )
-
-
-def check_executor(cfg) -> None:
-    """The executor keys of an experiment config, before any work: resources by stage, the package the executor
-    needs, the slurm section."""
-    resources = cfg.resources
-    if not isinstance(resources, dict):
-        raise ConfigError(
-            f"resources: expected a mapping of stage -> {{num_cpus, num_gpus, memory_gb}}, got {resources!r}"
-        )
-    for stage, res in resources.items():
-        if stage not in RESOURCE_STAGES:
-            raise ConfigError(f"resources.{stage}: unknown stage; choose from {list(RESOURCE_STAGES)}")
-        if not isinstance(res, dict):
-            raise ConfigError(f"resources.{stage}: expected a mapping of {list(RESOURCE_KEYS)}, got {res!r}")
-        for key, value in res.items():
-            where = f"resources.{stage}.{key}"
-            if key not in RESOURCE_KEYS:
-                raise ConfigError(f"{where}: unknown key; choose from {list(RESOURCE_KEYS)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}: expected a number, got {value!r}")
-            if value < 0 or (key != "num_gpus" and value == 0):
-                raise ConfigError(f"{where}: must be {'>= 0' if key == 'num_gpus' else '> 0'}, got {value}")
-            if cfg.executor == "slurm" and key in ("num_cpus", "num_gpus") and value != int(value):
-                raise ConfigError(f"{where}: executor slurm allocates whole CPUs and GPUs, got {value}")
-    if cfg.slurm.time_min < 1:
-        raise ConfigError(f"slurm.time_min must be >= 1 (minutes), got {cfg.slurm.time_min}")
-    if cfg.executor == "local":
-        unused = [k for k in ("resources", "ray_address") if getattr(cfg, k)]
-        if cfg.slurm != SlurmConfig():
-            unused.append("slurm")
-        if unused:  # a recipe may carry cluster settings while this run stays on the machine
-            logger.warning(
-                "%s: only read with executor ray or slurm (this run's executor is local)", ", ".join(unused)
-            )
-        return
-    if cfg.executor == "slurm" and cfg.ray_address:
-        logger.warning("ray_address is only read with executor ray (this run's executor is slurm)")
-    module, extra = EXTRAS[cfg.executor]
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"executor {cfg.executor} needs the {module} package: pip install llm-unlearn[{extra}]")
-
-
-def job_stage(job) -> str:
-    """The ``resources`` key of a job: its stage (the tiny base model's job is ``base``)."""
-    kind = job.stage.rsplit(".", 1)[-1]
-    return "base" if kind == "tiny" else kind
-
-
-def job_resources(resources: dict, job) -> dict:
-    """The resources one job asks for: its stage's entry over ``default`` over 1 CPU, no GPU."""
-    return {**DEFAULT_RESOURCES, **resources.get("default", {}), **resources.get(job_stage(job), {})}
 
 
 def job_log(job, executor: str) -> Path:
@@ -130,19 +29,6 @@ def job_log(job, executor: str) -> Path:
     records and their digests are untouched), on the shared filesystem."""
     out = Path(job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir).absolute()
     return out.with_name(f"{out.name}.{executor}.log")
-
-
-def build_pool(cfg, run_dirs: list[str]):
-    """The pool of ``cfg.executor`` (None for ``local``: the scheduler's process pool)."""
-    if cfg.executor == "local":
-        return None
-    if cfg.executor == "ray":
-        from .ray_pool import RayPool
-
-        return RayPool(cfg.ray_address, cfg.resources, run_dirs)
-    from .slurm_pool import SlurmPool
-
-    return SlurmPool(cfg.slurm, cfg.resources, run_dirs)
 
 
 class JobFailed(StageFault):
@@ -165,7 +51,7 @@ class RemotePool:
 
     # -- the shared filesystem --------------------------------------------------------------------------------
     def write_markers(self) -> None:
-        from .files import atomic_write_text
+        from ..files import atomic_write_text
 
         for d in self.run_dirs:
             d.mkdir(parents=True, exist_ok=True)
@@ -285,8 +171,8 @@ def run_remote(job, threads: int, log: str, probe_args: tuple, plugins: str | No
         os.environ["LLM_UNLEARN_PLUGINS"] = plugins
     with _output_to(log):
         try:
-            from .registry import load_plugins
-            from .scheduler import run_job
+            from ..registry import load_plugins
+            from ..scheduler import run_job
 
             load_plugins()
             return "ok", run_job(job, threads)

@@ -13,8 +13,9 @@ import logging
 import os
 from concurrent.futures import Future
 
-from .configs import ConfigError
-from .executors import PROBE_TIMEOUT_S, RemotePool, job_resources, node_name, probe, run_remote
+from ..configs import ConfigError
+from .config import job_resources
+from .remote import PROBE_TIMEOUT_S, RemotePool, node_name, probe, run_remote
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class RayPool(RemotePool):
 
     def submit(self, fn, job, threads=None) -> Future:
         """Run ``job`` as a Ray task (``fn`` is the scheduler's ``run_job``; the task calls it through
-        :func:`llm_unlearn.executors.run_remote`)."""
+        :func:`llm_unlearn.executors.remote.run_remote`)."""
         res = job_resources(self.resources, job)
         options = dict(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"], max_retries=0, name=job.name)
         if res.get("memory_gb"):
