@@ -185,6 +185,31 @@ def test_slurm_path_refuses_a_node_that_does_not_see_the_run_dir(tmp_path, slurm
     assert _order(tmp_path) == []
 
 
+def test_ray_path_raises_a_job_refusal_as_itself_naming_its_log(tmp_path, monkeypatch):
+    """The Ray pool in this process, with stand-in stages: resources no node has are refused before work; a refusal is
+    the job's own ConfigError with its log named, its dependents never run, and the Ray instance the run started is
+    gone afterwards."""
+    ray = pytest.importorskip("ray")
+    from llm_unlearn.executors.ray_pool import RayPool
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # (what the pool sets: restored after the test)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p))
+    # A stage no node can hold would wait for ever: refused before any job.
+    pool = RayPool(None, {"unlearn": {"num_gpus": 1000}}, [str(tmp_path)])
+    with pytest.raises(ConfigError, match="an unlearn job asks for 1 CPUs and 1000 GPUs .*but the largest node has"):
+        execute(_fake_jobs(tmp_path), workers=2, pool=pool)
+    assert _order(tmp_path) == [] and not ray.is_initialized()
+
+    pool = RayPool(None, {}, [str(tmp_path)])
+    with pytest.raises(ConfigError, match=r"value out of range \(job a; its log: .*a\.ray\.log\)"):
+        execute(_fake_jobs(tmp_path, fail="value out of range"), workers=2, pool=pool)
+    assert _order(tmp_path) == []
+    assert "ConfigError: value out of range" in (tmp_path / "a.ray.log").read_text()
+    assert not ray.is_initialized() and not (tmp_path / ".executor-probe").exists()
+
+
 # --- config checks and the docs ---
 
 

@@ -99,4 +99,8 @@ def job_stage(job) -> str:
 
 def job_resources(resources: dict, job) -> dict:
     """The resources one job asks for: its stage's entry over ``default`` over 1 CPU, no GPU."""
-    return {**DEFAULT_RESOURCES, **resources.get("default", {}), **resources.get(job_stage(job), {})}
+    return stage_resources(resources, job_stage(job))
+
+
+def stage_resources(resources: dict, stage: str) -> dict:
+    return {**DEFAULT_RESOURCES, **resources.get("default", {}), **resources.get(stage, {})}

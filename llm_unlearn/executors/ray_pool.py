@@ -14,7 +14,7 @@ import os
 from concurrent.futures import Future
 
 from ..configs import ConfigError
-from .config import job_resources
+from .config import RESOURCE_STAGES, job_resources, stage_resources
 from .remote import PROBE_TIMEOUT_S, RemotePool, node_name, probe, run_remote
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,29 @@ class RayPool(RemotePool):
             self.owned = True
             self.local = self.address is None  # its workers are this machine's processes: they die with the run
         self.task = ray.remote(run_remote)  # exported to the cluster once, not per job
+        self._check_fits(ray)
         self.write_markers()
         self._probe_nodes(ray)
+
+    def _check_fits(self, ray) -> None:
+        """Every stage's job must fit on some node: Ray would otherwise leave it pending for ever (on a local
+        instance, e.g. ``num_gpus: 1`` on a machine without GPU). A cluster may add nodes (an autoscaler): there,
+        a warning."""
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for stage in RESOURCE_STAGES[1:]:
+            res = stage_resources(self.resources, stage)
+            want = {"CPU": res["num_cpus"], "GPU": res["num_gpus"]}
+            if any(all(node.get(k, 0) >= v for k, v in want.items() if v) for node in nodes):
+                continue
+            most = {k: max((node.get(k, 0) for node in nodes), default=0) for k in want}
+            article = "an" if stage[0] in "aeiou" else "a"
+            msg = (
+                f"executor ray: {article} {stage} job asks for {res['num_cpus']:g} CPUs and {res['num_gpus']:g} "
+                f"GPUs (resources), but the largest node has {most['CPU']:g} CPUs and {most['GPU']:g} GPUs"
+            )
+            if self.owned and self.address is None:
+                raise ConfigError(msg)
+            logger.warning("%s: its jobs wait until the cluster has such a node", msg)
 
     def _probe_nodes(self, ray) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -112,7 +112,8 @@ def _located(exc: BaseException, name: str, log: Path) -> BaseException:
     1), with the job's log named."""
     if isinstance(exc, KeyboardInterrupt):
         return JobFailed(f"{name}: interrupted on its node; rerunning the same command resumes it; its log: {log}")
-    msg = f"{exc} (job {name}; its log: {log})"
+    # (a job that found the run dir missing on its node wrote no log: its message says why)
+    msg = f"{exc} (job {name}; its log: {log})" if log.exists() else f"{exc} (job {name})"
     if isinstance(exc, (ConfigError, StageFault)):
         try:
             new = type(exc)(msg)
