@@ -263,6 +263,7 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             job.name = f"e{i}/{job.name}"
             job.deps = [f"e{i}/{d}" for d in job.deps]
             jobs.append(job)
+    pool = _pool(cfgs)  # (built, not started: a cluster is joined once there is work for it)
     locked = []
     try:
         for c in cfgs:  # one run per dir: a second process is refused (exit 2) before it writes anything
@@ -270,7 +271,7 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             locked.append(c.output_dir)
         for c in cfgs:  # validate every output dir before any work starts
             check_output_dir(c)
-        execute(jobs, workers or max(c.workers for c in cfgs), _pool(cfgs))
+        execute(jobs, workers or max(c.workers for c in cfgs), pool)
         return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
     finally:
         for d in reversed(locked):
