@@ -84,6 +84,8 @@ def check_executor(cfg) -> None:
         return
     if cfg.executor == "slurm" and cfg.ray_address:
         logger.warning("ray_address is only read with executor ray (this run's executor is slurm)")
+    if cfg.workers == 1:  # the default, right for one machine: on a cluster it leaves every node but one idle
+        logger.warning("executor %s with workers: 1 runs one job at a time (workers: jobs in flight)", cfg.executor)
     module, extra = EXTRAS[cfg.executor]
     import importlib.util
 
