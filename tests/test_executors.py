@@ -1,7 +1,8 @@
 """``executor: ray | slurm``: the scheduler's DAG loop driving Ray tasks and submitit jobs.
 
 - Ray: the tiny grid (1 seed) on a Ray instance the run starts on 127.0.0.1, SIGKILLed while unlearning and rerun,
-  ends with metrics identical to ``executor: local``; the killed run leaves no process behind.
+  ends with metrics identical to ``executor: local``; the killed run leaves no process behind. With stand-in stages:
+  resources no node has are refused before work, a job's refusal is raised as itself with its log named.
 - SLURM: the same pool code through submitit's own local executor (``slurm.cluster: local``, each job a process):
   dependencies respected, complete jobs skipped on a rerun, a job's refusal raised as itself with its log named,
   a node that does not see the run dir refused before any job.
