@@ -211,6 +211,51 @@ def test_ray_path_raises_a_job_refusal_as_itself_naming_its_log(tmp_path, monkey
     assert not ray.is_initialized() and not (tmp_path / ".executor-probe").exists()
 
 
+def test_slurm_jobs_become_sbatch_scripts_with_the_slurm_section_and_the_stage_resources(tmp_path, monkeypatch):
+    """The real SLURM path up to sbatch: the script submitit would submit for a train job (read through submitit's
+    own script writer; an ``srun`` on PATH is all it needs to believe it is on a cluster)."""
+    pytest.importorskip("submitit")
+    from llm_unlearn.executors import SlurmConfig, job_resources
+    from llm_unlearn.executors.slurm_pool import SlurmPool
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    slurm = SlurmConfig(
+        partition="gpu",
+        account="lab",
+        time_min=720,
+        setup=["module load cuda/12.4"],
+        additional={"constraint": "h100"},
+    )
+    resources = {"train": {"num_gpus": 8, "num_cpus": 32, "memory_gb": 200}, "default": {"num_cpus": 4}}
+    pool = SlurmPool(slurm, resources, [str(tmp_path / "run")])
+    job = Job("s0/initial", "llm_unlearn.stages.train", {"output_dir": str(tmp_path / "run" / "initial")}, [])
+    assert job_resources(resources, job) == {"num_cpus": 32, "num_gpus": 8, "memory_gb": 200}
+
+    monkeypatch.setenv("PATH", str(bin_dir))
+    ex = pool.executor("llm-unlearn:s0/initial", job_resources(resources, job))
+    script = ex._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --time=720",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=32",
+        "#SBATCH --mem=200GB",
+        "#SBATCH --constraint=h100",
+        "#SBATCH --job-name=llm-unlearn:s0/initial",
+        "module load cuda/12.4",
+    ):
+        assert line in script.splitlines(), (line, script)
+    assert f"{tmp_path / 'run' / 'submitit'}/%j/%j_0_log.err" in script  # submitit's files under the run dir
+
+    (bin_dir / "srun").unlink()  # not a SLURM machine: one clear error, before any job
+    with pytest.raises(ConfigError, match=r"executor slurm: .*srun.*slurm\.cluster: local"):
+        pool.executor("x", job_resources(resources, job))
+
+
 # --- config checks and the docs ---
 
 

@@ -40,7 +40,12 @@ class SlurmPool(RemotePool):
     def executor(self, name: str, res: dict):
         """A submitit executor for one job: the slurm section plus the job's resources."""
         submitit = _submitit()
-        ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cfg.cluster)
+        try:
+            ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cfg.cluster)
+        except RuntimeError as e:  # no srun on PATH: not a SLURM login node
+            raise ConfigError(
+                f"executor slurm: {e} (run from a SLURM login node, or slurm.cluster: local for a dry run here)"
+            ) from e
         params = dict(
             name=name,
             timeout_min=self.cfg.time_min,
