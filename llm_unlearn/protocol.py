@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .budget import check_budget_buys_a_step, check_split_sizes
 from .configs import ConfigError
+from .executors import SlurmConfig, check_executor
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,33 @@ class ProtocolConfig:
         default=None,
         metadata={"help": "launcher accelerate: processes per launched job (null: the accelerate config's)"},
     )
+    executor: Literal["local", "ray", "slurm"] = field(
+        default="local",
+        metadata={
+            "help": "where stage jobs run: local (processes on this machine), ray (each job a Ray task with its "
+            "stage's resources, on ray_address) or slurm (each job an sbatch job through submitit, see slurm); ray "
+            "and slurm need a filesystem shared by every node (checked before work), and workers is then how many "
+            "jobs may be in flight at once"
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "executor ray: the cluster to join (auto, or ray://head:10001); null: start a Ray instance on "
+            "this machine, bound to 127.0.0.1"
+        },
+    )
+    resources: dict[str, dict[str, float]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "executor ray|slurm: what each job of a stage asks for, e.g. {train: {num_gpus: 1, num_cpus: 8}, "
+            "unlearn: {num_gpus: 1}, default: {num_cpus: 2}}; stages: base, poison, train, unlearn, evaluate, "
+            "diagnose, default; keys: num_cpus, num_gpus, memory_gb (default 1 CPU, no GPU)"
+        },
+    )
+    slurm: SlurmConfig = field(
+        default_factory=SlurmConfig, metadata={"help": "executor slurm: how jobs are submitted"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "reuse an output_dir that holds another experiment"})
 
 
@@ -129,6 +157,7 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
     if cfg.workers < 1:
         raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
     check_launcher(cfg)
+    check_executor(cfg)
     for section, names in run_owned:
         sub = getattr(cfg, section)
         for name in names:

@@ -325,9 +325,13 @@ def plan_resume(jobs: list[Job]) -> set[str]:
     return done
 
 
-def execute(jobs: list[Job], workers: int) -> None:
+def execute(jobs: list[Job], workers: int, pool=None) -> None:
     """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time. Raises :class:`Interrupted`
-    on SIGINT/SIGTERM after stopping every worker."""
+    on SIGINT/SIGTERM after stopping every worker.
+
+    ``pool``: where jobs run, for ``executor: ray | slurm`` (:mod:`llm_unlearn.executors`: ``open()``, then
+    ``submit(run_job, job, threads) -> Future``, ``stop()``, ``shutdown()``); None: this machine's processes. The DAG
+    loop, the resume plan and a failure's handling are the same for every pool."""
     from tqdm.auto import tqdm
 
     pending = {j.name: j for j in jobs}
@@ -338,7 +342,15 @@ def execute(jobs: list[Job], workers: int) -> None:
         bar.update()
     with _signals_raise_interrupted():
         try:
-            if workers == 1:
+            if pool is not None:
+                try:
+                    if pending:  # start or join the cluster and check it sees the run dir, before any job
+                        pool.open()
+                except BaseException:
+                    pool.shutdown(wait=False)
+                    raise
+                _execute_pool(pending, done, workers, bar, pool)
+            elif workers == 1:
                 while pending:
                     job = next(j for j in pending.values() if all(d in done for d in j.deps))
                     name, secs, note = run_job(job)
@@ -352,16 +364,10 @@ def execute(jobs: list[Job], workers: int) -> None:
             bar.close()
 
 
-def _execute_pool(pending: dict, done: set, workers: int, bar) -> None:
-    import multiprocessing as mp
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def _execute_pool(pending: dict, done: set, workers: int, bar, pool=None) -> None:
+    threads = None if pool is not None else max(1, (os.cpu_count() or 1) // workers)  # (a remote job's: its CPUs)
     running = {}
-    # Workers stopped by a signal may leave a queue's semaphore to multiprocessing's resource tracker, which removes
-    # it and warns at exit: expected then, and it would follow the one line that says how to resume.
-    if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
-        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    pool = pool if pool is not None else _local_pool(workers)
     try:
         while pending or running:
             # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
@@ -387,6 +393,16 @@ def _execute_pool(pending: dict, done: set, workers: int, bar) -> None:
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _local_pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    # Workers stopped by a signal may leave a queue's semaphore to multiprocessing's resource tracker, which removes
+    # it and warns at exit: expected then, and it would follow the one line that says how to resume.
+    if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
 
 
 def _worker_init() -> None:
@@ -416,6 +432,10 @@ def _kill_groups(pids: list[int], sig: int) -> None:
 
 def _stop_workers(pool, grace: float = 5.0) -> None:
     """SIGTERM every worker's process group, SIGKILL what is left after ``grace`` seconds, and drop the pool."""
+    if not isinstance(pool, ProcessPoolExecutor):  # ray or slurm: the executor cancels its own jobs
+        pool.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+        return
     procs = _workers(pool)
     _kill_groups([p.pid for p in procs], signal.SIGTERM)
     deadline = time.monotonic() + grace

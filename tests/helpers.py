@@ -52,6 +52,7 @@ class FakeStageConfig:
     sleep: float = 0.0  # seconds of "work" (signal tests stop the run meanwhile)
     pid_dir: str | None = None  # a file <pid_dir>/<pid> per process that ran the stage (signal tests kill them)
     ignore_sigterm: bool = False  # a stage slow to stop: the run must still get rid of it
+    fail: str | None = None  # a stage that refuses its config before work: a ConfigError with this message
 
 
 def main(cfg: FakeStageConfig):
@@ -62,6 +63,10 @@ def main(cfg: FakeStageConfig):
     from llm_unlearn.configs import save_config
     from llm_unlearn.files import mark_complete
 
+    if cfg.fail:
+        from llm_unlearn.configs import ConfigError
+
+        raise ConfigError(cfg.fail)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     if cfg.ignore_sigterm:
         import signal

@@ -38,7 +38,15 @@ LAYERS = [
         ["llm_unlearn.methods", "llm_unlearn.attacks", "llm_unlearn.auditing", "image_track.attacks"],
     ),
     ("stages", ["llm_unlearn.stages", "llm_unlearn.hub", "image_track.task", "image_track.poisoning"]),
-    ("protocol", ["llm_unlearn.protocol", "llm_unlearn.tracks", "llm_unlearn.scheduler"]),
+    (
+        "protocol",
+        [
+            "llm_unlearn.protocol",
+            "llm_unlearn.tracks",
+            "llm_unlearn.scheduler",
+            "llm_unlearn.executors",
+        ],
+    ),
     ("orchestration", ["llm_unlearn.stages.report", "llm_unlearn.stages.run", "image_track.track"]),
     ("entry points", ["llm_unlearn.cli", "llm_unlearn.__main__", "llm_unlearn", "image_track"]),
 ]

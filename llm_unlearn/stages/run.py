@@ -235,7 +235,10 @@ def _identity_dict(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in HOW_RUN and not (k == "relearn" and off)}
 
 
-HOW_RUN = ("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes")
+HOW_RUN = (
+    *("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes"),
+    *("executor", "ray_address", "resources", "slurm"),  # where jobs run does not change what they compute
+)
 
 
 def _resolve(cfg, **overrides):
@@ -292,6 +295,7 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             job.name = f"e{i}/{job.name}"
             job.deps = [f"e{i}/{d}" for d in job.deps]
             jobs.append(job)
+    pool = _pool(cfgs)  # (built, not started: a cluster is joined once there is work for it)
     locked = []
     try:
         for c in cfgs:  # one run per dir: a second process is refused (exit 2) before it writes anything
@@ -299,11 +303,21 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             locked.append(c.output_dir)
         for c in cfgs:  # validate every output dir before any work starts
             check_output_dir(c)
-        execute(jobs, workers or max(c.workers for c in cfgs))
+        execute(jobs, workers or max(c.workers for c in cfgs), pool)
         return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
     finally:
         for d in reversed(locked):
             release(d)
+
+
+def _pool(cfgs: list) -> object | None:
+    """Where the jobs of these experiments run: their executor (one for all; local: None, the process pool)."""
+    from ..executors import build_pool
+
+    kinds = {(c.executor, c.ray_address, repr(c.resources), repr(c.slurm)) for c in cfgs}
+    if len(kinds) > 1:
+        raise ConfigError("experiments run as one job graph must share executor, ray_address, resources and slurm")
+    return build_pool(cfgs[0], [c.output_dir for c in cfgs])
 
 
 def _job_output(job: Job) -> str:
