@@ -302,11 +302,7 @@ def test_a_missing_executor_package_names_the_extra(tmp_path, monkeypatch, execu
 
 
 def _executor_doc() -> Path:
-    """The executor section: README.md once it holds it, else its draft (docs_drafts/executors.md)."""
-    readme = ROOT / "README.md"
-    if "## Running the grid on a Ray cluster or on SLURM" in readme.read_text():
-        return readme
-    return ROOT / "docs_drafts" / "executors.md"
+    return ROOT / "README.md"
 
 
 def test_the_cluster_commands_of_the_docs_parse(monkeypatch):
