@@ -44,8 +44,8 @@ def execute(run_dir: Path, workers: int | None, recipes: list[str]) -> dict:
                 name, secs = record.args[0], record.args[1]
                 jobs[name] = float(secs)
 
-    log = logging.getLogger("llm_unlearn.scheduler")  # the job DAG logs "<job> done in <s>"
-    log.setLevel(logging.INFO)
+    log = logging.getLogger("llm_unlearn.scheduler")  # the job DAG logs "<job> done in <s>" (at DEBUG level)
+    log.setLevel(logging.DEBUG)
     log.addHandler(Capture())
     cfgs = [_resolve(read_yaml(c) | {"output_dir": str(run_dir / Path(c).stem)}) for c in recipes]
     start = time.perf_counter()

@@ -349,6 +349,7 @@ def save_config(cfg, output_dir: str | os.PathLike, name: str = "config.yaml") -
 
 
 def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """(dotted name, help text with the key's default) of every leaf field of ``cls``, nested sections included."""
     out = []
     for f in dataclasses.fields(cls):
         if prefix + f.name in exclude:
@@ -357,8 +358,24 @@ def _flags(cls, prefix: str = "", exclude: frozenset[str] = frozenset()) -> list
         if dataclasses.is_dataclass(tp):
             out += _flags(tp, f"{prefix}{f.name}.", exclude)
         else:
-            out.append((prefix + f.name, f.metadata.get("help", "").replace("%", "%%")))
+            text = " ".join(part for part in (f.metadata.get("help", ""), _default_text(f)) if part)
+            out.append((prefix + f.name, text.replace("%", "%%")))
     return out
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """``(default: VALUE)`` as a YAML file or flag would write VALUE; empty for a required key."""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        if dataclasses.is_dataclass(value):
+            return ""
+    else:
+        return "(required)"
+    shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    shown = shown.removesuffix("\n...").removesuffix("...").strip()
+    return f"(default: {shown})"
 
 
 BOOL_EPILOG = (
@@ -409,6 +426,7 @@ def make_parser(
     parser.add_argument("--config", help="YAML file whose keys are this command's fields (flags override it)")
     for name, help_text in (flags or {}).items():
         if name in bool_flags:
+            help_text += "" if "default" in help_text else " (default: false)"
             _add_bool(parser, name, f"__flag__{name}", help_text.replace("%", "%%"))
         else:
             parser.add_argument(

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 COMPLETE_MARKER = ".complete"
+# Everything a job of `run` printed (llm_unlearn.console.job_output); not a record: no digest, kept by a redo.
+LOG_NAME = "log.txt"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -25,15 +25,16 @@ import yaml
 
 from .configs import ConfigError, load_yaml
 from .locks import LOCK_NAME
-from .files import atomic_write_text, is_atomic_tmp, is_complete, mark_complete, read_marker
+from .files import LOG_NAME, atomic_write_text, is_atomic_tmp, is_complete, mark_complete, read_marker
 
 logger = logging.getLogger(__name__)
 
 STARTED = ".started.yaml"  # the config of a stage that started and has not finished (its checkpoints are for it)
 
 # Keys that change how a stage runs, never what it computes: checkpoint frequency (a resumed run is bit-identical to
-# an uninterrupted one) and the progress bar. Turning checkpoints on for a long run must not redo its finished stages.
-HOW_NOT_WHAT = frozenset({"save_steps", "save_epochs", "progress"})
+# an uninterrupted one), the progress bar and where the Trainer reports its logs. Turning checkpoints on for a long
+# run must not redo its finished stages.
+HOW_NOT_WHAT = frozenset({"save_steps", "save_epochs", "progress", "report_to"})
 
 
 # --- configs as saved and compared ---
@@ -217,7 +218,9 @@ def output_state(cfg) -> tuple[str, str]:
     from another config or other inputs), ``stale`` (its inputs were redone, or its records are damaged)."""
     out = Path(output_dir(cfg))
     if not is_complete(out):
-        return ("partial" if out.is_dir() and any(out.iterdir()) else "absent"), ""
+        # (the job's log.txt alone is no work begun: `run` opens it before the stage starts)
+        begun = out.is_dir() and any(p.name != LOG_NAME for p in out.iterdir())
+        return ("partial" if begun else "absent"), ""
     marker = read_marker(out) or {}
     problem = record_problem(out, marker)
     if problem:
@@ -258,9 +261,10 @@ def read_record(path: str | os.PathLike, required: tuple[str, ...] = ()):
 
 
 def clear_output(out: Path) -> None:
-    """Empty a stage dir for a redo (its lock, held by this process, stays)."""
+    """Empty a stage dir for a redo (its lock, held by this process, stays; so does its ``log.txt``, which the job
+    writing it holds open and which then tells the story of both attempts)."""
     for p in out.iterdir():
-        if p.name == LOCK_NAME:
+        if p.name in (LOCK_NAME, LOG_NAME):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

@@ -11,6 +11,11 @@ Launchers: with ``launcher: accelerate`` (:class:`Launcher`) a train/unlearn job
 ``accelerate launch ... -m llm_unlearn train|unlearn --config <output_dir>.launch.yaml`` (:func:`launch_job`); the
 launched stage goes through the same harness, so skipping, resuming and redoing are the same as in process.
 
+Console and logs (:mod:`llm_unlearn.console`): each job runs inside :func:`~llm_unlearn.console.job_output`, which
+sends everything it prints to ``<output_dir>/log.txt`` (appended by a resumed or redone job), wherever the job runs;
+the loop reports to a :class:`~llm_unlearn.console.Console` (the grid's progress bar, a line per finished job, and for
+a failed job its name, the last lines of its log and the log's path). ``verbose`` leaves job output on the terminal.
+
 Signals: SIGTERM and SIGINT stop the run. Each worker process leads its own process group (so its children go with
 it) and is killed by the kernel if the parent dies (``PR_SET_PDEATHSIG``, Linux): no process of the run outlives it.
 A stopped job leaves no ``.complete`` (the marker is written last), and :class:`Interrupted` carries the one line
@@ -19,6 +24,7 @@ saying how to resume; a second Ctrl-C kills the workers at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -26,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,13 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from .configs import ConfigError
-from .files import atomic_write_text, is_complete
+from .console import Console, job_output
+from .files import LOG_NAME, atomic_write_text, is_complete
 from .harness import StageFault
 from .outputs import HOW_NOT_WHAT, clear_output, config_changed, content, normalized, output_state, same
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HOW_NOT_WHAT", "Interrupted", "Job", "LaunchFailed", "Launcher", "execute", "launch_job", "run_job"]
+__all__ = [
+    "HOW_NOT_WHAT",
+    "Interrupted",
+    "Job",
+    "JobFailed",
+    "LaunchFailed",
+    "Launcher",
+    "execute",
+    "launch_job",
+    "run_job",
+]
 
 
 @dataclass
@@ -49,6 +67,9 @@ class Job:
     config: Any
     deps: list[str]
     launcher: Launcher | None = None  # how a train/unlearn job runs (None: in the worker, like every job)
+    # Send what the job prints to <output_dir>/log.txt (set by execute unless verbose; it travels with the job to
+    # whatever process runs it).
+    capture: bool = False
 
 
 # The stages an accelerate launcher starts as `accelerate launch -m llm_unlearn <command>`: module -> (command, the
@@ -143,22 +164,59 @@ def _output_dir(job: Job) -> str:
 
 
 def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | None]:
-    """Run one stage job (in this process or a worker); returns (name, seconds, diverged-or-skipped note)."""
+    """Run one stage job (in this process or a worker); returns (name, seconds, diverged-or-skipped note). With
+    ``job.capture`` everything it prints, and the traceback of an error it raises, goes to its :func:`job_log`."""
     import importlib
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    if job.launcher is not None and job.launcher.launches(job):
-        launch_job(job, threads)
-        return job.name, time.perf_counter() - start, None
-    module = importlib.import_module(job.stage)
     if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
         return job.name, 0.0, "diverged"
-    module.main(job.config)
+    start = time.perf_counter()
+    with job_output(job_log(job), job.name) if job.capture else contextlib.nullcontext():
+        try:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            if job.launcher is not None and job.launcher.launches(job):
+                launch_job(job, threads)
+            else:
+                importlib.import_module(job.stage).main(job.config)
+        except Exception:
+            if job.capture:  # the log tells the whole story; the console shows its end and where it is
+                traceback.print_exc()
+            raise
     return job.name, time.perf_counter() - start, None
+
+
+def job_log(job: Job) -> Path:
+    """Where a job's output goes: ``log.txt`` in its output dir (not a record: no digest in the stage's marker, kept
+    when the stage is redone)."""
+    return Path(_output_dir(job)) / LOG_NAME
+
+
+class JobFailed(StageFault):
+    """A job of the grid raised something other than a config problem or a stage fault (a bug, a library error): the
+    one line names the job, the error and its log, where the traceback is; the original is its ``__cause__``."""
+
+
+def _failure(console: Console, job: Job, error: BaseException) -> BaseException:
+    """Show a failed job on the console and return what the run raises: the job's own ConfigError or StageFault
+    (one line at the CLI) naming the job and its log, :class:`JobFailed` for anything else, a KeyboardInterrupt
+    unchanged."""
+    if not isinstance(error, Exception):
+        return error
+    log = job_log(job) if job.capture else None
+    console.failed(job.name, error, log)
+    if isinstance(error, (ConfigError, StageFault)):
+        if log is None or "; its log: " in str(error):  # (a remote pool's error names its own log already)
+            return error
+        try:  # the same type, so callers (and the CLI's exit code) see what the stage raised
+            return type(error)(f"{error} (job {console.label(job.name)}; its output: {log})")
+        except TypeError:  # a subclass taking other arguments: as it is
+            return error
+    first = (str(error).strip().splitlines() or ["(no message)"])[0]
+    where = f"its traceback is in {log}" if log is not None else "its traceback is above"
+    return JobFailed(f"job {console.label(job.name)} failed ({type(error).__name__}: {first}); {where}")
 
 
 def launch_paths(job: Job) -> tuple[Path, Path]:
@@ -325,21 +383,28 @@ def plan_resume(jobs: list[Job]) -> set[str]:
     return done
 
 
-def execute(jobs: list[Job], workers: int, pool=None) -> None:
-    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time. Raises :class:`Interrupted`
-    on SIGINT/SIGTERM after stopping every worker.
+# A finished job as a log record (DEBUG: the console shows it already), for tools timing the jobs (bench/main_job.py).
+DONE = "%s done in %.1fs%s"
+
+
+def execute(jobs: list[Job], workers: int, pool=None, verbose: bool = False) -> None:
+    """Run the DAG: every job whose dependencies are done, up to ``workers`` at a time, each job's output in its
+    ``log.txt`` (on the terminal instead with ``verbose``). Raises :class:`Interrupted` on SIGINT/SIGTERM after
+    stopping every worker, and a failed job's error (see :func:`_failure`) after showing it on the console.
 
     ``pool``: where jobs run, for ``executor: ray | slurm`` (:mod:`llm_unlearn.executors`: ``open()``, then
     ``submit(run_job, job, threads) -> Future``, ``stop()``, ``shutdown()``); None: this machine's processes. The DAG
     loop, the resume plan and a failure's handling are the same for every pool."""
-    from tqdm.auto import tqdm
-
     pending = {j.name: j for j in jobs}
     done = plan_resume(jobs)
-    bar = tqdm(total=len(jobs), desc="grid", unit="job")
+    for j in jobs:
+        j.capture = not verbose
+    console = Console(len(jobs), kept=len(done))
+    console.name_jobs(
+        [j.name for j in jobs], minor={j.name for j in jobs if _stage_kind(j) not in ("train", "unlearn")}
+    )
     for name in done:
         pending.pop(name)
-        bar.update()
     with _signals_raise_interrupted():
         try:
             if pool is not None:
@@ -349,22 +414,29 @@ def execute(jobs: list[Job], workers: int, pool=None) -> None:
                 except BaseException:
                     pool.shutdown(wait=False)
                     raise
-                _execute_pool(pending, done, workers, bar, pool)
+                _execute_pool(pending, done, workers, console, pool)
             elif workers == 1:
                 while pending:
                     job = next(j for j in pending.values() if all(d in done for d in j.deps))
-                    name, secs, note = run_job(job)
-                    logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
+                    console.started(job.name)
+                    try:
+                        name, secs, note = run_job(job)
+                    except BaseException as e:
+                        error = _failure(console, job, e)
+                        if error is e:
+                            raise
+                        raise error from e
+                    console.finished(name, secs, note)
+                    logger.debug(DONE, name, secs, f" ({note})" if note else "")
                     done.add(name)
                     pending.pop(name)
-                    bar.update()
             else:
-                _execute_pool(pending, done, workers, bar)
+                _execute_pool(pending, done, workers, console)
         finally:
-            bar.close()
+            console.close()
 
 
-def _execute_pool(pending: dict, done: set, workers: int, bar, pool=None) -> None:
+def _execute_pool(pending: dict, done: set, workers: int, console: Console, pool=None) -> None:
     threads = None if pool is not None else max(1, (os.cpu_count() or 1) // workers)  # (a remote job's: its CPUs)
     running = {}
     pool = pool if pool is not None else _local_pool(workers)
@@ -375,20 +447,24 @@ def _execute_pool(pending: dict, done: set, workers: int, bar, pool=None) -> Non
             for job in sorted(ready, key=lambda j: _PRIORITY.get(_stage_kind(j), 5)):
                 if len(running) >= workers:
                     break
-                running[pool.submit(run_job, job, threads)] = job.name
+                running[pool.submit(run_job, job, threads)] = job
                 pending.pop(job.name)
+                console.started(job.name)
             finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in finished:
-                name = running.pop(fut)
+                job = running.pop(fut)
                 try:
                     _, secs, note = fut.result()
-                except BaseException:
+                except BaseException as e:
                     for f in running:
                         f.cancel()
-                    raise
-                logger.info("%s done in %.1fs%s", name, secs, f" ({note})" if note else "")
-                done.add(name)
-                bar.update()
+                    error = _failure(console, job, e)
+                    if error is e:
+                        raise
+                    raise error from e
+                console.finished(job.name, secs, note)
+                logger.debug(DONE, job.name, secs, f" ({note})" if note else "")
+                done.add(job.name)
     except BaseException:
         _stop_workers(pool)
         raise

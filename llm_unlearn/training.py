@@ -23,7 +23,32 @@ class DivergedError(RuntimeError):
 _OWNED = {"output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "max_steps"}
 
 
+# Where a train or unlearn job's Trainer reports its logs (TrainingArguments.report_to): how a run is watched, not
+# what it computes (outputs.HOW_NOT_WHAT). TensorBoard events go to <output_dir>/tensorboard, which outlives the
+# checkpoints.
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
+REPORT_TO_HELP = (
+    "where the Trainer reports losses and learning rates: none, tensorboard (events in <output_dir>/tensorboard), "
+    "wandb or trackio (their own settings and login); needs the package (pip install 'llm-unlearn[tracking]' for "
+    "tensorboard)"
+)
+
+
+def check_report_to(value: str, key: str = "report_to") -> None:
+    """The tracker must be one HF knows and installed: a missing package is an error before any work, not a crash
+    when the Trainer starts (which, for a grid, would be after the poison stage)."""
+    import importlib.util
+
+    if value not in REPORT_TO:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose from {list(REPORT_TO)}")
+    if value != "none" and importlib.util.find_spec(value) is None:
+        extra = " (pip install 'llm-unlearn[tracking]')" if value == "tensorboard" else ""
+        raise ConfigError(f"{key}: {value} needs the {value} package, which is not installed{extra}")
+
+
 def check_trainer_args(extra: dict) -> None:
+    if not extra:  # nothing to check: leave transformers unimported, so a config error elsewhere shows at once
+        return
     import dataclasses
 
     from transformers import TrainingArguments
@@ -70,6 +95,15 @@ def training_arguments(cfg, output_dir: Path, args_cls: type | None = None, **ov
         # accumulation), so gathering that token count over processes at every step would be a collective for nothing.
         average_tokens_across_devices=False,
     )
+    report_to = getattr(
+        cfg, "report_to", "none"
+    )  # a stage config without the key (unlearn: trainer_args) reports nowhere
+    if report_to != "none":
+        kwargs.update(report_to=report_to, run_name=str(output_dir))
+    if "tensorboard" in (kwargs.get("report_to"), cfg.trainer_args.get("report_to")):
+        # HF writes events under args.output_dir (<output_dir>/trainer, deleted with the checkpoints at the end) unless
+        # this names another place; set per job, as the callback reads it when the Trainer is built.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
         # Several CPU processes (accelerate + DeepSpeed): accelerate finds no GPU backend, leaves it unset and then
         # counts a single process, so DeepSpeed's batch-size check fails. gloo is what DeepSpeed itself uses on CPU.

@@ -16,7 +16,16 @@ PACKAGES = ("llm_unlearn", "image_track")
 # Lowest first. A module belongs to the first layer one of whose prefixes it starts with (exact name or a package).
 LAYERS = [
     ("foundation", ["llm_unlearn.configs", "llm_unlearn.files", "llm_unlearn.seeding", "llm_unlearn.envinfo"]),
-    ("state", ["llm_unlearn.locks", "llm_unlearn.outputs", "llm_unlearn.budget", "llm_unlearn.registry"]),
+    (
+        "state",
+        [
+            "llm_unlearn.locks",
+            "llm_unlearn.outputs",
+            "llm_unlearn.budget",
+            "llm_unlearn.registry",
+            "llm_unlearn.console",
+        ],
+    ),
     ("harness", ["llm_unlearn.harness"]),
     (
         "tasks, models and metrics",

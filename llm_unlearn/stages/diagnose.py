@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from ..configs import ConfigError
 from ..harness import parse_stage, run_stage, stage_parser
 
@@ -97,6 +95,8 @@ def linear_toy(cfg: DiagnoseConfig) -> dict:
     """The exact toy: least squares on clean + poison rows (min-norm: what GD from 0 converges to) vs clean rows only,
     then ``steps`` of GD (retain), GA (forget) and NegGrad+ from theta_initial. Returns the orthogonal share of the
     poison shift and, per method, the orthogonal residual ||(I - P)(theta - theta_retrain)|| before and after."""
+    import numpy as np  # (here, not at the top: `llm-unlearn run` imports this module for its config class)
+
     from ..metrics.shift import orthogonal_share, span_projector
 
     rng = np.random.default_rng(cfg.seed)

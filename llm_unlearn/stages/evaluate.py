@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from ..configs import ConfigError
 from ..harness import run_stage, stage_commands
-from ..tasks.causal_lm import length_sorted_batches, on_device
+
+# torch is imported where it is used: `llm-unlearn run` imports this module for its config class, and a config error
+# must show before seconds of torch (and transformers) imports.
 
 
 @dataclass
@@ -92,14 +92,19 @@ def load_eval_model(cfg: EvalConfig):
     return model.to(eval_device()).eval(), tokenizer
 
 
-def eval_device() -> torch.device:
+def eval_device():
+    """The accelerator when there is one, else the CPU (a ``torch.device``)."""
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def per_sequence_losses(model, tokenizer, ds, max_length: int, batch_size: int) -> list[float]:
     """Mean completion-token NLL of each example (clean inputs), in the order of ``ds``."""
+    import torch
+
     from ..modeling import tokenize_split
-    from ..tasks.causal_lm import CompletionCollator, completion_token_logps
+    from ..tasks.causal_lm import CompletionCollator, completion_token_logps, length_sorted_batches, on_device
 
     toks = list(tokenize_split(ds, tokenizer, max_length))
     collate = CompletionCollator(tokenizer.pad_token_id)

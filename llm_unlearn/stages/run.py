@@ -19,10 +19,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from ..configs import ConfigError, parse_config, to_dict
+from ..configs import ConfigError, parse_config_and_flags, to_dict
 from ..protocol import (  # noqa: F401 (API)
     ProtocolConfig,
     StageBuilders,
@@ -37,6 +38,7 @@ from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build J
 from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
 from ..files import atomic_write_text, is_atomic_tmp
+from ..training import REPORT_TO_HELP, check_report_to
 from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
@@ -71,10 +73,14 @@ class ExperimentConfig(ProtocolConfig):
             "then evaluated"
         },
     )
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = field(
+        default="none", metadata={"help": "every train and unlearn job's Trainer: " + REPORT_TO_HELP}
+    )
 
     def validate(self) -> None:
         if self.track != "llm":
             raise ConfigError(f"track: this is the llm track's config, got track={self.track!r}")
+        check_report_to(self.report_to)
         check_experiment(self, UnlearnConfig, RUN_OWNED)
         if self.model_name_or_path != EMBEDDED_TINY:  # a missing/pickle-only/mismatched model dir fails before work
             from ..modeling import check_model_path
@@ -105,7 +111,7 @@ class ExperimentConfig(ProtocolConfig):
 # Stage keys that `run` fills in for every job: setting them in an experiment config is an error.
 RUN_OWNED = (
     ("poison", ("output_dir", "seed")),
-    ("train", ("model_name_or_path", "dataset_dir", "output_dir", "split", "seed")),
+    ("train", ("model_name_or_path", "dataset_dir", "output_dir", "split", "seed", "report_to")),
     (
         "unlearn",
         (
@@ -130,8 +136,22 @@ def _base(cfg: ExperimentConfig, seed: int, out: str):
 def _train(cfg: ExperimentConfig, seed: int, split: str, dataset_dir: str, out: str, base_dir: str | None):
     base = base_dir or cfg.model_name_or_path
     return dataclasses.replace(
-        cfg.train, model_name_or_path=base, dataset_dir=dataset_dir, output_dir=out, split=split, seed=seed
+        cfg.train,
+        model_name_or_path=base,
+        dataset_dir=dataset_dir,
+        output_dir=out,
+        split=split,
+        seed=seed,
+        report_to=cfg.report_to,
     )
+
+
+def _unlearn(cfg: ExperimentConfig, *args):
+    uc = unlearn_config(cfg, *args)
+    if cfg.report_to == "none":
+        return uc
+    # The unlearn stage's config has no report_to key of its own: its extra TrainingArguments carry it.
+    return dataclasses.replace(uc, trainer_args={**uc.trainer_args, "report_to": cfg.report_to})
 
 
 def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
@@ -174,7 +194,7 @@ STAGES = StageBuilders(
     base=(_STAGES + "tiny", _base),
     poison=(_STAGES + "poison", lambda cfg, seed, out: dataclasses.replace(cfg.poison, output_dir=out, seed=seed)),
     train=(_STAGES + "train", _train),
-    unlearn=(_STAGES + "unlearn", unlearn_config),
+    unlearn=(_STAGES + "unlearn", _unlearn),
     evaluate=(_STAGES + "evaluate", _evaluate),
     diagnose=(_STAGES + "diagnose", _diagnose),
     relearn=(_STAGES + "relearn", _relearn),
@@ -238,6 +258,7 @@ def _identity_dict(d: dict) -> dict:
 HOW_RUN = (
     *("output_dir", "workers", "overwrite", "launcher", "accelerate_config", "num_processes"),
     *("executor", "ray_address", "resources", "slurm"),  # where jobs run does not change what they compute
+    "report_to",  # nor where their Trainers report
 )
 
 
@@ -258,20 +279,22 @@ def _resolve(cfg, **overrides):
     return cfg
 
 
-def run_experiment(cfg: ExperimentConfig | dict | str, **overrides) -> Path:
+def run_experiment(cfg: ExperimentConfig | dict | str, verbose: bool = False, **overrides) -> Path:
     """Run the whole grid and the report; returns the report path. ``cfg`` may be a config, a mapping or a YAML path.
+    Each job's output goes to its ``log.txt`` (``verbose``: to the terminal, as outside ``run``).
 
     Example::
 
         from llm_unlearn import run_experiment
         report = run_experiment("recipes/tiny/llm_gaussian.yaml", output_dir="runs/gaussian", seeds=[0])
     """
-    return run_experiments([_resolve(cfg, **overrides)])[0]
+    return run_experiments([_resolve(cfg, **overrides)], verbose=verbose)[0]
 
 
-def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) -> list[Path]:
+def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None, verbose: bool = False) -> list[Path]:
     """Several experiments as ONE job graph (e.g. both attacks of the main job), so the worker pool never idles
-    between them; returns their report paths. ``workers`` defaults to the largest of the configs'."""
+    between them; returns their report paths. ``workers`` defaults to the largest of the configs'; ``verbose``
+    streams every job's output to the terminal instead of its ``log.txt``."""
     from .report import ReportConfig
     from .report import main as report_main
 
@@ -303,7 +326,7 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None) ->
             locked.append(c.output_dir)
         for c in cfgs:  # validate every output dir before any work starts
             check_output_dir(c)
-        execute(jobs, workers or max(c.workers for c in cfgs), pool)
+        execute(jobs, workers or max(c.workers for c in cfgs), pool, verbose=verbose)
         return [report_main(ReportConfig(run_dir=c.output_dir)) for c in cfgs]
     finally:
         for d in reversed(locked):
@@ -322,6 +345,13 @@ def _pool(cfgs: list) -> object | None:
 
 def _job_output(job: Job) -> str:
     return job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir
+
+
+VERBOSE_HELP = (
+    "stream every job's output (HF logs, per-step losses, progress bars) to the terminal, as outside `run`, instead "
+    "of into its output dir's log.txt behind one progress bar and a line per job"
+)
+RUN_FLAGS = {"verbose": VERBOSE_HELP}
 
 
 @dataclass
@@ -361,7 +391,9 @@ def suite_cli(argv=None) -> None:
 
     from ..configs import read_yaml
 
-    sc = parse_config(SuiteConfig, argv, prog="llm-unlearn suite")
+    sc, flags = parse_config_and_flags(
+        SuiteConfig, argv, prog="llm-unlearn suite", flags=RUN_FLAGS, bool_flags=("verbose",)
+    )
     if sc.output_dir is None:
         raise ConfigError("output_dir is required")
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -371,21 +403,30 @@ def suite_cli(argv=None) -> None:
         _resolve(read_yaml(c) | {"output_dir": str(Path(sc.output_dir) / c.stem), "overwrite": sc.overwrite})
         for c in suite_paths(sc.configs, suite_file)
     ]
-    reports = list(run_experiments(cfgs, sc.workers))
+    reports = list(run_experiments(cfgs, sc.workers, verbose=_verbose(flags)))
     for report in reports:
         print(f"report: {report}")
     from ..files import atomic_write_text
-    from .verdicts import suite_table
+    from .verdicts import suite_table, verdict_lines
 
+    results = [Path(r).parent / "results.json" for r in reports]
     table = Path(sc.output_dir) / "suite.md"  # the paper's Table 1 over the suite's attacks
-    atomic_write_text(table, suite_table([Path(r).parent / "results.json" for r in reports]))
+    atomic_write_text(table, suite_table(results))
     print(f"table 1: {table}")
+    for line in verdict_lines(results):
+        print(line)
+
+
+def _verbose(flags: dict) -> bool:
+    if flags["verbose"] not in (None, True, False):
+        raise ConfigError(f"verbose: expected true or false, got {flags['verbose']!r}")
+    return bool(flags["verbose"])
 
 
 def make_parser():
     from ..configs import make_parser as _mp
 
-    return _mp(ExperimentConfig, prog="llm-unlearn run")
+    return _mp(ExperimentConfig, prog="llm-unlearn run", flags=RUN_FLAGS, bool_flags=("verbose",))
 
 
 def _argv_track(argv) -> str:
@@ -405,11 +446,17 @@ def _argv_track(argv) -> str:
 
 
 def cli(argv=None) -> None:
+    from .verdicts import verdict_lines
+
     track = get_track(_argv_track(argv))
-    cfg = parse_config(track.config_cls, argv, prog="llm-unlearn run")
-    report = run_experiment(cfg)
+    cfg, flags = parse_config_and_flags(
+        track.config_cls, argv, prog="llm-unlearn run", flags=RUN_FLAGS, bool_flags=("verbose",)
+    )
+    report = run_experiment(cfg, verbose=_verbose(flags))
     print(f"report: {report}")
     print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+    for line in verdict_lines([Path(cfg.output_dir) / "results.json"]):
+        print(line)
 
 
 def describe(cfg: ExperimentConfig) -> str:

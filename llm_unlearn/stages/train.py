@@ -24,6 +24,8 @@ from ..harness import is_main_process, run_stage, stage_commands
 from ..outputs import write_records
 from ..training import (
     DivergedError,
+    REPORT_TO_HELP,
+    check_report_to,
     check_trainer_args,
     checkpoint_arguments,
     fit,
@@ -75,6 +77,9 @@ class TrainConfig:
             "starting over (0: no checkpoints); checkpoints are deleted when the stage completes"
         },
     )
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = field(
+        default="none", metadata={"help": REPORT_TO_HELP}
+    )
     trainer_args: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "extra transformers.TrainingArguments (e.g. deepspeed, fsdp)"}
     )
@@ -91,6 +96,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_report_to(self.report_to)
         check_trainer_args(self.trainer_args)
 
 

@@ -134,3 +134,25 @@ def suite_table(result_files: list[Path]) -> str:
         label = "gold (retrain)" if m == "retrain" else m
         lines.append(f"| {label} | " + " | ".join(cells.get((m, c), "–") for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def verdict_lines(result_files: list[Path]) -> list[str]:
+    """The run's last lines on the terminal: per attack, which unlearned models still carry a detectable residue of
+    the poison and which do not (Table 1's cells, :func:`table1_cells`, grouped)."""
+    lines = []
+    for f in result_files:
+        try:
+            attack, cells = table1_cells(json.loads(Path(f).read_text()))
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # a run without rows (nothing finished) has no verdict to print
+        groups: dict[str, list[str]] = {}
+        for method, cell in cells.items():
+            if method in ("initial", "retrain"):
+                continue
+            what = cell.split(" (", 1)[0]
+            groups.setdefault(what, []).append(method)
+        order = ["poison left", "removed at a utility cost", "removed"]
+        parts = [f"{w}: {', '.join(groups[w])}" for w in order if w in groups]
+        parts += [f"{w}: {', '.join(m)}" for w, m in groups.items() if w not in order]
+        lines.append(f"verdict {attack} ({Path(f).parent.name}): " + ("; ".join(parts) or "no unlearned models"))
+    return lines
