@@ -401,7 +401,7 @@ def execute(jobs: list[Job], workers: int, pool=None, verbose: bool = False) -> 
         j.capture = not verbose
     console = Console(len(jobs), kept=len(done))
     console.name_jobs(
-        [j.name for j in jobs], minor={j.name for j in jobs if _stage_kind(j) not in ("train", "unlearn")}
+        [j.name for j in jobs], minor={j.name for j in jobs if _stage_kind(j) not in ("train", "unlearn", "relearn")}
     )
     for name in done:
         pending.pop(name)
