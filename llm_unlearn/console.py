@@ -32,7 +32,7 @@ __all__ = ["LOG_NAME", "Console", "job_output", "log_tail"]
 
 TAIL_LINES = 15  # lines of a failed job's log shown on the console
 # A grid of more jobs than this lists only its long jobs (trainings, unlearning runs) and those with a note: the main
-# job's 108 jobs would otherwise be two screens of evaluation lines. Failures are always shown.
+# job's 300 jobs would otherwise be pages of evaluation lines. Failures are always shown.
 EVERY_JOB_UP_TO = 40
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
