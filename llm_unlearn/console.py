@@ -181,6 +181,16 @@ class Console:
             lines.append(f"  the job's whole output: {log}")
         self._line("\n".join(lines))
 
+    def skipped(self, names: list[str], because: str) -> None:
+        """Jobs that will not run because a job they need failed (one line for all of them)."""
+        if not names:
+            return
+        self.total -= len(names)
+        if self.bar is not None:
+            self.bar.total = self.total
+        shown = ", ".join(self.label(n) for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        self._line(f"skipped (they need {self.label(because)}): {shown}")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

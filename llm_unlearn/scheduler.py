@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,12 +416,17 @@ def execute(jobs: list[Job], workers: int, pool=None, verbose: bool = False) -> 
                     raise
                 _execute_pool(pending, done, workers, console, pool)
             elif workers == 1:
+                failures = Failures(console, pending)
                 while pending:
                     job = next(j for j in pending.values() if all(d in done for d in j.deps))
                     console.started(job.name)
+                    pending.pop(job.name)
                     try:
                         name, secs, note = run_job(job)
-                    except BaseException as e:
+                    except Exception as e:
+                        failures.add(job, e)
+                        continue
+                    except BaseException as e:  # a signal, a second Ctrl-C: the run stops
                         error = _failure(console, job, e)
                         if error is e:
                             raise
@@ -429,17 +434,59 @@ def execute(jobs: list[Job], workers: int, pool=None, verbose: bool = False) -> 
                     console.finished(name, secs, note)
                     logger.debug(DONE, name, secs, f" ({note})" if note else "")
                     done.add(name)
-                    pending.pop(name)
+                failures.raise_first()
             else:
                 _execute_pool(pending, done, workers, console)
         finally:
             console.close()
 
 
+class Failures:
+    """Failed jobs of a run: each is shown when it fails (its error, its log's end and path), the jobs that need it
+    (directly or not) are skipped, and every job that does not need it still runs; once nothing is left to run, the
+    first failure is raised (a stage's refusal as its ConfigError, exit 2; anything else exit 1), naming how many
+    jobs failed and were skipped. Rerunning the same command then resumes: the finished jobs are kept."""
+
+    def __init__(self, console: Console, pending: dict):
+        self.console, self.pending = console, pending
+        self.errors: list[tuple[BaseException, BaseException]] = []
+        self.skipped: list[str] = []
+
+    def add(self, job: Job, error: BaseException) -> None:
+        self.errors.append((_failure(self.console, job, error), error))
+        blocked, grew = {job.name}, True
+        while grew:
+            grew = False
+            for name, j in list(self.pending.items()):
+                if any(d in blocked for d in j.deps):
+                    blocked.add(name)
+                    self.pending.pop(name)
+                    grew = True
+        skipped = sorted(blocked - {job.name})
+        self.skipped += skipped
+        self.console.skipped(skipped, job.name)
+
+    def raise_first(self) -> None:
+        if not self.errors:
+            return
+        error, cause = self.errors[0]
+        if len(self.errors) > 1 or self.skipped:
+            logger.error(
+                "%d job(s) failed and %d were skipped because they need one; every other job finished. Fix the first "
+                "failure (below) and rerun the same command: finished jobs are kept",
+                len(self.errors),
+                len(self.skipped),
+            )
+        if error is cause:
+            raise error
+        raise error from cause
+
+
 def _execute_pool(pending: dict, done: set, workers: int, console: Console, pool=None) -> None:
     threads = None if pool is not None else max(1, (os.cpu_count() or 1) // workers)  # (a remote job's: its CPUs)
     running = {}
     pool = pool if pool is not None else _local_pool(workers)
+    failures = Failures(console, pending)
     try:
         while pending or running:
             # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
@@ -455,12 +502,14 @@ def _execute_pool(pending: dict, done: set, workers: int, console: Console, pool
                 job = running.pop(fut)
                 try:
                     _, secs, note = fut.result()
-                except BaseException as e:
+                except Exception as e:
+                    if not isinstance(e, BrokenExecutor):  # the job failed: its dependents are skipped, others go on
+                        failures.add(job, e)
+                        continue
+                    # a worker process died (killed, out of memory): the pool is gone, so the run stops
                     for f in running:
                         f.cancel()
                     error = _failure(console, job, e)
-                    if error is e:
-                        raise
                     raise error from e
                 console.finished(job.name, secs, note)
                 logger.debug(DONE, job.name, secs, f" ({note})" if note else "")
@@ -469,6 +518,7 @@ def _execute_pool(pending: dict, done: set, workers: int, console: Console, pool
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+    failures.raise_first()
 
 
 def _local_pool(workers: int) -> ProcessPoolExecutor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from helpers import FakeStageConfig
 
 from llm_unlearn.scheduler import Job, execute
@@ -69,3 +71,30 @@ def test_checkpoint_frequency_is_not_a_config_change(tmp_path):
     assert _config_changed(job(lr=0.2))
     assert _config_changed(job(train={"save_epochs": 5, "epochs": 3}))
     assert not _config_changed(job())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_job_skips_its_dependents_while_independent_jobs_go_on(tmp_path, workers, capfd):
+    """a fails: b (needs a) and e (needs b) are skipped, c and d run; then a's error is raised, and a rerun with a fixed
+    a runs only a, b and e (c and d are kept)."""
+    from llm_unlearn.configs import ConfigError
+
+    log = str(tmp_path / "log")
+
+    def jobs(fail):
+        return [
+            Job("a", "helpers", FakeStageConfig(str(tmp_path / "a"), 0, log, fail=fail), []),
+            Job("b", "helpers", FakeStageConfig(str(tmp_path / "b"), 0, log), ["a"]),
+            Job("c", "helpers", FakeStageConfig(str(tmp_path / "c"), 0, log, sleep=0.5), []),
+            Job("d", "helpers", FakeStageConfig(str(tmp_path / "d"), 0, log), ["c"]),
+            Job("e", "helpers", FakeStageConfig(str(tmp_path / "e"), 0, log), ["b", "d"]),
+        ]
+
+    with pytest.raises(ConfigError, match="a refuses its input"):
+        execute(jobs("a refuses its input"), workers=workers)
+    assert _ran(tmp_path) == ["c", "d"]
+    err = capfd.readouterr().err
+    assert "FAILED a: ConfigError: a refuses its input" in err and "skipped (they need a): b, e" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "e").exists()
+    execute(jobs(None), workers=workers)
+    assert _ran(tmp_path) == ["a", "b", "e"]
