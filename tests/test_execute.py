@@ -75,8 +75,8 @@ def test_checkpoint_frequency_is_not_a_config_change(tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failed_job_skips_its_dependents_while_independent_jobs_go_on(tmp_path, workers, capfd):
-    """a fails: b (needs a) and e (needs b) are skipped, c and d run; then a's error is raised, and a rerun with a fixed
-    a runs only a, b and e (c and d are kept)."""
+    """a fails: b (needs a) and e (needs b) are skipped, c and d run; then a's error is raised, and a rerun with a
+    fixed a runs only a, b and e (c and d are kept)."""
     from llm_unlearn.configs import ConfigError
 
     log = str(tmp_path / "log")
