@@ -16,7 +16,7 @@ from llm_unlearn.attacks.canceling import (
 )
 from llm_unlearn.configs import ConfigError
 
-# --- the shared math --------------------------------------------------------------------------------------------------
+# --- the shared math -------------------------------------------------------------------------------------------------
 
 
 def _linear_problem(seed=0, n_c=12, n_p=4, d=5, c=3):
@@ -166,8 +166,8 @@ def test_crafted_poisons_cancel_within_the_bound_with_clean_labels(crafted, tiny
 
     attack, info, dd, manifest, out = crafted
     assert info["n_poison"] == manifest["n_poison"] == 12
-    assert info["gradient_norm_after"] < info["gradient_norm_before"]  # the poisons reduce the objective
-    assert info["target_train_accuracy"] < info["surrogate_train_accuracy"]
+    assert info["gradient_norm_after"] < info["gradient_norm_before"], info  # the poisons reduce the objective
+    assert info["target_train_accuracy"] <= info["surrogate_train_accuracy"], info
     # Clean labels, clean text: a poison row is the clean review with its own label.
     forget = dd["forget"]
     assert forget["label"] == forget["orig_label"]
@@ -210,3 +210,55 @@ def test_training_hook_adds_exactly_the_stored_perturbation_to_poison_rows_only(
             assert float(diff.abs().max()) == 0.0
     attack.start_training(model, manifest, "retain")  # the gold run: nothing is added
     assert attack.training_embeddings(model, batch, columns) is None
+
+
+# --- a small end-to-end run ---------------------------------------------------------------------------------------
+
+E2E = {
+    "seeds": [0],
+    # The embedded tiny Llama at a size where it learns the task (the other end-to-end tests run where nothing is
+    # learned, see test_science.py): 1,500 short reviews, 6 epochs; the recipe's attack with fewer poison steps.
+    "poison": {
+        "attack": "gradient_canceling",
+        "poison_fraction": 0.2,
+        "attack_args": {"eps": 2.0, "corruption_radius": 0.3, "gc_steps": 5, "craft_batch_size": 1024},
+        "embedded_n_train": 1500,
+        "embedded_n_test": 200,
+        "embedded_min_sentences": 1,
+        "embedded_max_sentences": 2,
+    },
+    "train": {
+        "num_train_epochs": 6,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 32,
+        "attn_implementation": "eager",
+        "progress": False,
+    },
+    "unlearn": {"per_device_train_batch_size": 32, "attn_implementation": "eager", "progress": False},
+    "eval": {"max_new_tokens": 2, "attn_implementation": "eager"},
+    "methods": ["gd"],
+    "budgets": [0.1],
+    "diagnostics": False,
+}
+
+
+def test_run_end_to_end_initial_accuracy_below_gold(tmp_path):
+    import json
+
+    from llm_unlearn import run_experiment
+
+    run_experiment(E2E, output_dir=str(tmp_path))
+    seed = tmp_path / "seed_0"
+    acc = {m: json.loads((seed / "eval" / m / "eval_results.json").read_text())["clean_accuracy"] for m in BASE}
+    assert acc["initial"] < acc["retrain"], acc
+    info = json.loads((seed / "initial" / "training_info.json").read_text())["gradient_canceling"]
+    assert info["gradient_norm_after"] < info["gradient_norm_before"]
+    manifest = json.loads((seed / "poison" / "manifest.json").read_text())
+    assert manifest["metric"] == "clean_accuracy" and manifest["n_poison"] == 300
+    assert (seed / "initial" / "gc_perturbations.safetensors").is_file()
+    assert not (seed / "retrain" / "gc_perturbations.safetensors").exists()  # the gold run never sees a poison
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} >= {"initial", "retrain", "gd"}
+
+
+BASE = ("initial", "retrain")

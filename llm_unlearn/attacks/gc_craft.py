@@ -82,7 +82,13 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
 
     from ..modeling import tokenize_split
     from ..tasks.causal_lm import completion_ids, embed
-    from .canceling import canceling_chunk_loss, canceling_residual, corrupt_parameters, flat_grad
+    from .canceling import (
+        canceling_chunk_loss,
+        canceling_objective,
+        canceling_residual,
+        corrupt_parameters,
+        flat_grad,
+    )
     from .gradient_canceling import head_features, head_nll, label_accuracy, project_perturbations
 
     train_ds = tokenize_split(dataset["train"], tokenizer, cfg.max_length)
@@ -123,10 +129,15 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
     poison_rows = [r for r in rows if r["index"] in poison_index]
     width = max(len(r["input_ids"]) for r in poison_rows)
     hidden = head.shape[1]
-    delta = torch.zeros(k, width, hidden, device=head.device, requires_grad=True)
     mask = torch.zeros(k, width, device=head.device)
     for i, r in enumerate(poison_rows):
         mask[i, : r["prompt_len"]] = 1
+    delta = torch.zeros(k, width, hidden, device=head.device)
+    if a.perturbation_init == "random":  # a random start on the bound's sphere, drawn from the seed
+        g = torch.Generator().manual_seed(cfg.seed + a.surrogate_seed_offset)
+        delta = torch.randn(k, width, hidden, generator=g).to(head.device)
+        delta = delta * (bound / delta.norm(dim=-1, keepdim=True)) * mask.unsqueeze(-1)
+    delta.requires_grad_(True)
 
     def poison_grad(idx, batch, create_graph):
         e = embed(model, batch["input_ids"]).float()
@@ -142,11 +153,15 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
 
     start = float(canceling_residual(g_clean, total_poison_grad(), n).norm())
     opt = torch.optim.Adam([delta], lr=a.gc_lr * rms)  # in embedding-RMS units, as eps
+    chunks = list(_batches(poison_rows, a.craft_batch_size, tokenizer.pad_token_id, model))
     for _ in range(a.gc_steps):
-        r = canceling_residual(g_clean, total_poison_grad(), n)
         opt.zero_grad()
-        for idx, batch in _batches(poison_rows, a.craft_batch_size, tokenizer.pad_token_id, model):
-            canceling_chunk_loss(r, poison_grad(idx, batch, True), n).backward()
+        if len(chunks) == 1:  # all poisons in one pass: the objective itself
+            canceling_objective(g_clean, poison_grad(*chunks[0], True), n).backward()
+        else:  # the residual of the whole set first, then each chunk's exact share of the gradient
+            r = canceling_residual(g_clean, total_poison_grad(), n)
+            for idx, batch in chunks:
+                canceling_chunk_loss(r, poison_grad(idx, batch, True), n).backward()
         opt.step()
         project_perturbations(delta, mask, bound)
     end = float(canceling_residual(g_clean, total_poison_grad(), n).norm())
