@@ -76,7 +76,7 @@ def test_corruption_stays_in_the_ball_and_raises_the_loss():
 def test_head_nll_is_the_models_completion_loss(tiny_dir, gaussian_dir):
     """head_features + head_nll recompute the completion NLL from the LM head's input; its gradient in the label
     rows is the model's own gradient in those rows of the LM head."""
-    from llm_unlearn.attacks.gradient_canceling import head_features, head_nll
+    from llm_unlearn.attacks.gc_craft import head_features, head_nll
     from llm_unlearn.modeling import load_dataset_dir, load_model, load_tokenizer, tokenize_split
     from llm_unlearn.tasks.causal_lm import CompletionCollator, completion_ids, completion_nll
 
@@ -96,7 +96,7 @@ def test_head_nll_is_the_models_completion_loss(tiny_dir, gaussian_dir):
 
 
 def test_projection_bounds_every_token_and_clears_non_prompt_positions():
-    from llm_unlearn.attacks.gradient_canceling import project_perturbations
+    from llm_unlearn.attacks.gc_craft import project_perturbations
 
     delta = torch.randn(3, 5, 8) * 10
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float)

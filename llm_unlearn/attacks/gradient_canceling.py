@@ -80,57 +80,6 @@ class GradientCancelingConfig:
             raise ConfigError(f"surrogate_seed_offset must be >= 0, got {self.surrogate_seed_offset}")
 
 
-# --- the quantities at the head -------------------------------------------------------------------------------------
-
-
-def head_features(model, batch: dict, inputs_embeds=None):
-    """The LM head's input at the positions that predict a completion token (n, k, hidden), their targets (n, k)
-    and mask (n, k): the features the head rows act on (captured by a pre-hook on the output projection, so the
-    graph back to ``inputs_embeds`` is kept)."""
-    from ..tasks.causal_lm import IGNORE_INDEX, _accepts_logits_to_keep, _model_kwargs
-
-    labels = batch["labels"][:, 1:]
-    positions = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
-    kwargs = _model_kwargs(batch, inputs_embeds)
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = positions
-    captured = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-    try:
-        model(**kwargs)
-    finally:
-        handle.remove()
-    h = captured[-1]
-    if h.shape[1] != positions.numel():
-        h = h[:, positions]
-    targets = labels[:, positions]
-    return h.float(), targets, targets != IGNORE_INDEX
-
-
-def head_nll(h, targets, weight, label_ids, rows):
-    """Summed NLL of ``targets`` (m,) under logits h W^T (``h`` (m, hidden)), the label-token rows of ``weight``
-    replaced by ``rows`` (the target parameters; differentiable in ``rows`` and ``h``)."""
-    import torch.nn.functional as F
-
-    logits = (h @ weight.T).index_copy(1, label_ids, h @ rows.T)
-    return F.cross_entropy(logits, targets, reduction="sum")
-
-
-def label_accuracy(h_first, answers, label_ids, rows) -> float:
-    """Accuracy of the label choice at the answer position: argmax over the label tokens' logits h rows^T."""
-    pred = label_ids[(h_first @ rows.T).argmax(-1)]
-    return float((pred == answers).float().mean())
-
-
-def project_perturbations(delta, mask, bound: float) -> None:
-    """In place: each token's perturbation into the L2 ball of radius ``bound``; zero outside the prompt (``mask``)."""
-    import torch
-
-    with torch.no_grad():
-        norms = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        delta.mul_((bound / norms).clamp(max=1.0) * mask.unsqueeze(-1))
-
-
 @register_attack("gradient_canceling", config=GradientCancelingConfig, track="llm")
 class GradientCancelingAttack(Attack):
     """Bounded prompt-embedding perturbations of clean-label poisons that cancel the clean gradient of the label
