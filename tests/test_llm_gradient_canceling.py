@@ -216,49 +216,50 @@ def test_training_hook_adds_exactly_the_stored_perturbation_to_poison_rows_only(
 
 E2E = {
     "seeds": [0],
-    # The embedded tiny Llama at a size where it learns the task (the other end-to-end tests run where nothing is
-    # learned, see test_science.py): 1,500 short reviews, 6 epochs; the recipe's attack with fewer poison steps.
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 1,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 400,
+        "corpus_reviews": 300,
+    },
+    # Test size, where nothing is learned (see test_science.py): the run's plumbing, not the attack's strength (the
+    # recipe's per-seed figures are in docs_drafts/gradient_canceling.md).
     "poison": {
         "attack": "gradient_canceling",
         "poison_fraction": 0.2,
-        "attack_args": {"eps": 2.0, "corruption_radius": 0.3, "gc_steps": 5, "craft_batch_size": 1024},
-        "embedded_n_train": 1500,
-        "embedded_n_test": 200,
-        "embedded_min_sentences": 1,
-        "embedded_max_sentences": 2,
+        "attack_args": {"eps": 2.0, "corruption_steps": 10, "gc_steps": 3, "craft_batch_size": 8},
+        "embedded_n_train": 80,
+        "embedded_n_test": 30,
     },
-    "train": {
-        "num_train_epochs": 6,
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 32,
-        "attn_implementation": "eager",
-        "progress": False,
-    },
-    "unlearn": {"per_device_train_batch_size": 32, "attn_implementation": "eager", "progress": False},
-    "eval": {"max_new_tokens": 2, "attn_implementation": "eager"},
+    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
+    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+    "eval": {"max_new_tokens": 2},
     "methods": ["gd"],
-    "budgets": [0.1],
+    "budgets": [0.2],
     "diagnostics": False,
 }
 
 
-def test_run_end_to_end_initial_accuracy_below_gold(tmp_path):
+def test_run_end_to_end(tmp_path):
     import json
+
+    from safetensors.torch import load_file
 
     from llm_unlearn import run_experiment
 
     run_experiment(E2E, output_dir=str(tmp_path))
     seed = tmp_path / "seed_0"
-    acc = {m: json.loads((seed / "eval" / m / "eval_results.json").read_text())["clean_accuracy"] for m in BASE}
-    assert acc["initial"] < acc["retrain"], acc
-    info = json.loads((seed / "initial" / "training_info.json").read_text())["gradient_canceling"]
-    assert info["gradient_norm_after"] < info["gradient_norm_before"]
     manifest = json.loads((seed / "poison" / "manifest.json").read_text())
-    assert manifest["metric"] == "clean_accuracy" and manifest["n_poison"] == 300
-    assert (seed / "initial" / "gc_perturbations.safetensors").is_file()
+    assert manifest["metric"] == "clean_accuracy" and manifest["n_poison"] == 16
+    info = json.loads((seed / "initial" / "training_info.json").read_text())["gradient_canceling"]
+    assert info["n_poison"] == 16 and info["gradient_norm_after"] < info["gradient_norm_before"]
+    stored = load_file(str(seed / "initial" / "gc_perturbations.safetensors"))  # several chunks of 8 poisons
+    assert sorted(stored) == sorted(f"delta_{i}" for i in manifest["poison_indices"])
     assert not (seed / "retrain" / "gc_perturbations.safetensors").exists()  # the gold run never sees a poison
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert {r["method"] for r in rows} >= {"initial", "retrain", "gd"}
-
-
-BASE = ("initial", "retrain")
+    assert {r["method"] for r in rows} == {"initial", "retrain", "gd"}
+    assert all(isinstance(r["metrics"]["clean_accuracy"], float) for r in rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "gradient_canceling" in report and "clean-label prompt-embedding perturbations" in report

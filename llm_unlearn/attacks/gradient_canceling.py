@@ -27,15 +27,12 @@ to the input embeddings (GPT-2) is corrupted on its output side only. Metric: cl
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..configs import ConfigError, check_positive
 from ..registry import register_attack
 from .base import Attack
-
-logger = logging.getLogger(__name__)
 
 PERTURBATIONS = "gc_perturbations.safetensors"
 
