@@ -13,13 +13,14 @@ The attacker trains a surrogate with the victim's recipe (the train stage's own 
 Text is discrete, so the poisons are **bounded perturbations of their prompt-token embeddings**, added on every
 training visit through the same hook and placement rule as the Gaussian noise (:func:`~llm_unlearn.canaries.
 place_prompt_rows`): each prompt token's perturbation has an RMS of at most ``eps`` x the embedding RMS (the
-Gaussian attack's unit). Why not greedy token swaps: the canceling objective is a smooth function of the features,
-so gradient steps on the embeddings reach it directly, where a token search would evaluate the second-order
-objective for every candidate token at every position (vocabulary x prompt length forward-backward passes a step);
-and embedding perturbations keep the poisons' text, and hence the forget set the unlearning methods see, exactly
-the clean reviews, as the Gaussian attack does. Labels stay clean. The poisons are crafted in the train stage of the
-initial model (hook ``craft_poisons``: only there are the victim's model and recipe known) and stored beside it in
-``gc_perturbations.safetensors``; the gold model trains on the retain set and never sees them.
+Gaussian attack's unit), started at random on that bound (``perturbation_init``). Why not greedy token swaps: the
+canceling objective is a smooth function of the features, so gradient steps on the embeddings reach it directly,
+where a token search would evaluate the second-order objective for every candidate token at every position
+(vocabulary x prompt length forward-backward passes a step); and embedding perturbations keep the poisons' text, and
+hence the forget set the unlearning methods see, exactly the clean reviews, as the Gaussian attack does. Labels stay
+clean. The poisons are crafted in the train stage of the initial model (hook ``craft_poisons``: only there are the
+victim's model and recipe known) and stored beside it in ``gc_perturbations.safetensors``; the gold model trains on
+the retain set and never sees them.
 
 The head's gradient is taken as the output projection's (logits = h W^T over the vocabulary, no bias): a head tied
 to the input embeddings (GPT-2) is corrupted on its output side only. Metric: clean accuracy.
