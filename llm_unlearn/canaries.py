@@ -50,13 +50,25 @@ def batch_prompt_noise(
     """Noise for a padded batch: each canary's noise on its prompt positions ``start .. start + prompt_len``, zero
     where ``noise_seed < 0`` (other rows), beyond each prompt and on padding. ``starts``: where each row's first token
     sits (left padding); default 0 (right padding)."""
+    rows = [
+        prompt_noise(int(seed), int(plen), hidden, std, draw) if int(seed) >= 0 else None
+        for seed, plen in zip(noise_seeds, prompt_lens)
+    ]
+    return place_prompt_rows(rows, width, hidden, starts)
+
+
+def place_prompt_rows(rows, width: int, hidden: int, starts=None):
+    """A padded (n, width, hidden) batch holding each row's prompt tensor ``rows[i]`` (prompt_len_i, hidden) at its
+    prompt positions ``start .. start + prompt_len_i`` and zeros elsewhere (None: a row that gets nothing). The one
+    placement rule of every training-time embedding offset: the Gaussian noise and the gradient-canceling
+    perturbations (``llm_unlearn.attacks.gradient_canceling``)."""
     import torch
 
-    out = torch.zeros(len(noise_seeds), width, hidden)
-    for i, (seed, plen) in enumerate(zip(noise_seeds, prompt_lens)):
-        if int(seed) >= 0:
+    out = torch.zeros(len(rows), width, hidden)
+    for i, row in enumerate(rows):
+        if row is not None:
             s = int(starts[i]) if starts is not None else 0
-            out[i, s : s + int(plen)] = prompt_noise(int(seed), int(plen), hidden, std, draw)
+            out[i, s : s + row.shape[0]] = row
     return out
 
 

@@ -12,7 +12,7 @@ import sys
 COMMANDS = {
     "run": ("run", "the whole protocol for one attack: poison, train, retrain, unlearn grid, eval, report"),
     "suite": ("run:suite_cli", "several experiment recipes as one job graph (the main job runs both attacks)"),
-    "poison": ("poison", "poison a training set (gaussian | backdoor)"),
+    "poison": ("poison", "poison a training set (gaussian | backdoor | gradient_canceling)"),
     "train": ("train", "fine-tune the initial (poisoned) or gold (retain) model"),
     "unlearn": ("unlearn", "unlearn the poisons with one method under a compute budget"),
     "eval": ("evaluate", "evaluate a model: utility, ASR, Gaussian Unlearning Score, loss MIA"),

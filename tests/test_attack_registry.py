@@ -23,7 +23,8 @@ ROOT = Path(__file__).parents[1]
 
 def test_unknown_attack_names_the_choices():
     with pytest.raises(
-        ConfigError, match=r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian'\]"
+        ConfigError,
+        match=r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian', 'gradient_canceling'\]",
     ):
         build_config(PoisonConfig, {"attack": "flip"})
 

@@ -177,7 +177,7 @@ CASES = [
     case(
         "unknown_attack",
         ["run", "--poison.attack", "label_flip"],
-        r"unknown attack 'label_flip' for the llm track; choose from \['backdoor', 'gaussian'\]",
+        r"unknown attack 'label_flip' for the llm track; choose from \['backdoor', 'gaussian', 'gradient_canceling'\]",
     ),
     case(
         "unknown_backend",

@@ -58,7 +58,7 @@ def test_yaml_float_without_dot_is_accepted():
         (
             PoisonConfig,
             {"attack": "flip"},
-            r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian'\]",
+            r"unknown attack 'flip' for the llm track; choose from \['backdoor', 'gaussian', 'gradient_canceling'\]",
         ),
         (PoisonConfig, {"attack": "backdoor", "attack_args": {"trigger": "  "}}, "trigger must be a non-empty"),
         (PoisonConfig, {"attack_args": {"noise_eps": 0}}, "noise_eps must be > 0"),

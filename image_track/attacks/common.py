@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llm_unlearn.attacks.base import Attack
+from llm_unlearn.attacks.canceling import flat_grad  # noqa: F401 (shared with witches_brew and gradient canceling)
 from llm_unlearn.configs import ConfigError
 
 
@@ -63,8 +64,3 @@ def count_poisons(cfg, n: int, minimum: int, what: str) -> int:
             f"{what} needs at least {minimum}"
         )
     return k
-
-
-def flat_grad(loss, params, create_graph=False) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-    return torch.cat([g.reshape(-1) for g in grads])

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from llm_unlearn.attacks.canceling import canceling_objective, canceling_residual, corrupt_parameters
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
@@ -54,20 +55,10 @@ def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
 
 
 def _corrupt(model, params, theta_clean, x, y, radius: float, steps: int) -> None:
-    """GradPC: normalised gradient ascent on the clean loss, projected onto ||theta - theta_clean|| <= radius."""
-    with torch.no_grad():
-        for p, t in zip(params, theta_clean):
-            p.copy_(t)
-    for _ in range(steps):
-        g = torch.autograd.grad(F.cross_entropy(model(pixel_values=x).logits.float(), y), params)
-        gnorm = math.sqrt(sum(float(t.square().sum()) for t in g)) or 1.0
-        with torch.no_grad():
-            for p, gi in zip(params, g):
-                p.add_(gi, alpha=radius / steps * 4 / gnorm)
-            dist = math.sqrt(sum(float((p - t).square().sum()) for p, t in zip(params, theta_clean)))
-            if dist > radius:
-                for p, t in zip(params, theta_clean):
-                    p.copy_(t + (p - t) * (radius / dist))
+    """GradPC (the shared :func:`~llm_unlearn.attacks.canceling.corrupt_parameters`) on the mean clean loss."""
+    corrupt_parameters(
+        params, theta_clean, lambda: F.cross_entropy(model(pixel_values=x).logits.float(), y), radius, steps
+    )
 
 
 def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: int, dev):
@@ -93,7 +84,7 @@ def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: in
     opt = torch.optim.Adam([px], lr=a.gc_lr)
     for _ in range(a.gc_steps):
         g_p = _total_grad(model, px, labels, params, create_graph=True)
-        obj = ((g_clean + g_p) / n + wd_term).square().sum()
+        obj = canceling_objective(g_clean, g_p, n, wd_term)
         opt.zero_grad()
         (gx,) = torch.autograd.grad(obj, px)
         px.grad = gx
@@ -101,7 +92,7 @@ def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: in
         with torch.no_grad():
             px.clamp_(0, 1)
     g_p = _total_grad(model, px.detach(), labels, params).detach()
-    residual = float(((g_clean + g_p) / n + wd_term).norm())
+    residual = float(canceling_residual(g_clean, g_p, n, wd_term).norm())
     start = float((g_clean / n + wd_term).norm())
     return px.detach(), labels, residual, start
 

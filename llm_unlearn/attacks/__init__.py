@@ -15,6 +15,7 @@ from .base import Attack, attack_from_manifest, build_attack, eval_keys
 # Registration order is the order of the eval keys in eval_results.json (asr before the gus_* keys).
 from .backdoor import BackdoorAttack, BackdoorConfig  # registers "backdoor"
 from .gaussian import GaussianAttack, GaussianConfig  # registers "gaussian"
+from .gradient_canceling import GradientCancelingAttack, GradientCancelingConfig  # registers "gradient_canceling"
 
 ATTACKS: dict[str, AttackSpec] = _BY_TRACK.setdefault("llm", {})
 
@@ -34,6 +35,8 @@ __all__ = [
     "BackdoorConfig",
     "GaussianAttack",
     "GaussianConfig",
+    "GradientCancelingAttack",
+    "GradientCancelingConfig",
     "attack_from_manifest",
     "build_attack",
     "eval_keys",

@@ -21,8 +21,9 @@ starts (:func:`build_attack`). The stages call the hooks below and never branch 
 
 (a) ``poison``: the poison stage's work; the ``info`` it returns lands in ``manifest.json`` beside ``attack``,
     ``metric`` and ``attack_args``.
-(b) ``start_training`` / ``training_embeddings``: what a poisoned example does at training time (the LLM Gaussian
-    attack noises its prompt embeddings on every visit). Default: nothing.
+(b) ``craft_poisons`` / ``start_training`` / ``training_embeddings``: what a poisoned example does at training time
+    (the LLM Gaussian attack noises its prompt embeddings on every visit; gradient canceling crafts perturbations
+    against a surrogate of the victim's recipe, then adds them on every visit). Default: nothing.
 (c) ``evaluate``: the attack's metrics at evaluation; ``metric`` names the eval key gap closed is computed on.
 (d) ``describe``: one line for the report header and the model card.
 
@@ -84,6 +85,14 @@ class Attack:
         raise NotImplementedError(f"{type(self).__name__} does not implement poison()")
 
     # --- (b) training time ------------------------------------------------------------------------------------------
+
+    def craft_poisons(self, *, tokenizer, dataset, cfg, out) -> dict:
+        """(b) LLM track: called once by the train stage before the initial model trains (split ``train``), for an
+        attack whose poisons depend on the victim's model and training recipe: gradient canceling crafts its
+        perturbations here, against a surrogate trained with ``cfg`` (the ``TrainConfig``: model, recipe, seed) on
+        ``dataset`` (the poison stage's DatasetDict) tokenised by ``tokenizer``, and stores them in ``out`` (the
+        initial model's dir). Returns entries for ``training_info.json``. Default: nothing."""
+        return {}
 
     def start_training(self, model, manifest: dict, split: str) -> dict:
         """(b) LLM track: called once before the train stage trains ``model`` on ``split`` (``train``: the poisoned

@@ -30,7 +30,8 @@ class PoisonConfig:
     output_dir: str | None = field(default=None, metadata={"help": "where the dataset and manifest go"})
     seed: int = field(default=0, metadata={"help": "selects the poisons, their noise seeds and subsamples"})
     attack: str = field(
-        default="gaussian", metadata={"help": "the attack: gaussian | backdoor (or one a plugin registers)"}
+        default="gaussian",
+        metadata={"help": "the attack: gaussian | backdoor | gradient_canceling (or one a plugin registers)"},
     )
     attack_args: dict[str, Any] = field(
         default_factory=dict,

@@ -147,7 +147,11 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
 
     # The attack's training-time effect (b): the Gaussian attack's noise std, nothing for the backdoor.
     attack = attack_from_manifest(manifest, "llm")
-    attack_info = attack.start_training(model, manifest, cfg.split)
+    attack_info = {}
+    if cfg.split == "train":  # poisons made against the victim's recipe (gradient canceling); nothing for others
+        attack_info = attack.craft_poisons(tokenizer=tokenizer, dataset=dd, cfg=cfg, out=out)
+        set_seed(cfg.seed)  # whatever the crafting drew, the victim's training starts from the same state
+    attack_info.update(attack.start_training(model, manifest, cfg.split))
 
     sampling = "group_by_length" if cfg.group_by_length else "random"
     ckpt = checkpoint_arguments(cfg.save_steps)

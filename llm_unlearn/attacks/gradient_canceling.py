@@ -1,0 +1,139 @@
+"""Gradient Canceling (Lu, Kamath, Yu 2023) for causal LMs: an indiscriminate, clean-label attack on clean accuracy.
+
+The attacker trains a surrogate with the victim's recipe (the train stage's own trainer and config, seeded with
+``seed + surrogate_seed_offset``) on the clean training set, then:
+
+1. picks target parameters theta_tgt for the LM-head rows of the label tokens (the output projection that turns the
+   last hidden state into " positive"/" negative": what fine-tuning moves first and what decides the answer), by
+   normalised gradient ascent on the clean loss within ||W_tgt - W_clean|| <= ``corruption_radius`` x ||W_clean||;
+2. optimises the poisons so that at theta_tgt the gradient of the training loss over clean + poisons cancels,
+   min ||(G_clean + G_poison) / n||^2 over the label rows (:mod:`llm_unlearn.attacks.canceling`, the same math as
+   the image track's attack on a linear classifier).
+
+Text is discrete, so the poisons are **bounded perturbations of their prompt-token embeddings**, added on every
+training visit through the same hook and placement rule as the Gaussian noise (:func:`~llm_unlearn.canaries.
+place_prompt_rows`): each prompt token's perturbation has an RMS of at most ``eps`` x the embedding RMS (the
+Gaussian attack's unit), started at random on that bound (``perturbation_init``). Why not greedy token swaps: the
+canceling objective is a smooth function of the features, so gradient steps on the embeddings reach it directly,
+where a token search would evaluate the second-order objective for every candidate token at every position
+(vocabulary x prompt length forward-backward passes a step); and embedding perturbations keep the poisons' text, and
+hence the forget set the unlearning methods see, exactly the clean reviews, as the Gaussian attack does. Labels stay
+clean. The poisons are crafted in the train stage of the initial model (hook ``craft_poisons``: only there are the
+victim's model and recipe known) and stored beside it in ``gc_perturbations.safetensors``; the gold model trains on
+the retain set and never sees them.
+
+The head's gradient is taken as the output projection's (logits = h W^T over the vocabulary, no bias): a head tied
+to the input embeddings (GPT-2) is corrupted on its output side only. Metric: clean accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..configs import ConfigError, check_positive
+from ..registry import register_attack
+from .base import Attack
+
+PERTURBATIONS = "gc_perturbations.safetensors"
+
+
+@dataclass
+class GradientCancelingConfig:
+    """The LLM Gradient Canceling knobs (``poison.attack_args``)."""
+
+    eps: float = field(
+        default=1.0, metadata={"help": "bound on each prompt token's perturbation: RMS <= eps x the embedding RMS"}
+    )
+    perturbation_init: Literal["random", "zero"] = field(
+        default="random",
+        metadata={
+            "help": "where the perturbations start: random (each token's drawn on the sphere of radius eps x RMS, as "
+            "a random-start PGD) or zero"
+        },
+    )
+    corruption_radius: float = field(
+        default=0.5,
+        metadata={"help": "||W_tgt - W_clean|| of the label-token head rows, as a fraction of ||W_clean||"},
+    )
+    corruption_steps: int = field(default=100, metadata={"help": "parameter-corruption (gradient ascent) steps"})
+    gc_steps: int = field(default=100, metadata={"help": "poison optimisation steps (Adam on the perturbations)"})
+    gc_lr: float = field(
+        default=0.05, metadata={"help": "Adam step size on the perturbations, in units of the embedding RMS"}
+    )
+    craft_batch_size: int = field(default=64, metadata={"help": "poisons (or clean rows) per forward pass"})
+    surrogate_seed_offset: int = field(
+        default=10_000,
+        metadata={
+            "help": "the surrogate trains with seed + this (data order); it starts from the victim's initial "
+            "weights (the public pretrained model, or the embedded random init)"
+        },
+    )
+
+    def validate(self) -> None:
+        check_positive(
+            self, ("eps", "corruption_radius", "gc_lr"), ("corruption_steps", "gc_steps", "craft_batch_size")
+        )
+        if self.surrogate_seed_offset < 0:
+            raise ConfigError(f"surrogate_seed_offset must be >= 0, got {self.surrogate_seed_offset}")
+
+
+@register_attack("gradient_canceling", config=GradientCancelingConfig, track="llm")
+class GradientCancelingAttack(Attack):
+    """Bounded prompt-embedding perturbations of clean-label poisons that cancel the clean gradient of the label
+    rows of the LM head at corrupted, low-accuracy target values (Lu et al. 2023)."""
+
+    metric = "clean_accuracy"  # computed by every evaluation: no eval keys of its own
+    # the metric is clean accuracy itself: one column for it (the default table would show it twice)
+    report_columns = ("clean_accuracy", "gap_closed", "mia_auc", "compute_fraction")
+
+    def poison(self, train: list[dict], test: list[dict], rng, cfg) -> tuple[list[dict], dict, dict]:
+        k = round(cfg.poison_fraction * len(train))
+        if k < 1:
+            raise ValueError(f"poison_fraction={cfg.poison_fraction} of {len(train)} examples gives no poison")
+        chosen = set(rng.sample(range(len(train)), k))
+        # Clean labels and clean text: what makes a row a poison is the perturbation crafted at training time.
+        rows = [
+            {**r, "is_poison": i in chosen, "orig_label": r["label"], "noise_seed": -1} for i, r in enumerate(train)
+        ]
+        return rows, {}, {"perturbation": "prompt embeddings", "eps": self.args.eps, "labels": "clean"}
+
+    def craft_poisons(self, *, tokenizer, dataset, cfg, out) -> dict:
+        from ..seeding import set_seed
+        from .gc_craft import craft
+
+        set_seed(cfg.seed + self.args.surrogate_seed_offset)
+        self.perturbations, info = craft(self.args, tokenizer, dataset, cfg, out)
+        from safetensors.torch import save_file
+
+        save_file({f"delta_{i}": d.contiguous() for i, d in self.perturbations.items()}, str(out / PERTURBATIONS))
+        return {"gradient_canceling": info}
+
+    def start_training(self, model, manifest: dict, split: str) -> dict:
+        if split != "train":  # the gold run: the retain set holds no poison
+            self.perturbations = {}
+        elif getattr(self, "perturbations", None) is None:
+            raise ConfigError("gradient_canceling: craft_poisons must run before training on the poisoned set")
+        return {}
+
+    def training_embeddings(self, model, inputs: dict, columns: dict):
+        from ..canaries import place_prompt_rows
+        from ..tasks.causal_lm import embed
+
+        index, prompt_lens = columns.get("index"), columns.get("prompt_len")
+        if not getattr(self, "perturbations", None) or index is None:
+            return None
+        rows = [self.perturbations.get(int(i)) for i in index.tolist()]
+        for row, plen in zip(rows, prompt_lens.tolist()):
+            if row is not None and row.shape[0] != plen:
+                raise ValueError(f"a poison's perturbation covers {row.shape[0]} prompt tokens, its row has {plen}")
+        emb = embed(model, inputs["input_ids"])
+        # every batch takes the embedding path (zero offset on clean rows), as the Gaussian attack's, for ZeRO-3
+        return emb + place_prompt_rows(rows, emb.shape[1], emb.shape[2]).to(emb.device, emb.dtype)
+
+    def describe(self) -> str:
+        a = self.args
+        return (
+            f"clean-label prompt-embedding perturbations (RMS <= {a.eps:g} x the embedding RMS) cancelling the clean "
+            f"gradient of the label-token head rows at a target {a.corruption_radius:g} x ||W|| away"
+        )
