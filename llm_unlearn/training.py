@@ -95,9 +95,7 @@ def training_arguments(cfg, output_dir: Path, args_cls: type | None = None, **ov
         # accumulation), so gathering that token count over processes at every step would be a collective for nothing.
         average_tokens_across_devices=False,
     )
-    report_to = getattr(
-        cfg, "report_to", "none"
-    )  # a stage config without the key (unlearn: trainer_args) reports nowhere
+    report_to = getattr(cfg, "report_to", "none")  # a task's stage config without the key reports nowhere
     if report_to != "none":
         kwargs.update(report_to=report_to, run_name=str(output_dir))
     if "tensorboard" in (kwargs.get("report_to"), cfg.trainer_args.get("report_to")):

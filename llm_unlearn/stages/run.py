@@ -116,7 +116,7 @@ RUN_OWNED = (
         "unlearn",
         (
             *("model_dir", "dataset_dir", "output_dir", "retrain_dir"),
-            *("method", "method_args", "budget", "save_at_budgets", "seed"),
+            *("method", "method_args", "budget", "save_at_budgets", "seed", "report_to"),
         ),
     ),
     ("eval", ("model_dir", "adapter_dir", "dataset_dir", "output_dir")),
@@ -147,11 +147,7 @@ def _train(cfg: ExperimentConfig, seed: int, split: str, dataset_dir: str, out: 
 
 
 def _unlearn(cfg: ExperimentConfig, *args):
-    uc = unlearn_config(cfg, *args)
-    if cfg.report_to == "none":
-        return uc
-    # The unlearn stage's config has no report_to key of its own: its extra TrainingArguments carry it.
-    return dataclasses.replace(uc, trainer_args={**uc.trainer_args, "report_to": cfg.report_to})
+    return dataclasses.replace(unlearn_config(cfg, *args), report_to=cfg.report_to)
 
 
 def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from ..configs import ConfigError
 from ..harness import is_main_process, run_stage, stage_commands
 from ..files import read_json
+from ..training import REPORT_TO_HELP
 
 
 # Shared with the image track's unlearn config: schedules follow the budget (UnlearnTrainer.create_scheduler).
@@ -87,10 +88,16 @@ class UnlearnConfig(UnlearnRun):
             "included) instead of starting over (0: no checkpoints); checkpoints are deleted when the stage completes"
         },
     )
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = field(
+        default="none", metadata={"help": REPORT_TO_HELP}
+    )
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra TrainingArguments"})
 
     def validate(self) -> None:
+        from ..training import check_report_to
+
         check_unlearn_settings(self, ("max_length", "lora_r"))
+        check_report_to(self.report_to)
 
 
 def check_unlearn_settings(cfg, positive: tuple[str, ...] = ()) -> None:
