@@ -8,6 +8,19 @@ import math
 
 from .configs import ConfigError
 
+# Learning-rate schedules that can follow the budget (a function of the fraction of the budget spent). The others
+# are defined in absolute steps (inverse_sqrt's timescale, warmup_stable_decay's phase lengths) or react to metrics.
+# (Here, not beside the trainer that follows them, so a config is checked without importing transformers.)
+BUDGET_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+)
+
 
 def check_split_sizes(n_retain: int, n_forget: int, batch_size: int, n_labels: int, where: str = "") -> None:
     """A retain set smaller than a batch or than the label set (the gold model could not learn the task from it), or

@@ -119,8 +119,7 @@ class ProtocolConfig:
 def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
     """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
     stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
-    from .methods import build_method_config
-    from .registry import load_plugins
+    from .registry import check_method_names, load_plugins
 
     load_plugins(cfg.plugins)  # first: the methods and attacks they register are named below
     if not cfg.seeds:
@@ -131,6 +130,9 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
         raise ConfigError("methods must name at least one registered method")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods must be distinct, got {cfg.methods}")
+    check_method_names(cfg.methods)  # before the methods themselves are imported (seconds: transformers' Trainer)
+    from .methods import build_method_config
+
     for m in cfg.methods:
         build_method_config(m, cfg.method_args.get(m))
     from .registry import methods as registered

@@ -196,6 +196,23 @@ def methods() -> dict[str, MethodSpec]:
     return METHODS
 
 
+# The built-in methods' names: a config naming another one is refused before the methods (and with them transformers'
+# Trainer, seconds to import) are loaded. tests/test_plugins.py keeps it equal to what llm_unlearn.methods registers.
+BUILTIN_METHOD_NAMES = (
+    *("cf_k", "eu_k", "ga", "gd", "graddiff", "neggrad_plus"),
+    *("ngd", "npo", "rmu", "scrub", "simnpo", "ssd"),
+)
+
+
+def check_method_names(names) -> None:
+    """Every name is a built-in or a registered (plugin) method, checked without loading the built-ins."""
+    load_plugins()
+    known = set(BUILTIN_METHOD_NAMES) | set(METHODS)
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown method {name!r}; choose from {sorted(known)} (add one with --plugins)")
+
+
 def get_method(name: str) -> MethodSpec:
     table = methods()
     if name not in table:

@@ -171,16 +171,26 @@ def test_verbose_leaves_job_output_on_the_terminal(tmp_path, capfd):
 # --- fast config errors, defaults in --help ---
 
 
-def test_a_config_error_comes_before_torch_and_transformers_are_imported(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "seeds: [0]\ntrain:\n  learning_rat: 0.1\n",
+            "unknown key 'train.learning_rat' for TrainConfig (did you mean 'learning_rate'?)",
+        ),
+        ("methods: [gd, nope]\n", "unknown method 'nope'; choose from ['cf_k', 'eu_k', 'ga', 'gd', 'graddiff',"),
+    ],
+)
+def test_a_config_error_comes_before_torch_and_transformers_are_imported(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("seeds: [0]\ntrain:\n  learning_rat: 0.1\n")
+    bad.write_text(text)
     code = (
         "import sys\nfrom llm_unlearn.cli import main\n"
         f"rc = main(['run', '--config', {str(bad)!r}, '--output_dir', {str(tmp_path / 'out')!r}])\n"
         "print(rc, sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'numpy') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
-    assert "unknown key 'train.learning_rat' for TrainConfig (did you mean 'learning_rate'?)" in proc.stderr
+    assert message in proc.stderr
     assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
 

@@ -237,3 +237,15 @@ def test_loaded_plugins_reach_child_processes(monkeypatch, tmp_path):
     monkeypatch.setenv(registry.PLUGIN_ENV, "not json")
     with pytest.raises(ConfigError, match="LLM_UNLEARN_PLUGINS must be a JSON list"):
         registry.load_plugins()
+
+
+def test_the_static_list_of_builtin_method_names_is_what_the_methods_register():
+    """registry.BUILTIN_METHOD_NAMES lets a config naming an unknown method be refused before the methods load: it
+    must name exactly the built-ins (a method added without it would be refused, one removed would pass the check)."""
+    import llm_unlearn.methods  # noqa: F401  (registers the built-ins)
+    from llm_unlearn.registry import BUILTIN_METHOD_NAMES, METHODS
+
+    builtin = {
+        name for name, spec in METHODS.items() if spec.trainer_cls.__module__.startswith("llm_unlearn.methods.")
+    }
+    assert set(BUILTIN_METHOD_NAMES) == builtin

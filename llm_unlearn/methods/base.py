@@ -22,22 +22,12 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..budget import BUDGET_SCHEDULES
 from ..training import DivergedError, all_ranks_finite, train_without_full_gc
 from ..tasks import causal_lm, task_of
 
 FORWARD_ONLY_COST = 1.0 / 3.0
 
-# Learning-rate schedules that can follow the budget (a function of the fraction of the budget spent). The others
-# are defined in absolute steps (inverse_sqrt's timescale, warmup_stable_decay's phase lengths) or react to metrics.
-BUDGET_SCHEDULES = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "cosine_with_min_lr",
-)
 # Resolution of a budget-driven schedule: the fraction spent is mapped onto this many virtual steps.
 _VIRTUAL_STEPS = 100_000
 

@@ -104,10 +104,14 @@ def check_unlearn_settings(cfg, positive: tuple[str, ...] = ()) -> None:
     """The checks every task's unlearn config shares: the method and its ``method_args``, the budget, a schedule
     that can follow it, the learning rate, batch sizes (and the ``positive`` keys) >= 1, checkpoints, the budget's
     reference, extra ``TrainingArguments``."""
-    from ..methods import build_method_config
+    from ..registry import BUILTIN_METHOD_NAMES, check_method_names
     from ..training import check_trainer_args
 
-    build_method_config(cfg.method, cfg.method_args)
+    check_method_names([cfg.method])
+    if cfg.method_args or cfg.method not in BUILTIN_METHOD_NAMES:  # a built-in's default knobs are valid: no import
+        from ..methods import build_method_config
+
+        build_method_config(cfg.method, cfg.method_args)
     if not 0.0 < cfg.budget <= 1.0:
         raise ConfigError(f"budget must be in (0, 1], got {cfg.budget}")
     check_schedule(cfg.lr_scheduler_type, cfg.warmup_ratio)
@@ -126,7 +130,7 @@ def check_unlearn_settings(cfg, positive: tuple[str, ...] = ()) -> None:
 
 def check_schedule(lr_scheduler_type: str, warmup_ratio: float) -> None:
     """Unlearning schedules follow the compute budget (``UnlearnTrainer.create_scheduler``): only those that can."""
-    from ..methods.base import BUDGET_SCHEDULES
+    from ..budget import BUDGET_SCHEDULES
 
     if lr_scheduler_type not in BUDGET_SCHEDULES:
         raise ConfigError(
