@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import os
 
-    from .scheduler import LAUNCHED_ENV, die_with_parent
+    from .launcher import LAUNCHED_ENV, die_with_parent
 
     if os.environ.get(LAUNCHED_ENV):  # a rank of a job `run` launched: it must not outlive the launch (or the run)
         die_with_parent()

@@ -7,9 +7,9 @@ from, is skipped (that is how a killed run resumes); one whose config changed (a
 settings), whose input was redone or is unfinished, or whose records are damaged (a JSON file that no longer parses
 or was edited) is redone, with a warning naming why, and so is every job built on it.
 
-Launchers: with ``launcher: accelerate`` (:class:`Launcher`) a train/unlearn job is run by its worker as its own
-``accelerate launch ... -m llm_unlearn train|unlearn --config <output_dir>.launch.yaml`` (:func:`launch_job`); the
-launched stage goes through the same harness, so skipping, resuming and redoing are the same as in process.
+Launchers: with ``launcher: accelerate`` a train/unlearn job is run by its worker as its own ``accelerate launch``
+(:mod:`llm_unlearn.launcher`); the launched stage goes through the same harness, so skipping, resuming and redoing are
+the same as in process.
 
 Console and logs (:mod:`llm_unlearn.console`): each job runs inside :func:`~llm_unlearn.console.job_output`, which
 sends everything it prints to ``<output_dir>/log.txt`` (appended by a resumed or redone job), wherever the job runs;
@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +40,9 @@ from typing import Any
 
 from .configs import ConfigError
 from .console import Console, job_output
-from .files import LOG_NAME, atomic_write_text, is_complete
+from .files import LOG_NAME, is_complete
 from .harness import StageFault
+from .launcher import LaunchFailed, Launcher, die_with_parent, launch_job, output_dir, stage_kind
 from .outputs import HOW_NOT_WHAT, clear_output, config_changed, content, normalized, output_state, same
 
 logger = logging.getLogger(__name__)
@@ -72,81 +72,6 @@ class Job:
     capture: bool = False
 
 
-# The stages an accelerate launcher starts as `accelerate launch -m llm_unlearn <command>`: module -> (command, the
-# config class that command parses). Everything else (poison, evaluate, diagnose) is cheap or starts its own workers
-# (vLLM), so it stays in the pool.
-LAUNCHED_STAGES = {
-    "llm_unlearn.stages.train": ("train", "TrainConfig"),
-    "llm_unlearn.stages.unlearn": ("unlearn", "UnlearnConfig"),
-}
-# Set in the environment of a launched job: its ranks die with the launcher (see :func:`die_with_parent`).
-LAUNCHED_ENV = "LLM_UNLEARN_LAUNCHED"
-STDERR_TAIL_LINES = 20
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """``launcher: accelerate``: run a train/unlearn job as its own ``accelerate launch`` (see :func:`launch_job`).
-
-    The job's resolved config is written beside its output dir as ``<output_dir>.launch.yaml`` (and everything the
-    launch prints to stderr as ``<output_dir>.launch.log``): the same file `llm-unlearn train|unlearn --config` reads
-    by hand, so a failed job can be rerun alone. The launched stage goes through the same harness as in-process jobs
-    (skip a finished output of the same config, resume its checkpoints), so resume is the same as with ``local``."""
-
-    accelerate_config: str
-    num_processes: int | None = None  # None: the accelerate config's
-
-    @classmethod
-    def from_experiment(cls, cfg) -> Launcher | None:
-        if cfg.launcher == "local":
-            return None
-        return cls(str(cfg.accelerate_config), cfg.num_processes)
-
-    def launches(self, job: Job) -> bool:
-        return job.stage in LAUNCHED_STAGES
-
-    def check(self, job: Job) -> None:
-        """A launched job's config must be what its command parses (the llm track's stage configs), before work."""
-        if not self.launches(job):
-            return
-        command, cls_name = LAUNCHED_STAGES[job.stage]
-        cls = type(job.config)
-        if (cls.__module__, cls.__name__) != (job.stage, cls_name):
-            raise ConfigError(
-                f"launcher: accelerate launches `llm-unlearn {command}` with a {cls_name}, but job {job.name} has a "
-                f"{cls.__name__} (another track's stage config); use launcher: local"
-            )
-
-    def settings(self) -> dict:
-        """The accelerate config file as a mapping (empty if it is not one: accelerate itself then says why)."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(self.accelerate_config).read_text())
-        except (OSError, yaml.YAMLError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def processes(self) -> int:
-        n = self.num_processes or self.settings().get("num_processes") or 1
-        return n if isinstance(n, int) and n > 0 else 1
-
-    def command(self, job: Job, spec: Path) -> list[str]:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", self.accelerate_config]
-        if self.num_processes:
-            cmd += ["--num_processes", str(self.num_processes)]
-        settings = self.settings()
-        if (settings.get("num_machines") or 1) == 1 and not settings.get("main_process_port"):
-            # Two launches at once (workers > 1) would both take the default rendezvous port 29500.
-            cmd += ["--main_process_port", str(_free_port())]
-        return [*cmd, "-m", "llm_unlearn", LAUNCHED_STAGES[job.stage][0], "--config", str(spec)]
-
-
-class LaunchFailed(StageFault):
-    """A launched train/unlearn job exited with an error after its work started: its stage stays incomplete (no
-    ``.complete``), and rerunning the same command resumes it."""
-
-
 class Interrupted(KeyboardInterrupt):
     """``run`` stopped by SIGINT or SIGTERM; its message is the one line telling how to resume."""
 
@@ -159,16 +84,12 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _output_dir(job: Job) -> str:
-    return job.config["output_dir"] if isinstance(job.config, dict) else job.config.output_dir
-
-
 def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | None]:
     """Run one stage job (in this process or a worker); returns (name, seconds, diverged-or-skipped note). With
     ``job.capture`` everything it prints, and the traceback of an error it raises, goes to its :func:`job_log`."""
     import importlib
 
-    if _stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
+    if stage_kind(job) in ("evaluate", "diagnose") and _diverged_unlearn(job.config):
         return job.name, 0.0, "diverged"
     start = time.perf_counter()
     with job_output(job_log(job), job.name) if job.capture else contextlib.nullcontext():
@@ -191,7 +112,7 @@ def run_job(job: Job, threads: int | None = None) -> tuple[str, float, str | Non
 def job_log(job: Job) -> Path:
     """Where a job's output goes: ``log.txt`` in its output dir (not a record: no digest in the stage's marker, kept
     when the stage is redone)."""
-    return Path(_output_dir(job)) / LOG_NAME
+    return Path(output_dir(job)) / LOG_NAME
 
 
 class JobFailed(StageFault):
@@ -219,135 +140,8 @@ def _failure(console: Console, job: Job, error: BaseException) -> BaseException:
     return JobFailed(f"job {console.label(job.name)} failed ({type(error).__name__}: {first}); {where}")
 
 
-def launch_paths(job: Job) -> tuple[Path, Path]:
-    """Where a launched job's config and its stderr log go: beside its output dir (``<output_dir>.launch.yaml``,
-    ``<output_dir>.launch.log``), outside it, so the stage's own records and their digests are untouched."""
-    out = Path(_output_dir(job))
-    return out.with_name(out.name + ".launch.yaml"), out.with_name(out.name + ".launch.log")
-
-
-def launch_job(job: Job, threads: int | None = None) -> None:
-    """Run one train/unlearn job as ``accelerate launch ... -m llm_unlearn <stage> --config <output_dir>.launch.yaml``
-    and wait for it. Its stderr is passed through (progress, logs) and kept in ``<output_dir>.launch.log``; a non-zero
-    exit raises :class:`LaunchFailed` with the last lines, or the launched stage's own ConfigError (a problem it found
-    before work, e.g. a budget that buys no step), as ``local`` would raise it."""
-    import yaml
-
-    launcher = job.launcher
-    spec, log = launch_paths(job)
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec, yaml.safe_dump(normalized(job.config), sort_keys=False))
-    env = {**os.environ, LAUNCHED_ENV: "1"}  # (LLM_UNLEARN_PLUGINS is in os.environ: the ranks load the plugins too)
-    if "OMP_NUM_THREADS" not in os.environ:  # the worker's share of the cores, split between its ranks
-        env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // launcher.processes()))
-    for attempt in range(PORT_ATTEMPTS):
-        rc, tail = _launch_once(job, launcher.command(job, spec), env, log)
-        # The rendezvous port was taken between our pick and the launcher's bind (another launch, another program):
-        # nothing of the stage ran yet, so a fresh port is safe to try.
-        if rc == 0 or not any("address already in use" in line.lower() for line in tail):
-            break
-        logger.warning("%s: rendezvous port taken, relaunching on another (attempt %d)", job.name, attempt + 2)
-    if rc == 0:
-        return
-    refusal = f"llm-unlearn {_stage_kind(job)}: error: "
-    error = next((line for line in reversed(tail) if line.startswith(refusal)), None)
-    if error is not None:  # the stage refused its inputs before any work, as it would in process
-        raise ConfigError(f"{job.name}: {error.split(': error: ', 1)[1]}")
-    logger.error("%s: the launched job exited with %d; its stderr ends with:\n%s", job.name, rc, "\n".join(tail))
-    last = tail[-1] if tail else "(no output)"
-    raise LaunchFailed(
-        f"{job.name}: `accelerate launch ... llm_unlearn {_stage_kind(job)}` exited with {rc}; the stage stays "
-        f"incomplete and rerunning the same command resumes it; its stderr ends with: {last} (all of it: {log})"
-    )
-
-
-PORT_ATTEMPTS = 3
-
-
-def _launch_once(job: Job, cmd: list[str], env: dict, log: Path) -> tuple[int, deque]:
-    """One ``accelerate launch``; its stderr passes through and goes to ``log``; returns (exit code, last lines)."""
-    import subprocess
-
-    logger.info("%s: %s", job.name, " ".join(cmd))
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    partial = b""
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-        try:
-            while chunk := os.read(proc.stderr.fileno(), 65536):
-                log_file.write(chunk)
-                _echo(chunk)
-                lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
-                partial = lines.pop()
-                tail.extend(line.decode(errors="replace") for line in lines if line.strip())
-            rc = proc.wait()
-        except BaseException:  # a signal stopping the run: the launcher goes too (its ranks die with it)
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            proc.stderr.close()
-    if partial.strip():
-        tail.append(partial.decode(errors="replace"))
-    return rc, tail
-
-
-def _echo(chunk: bytes) -> None:
-    """Pass a launched job's stderr through to ours (a notebook's stderr may take only text)."""
-    buffer = getattr(sys.stderr, "buffer", None)
-    if buffer is not None:
-        buffer.write(chunk)
-    else:
-        sys.stderr.write(chunk.decode(errors="replace"))
-    sys.stderr.flush()
-
-
-def _free_port() -> int:
-    """A port for a launch's rendezvous, drawn below Linux's ephemeral range (32768+): a port the kernel hands out
-    for ``bind(0)`` is also where gloo's and the TCP store's own connections land, so two launches starting at once
-    could collide there; a launch that still loses the race is retried (see :func:`launch_job`)."""
-    import random
-    import socket
-
-    for _ in range(100):
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent() -> None:
-    """Make this process die (SIGKILL) when its parent dies, however it dies (``PR_SET_PDEATHSIG``, Linux).
-
-    ``accelerate launch`` runs each rank in a session of its own (torch elastic's ``start_new_session``), so a run
-    killed as a process group would leave the ranks of a launched job running, and writing into a stage dir the
-    rerun is about to resume. Called in a rank when :data:`LAUNCHED_ENV` says ``run`` launched it, and in every worker.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the line above ran
-        os._exit(1)
-
-
 # The resume rules live in llm_unlearn.outputs (shared with the single-stage commands); names kept for callers.
 _normalized, _content, _same, _config_changed = normalized, content, same, lambda job: config_changed(job.config)
-
-
-def _stage_kind(job: Job) -> str:
-    return job.stage.rsplit(".", 1)[-1]
 
 
 def _diverged_unlearn(ec) -> bool:
@@ -367,7 +161,7 @@ def plan_resume(jobs: list[Job]) -> set[str]:
     intact, and every dependency kept too. Any other finished output is removed, with a warning saying why."""
     done: set[str] = set()
     for j in jobs:
-        out = Path(_output_dir(j))
+        out = Path(output_dir(j))
         if not is_complete(out):
             continue
         state, why = output_state(j.config)
@@ -401,7 +195,7 @@ def execute(jobs: list[Job], workers: int, pool=None, verbose: bool = False) -> 
         j.capture = not verbose
     console = Console(len(jobs), kept=len(done))
     console.name_jobs(
-        [j.name for j in jobs], minor={j.name for j in jobs if _stage_kind(j) not in ("train", "unlearn", "relearn")}
+        [j.name for j in jobs], minor={j.name for j in jobs if stage_kind(j) not in ("train", "unlearn", "relearn")}
     )
     for name in done:
         pending.pop(name)
@@ -491,7 +285,7 @@ def _execute_pool(pending: dict, done: set, workers: int, console: Console, pool
         while pending or running:
             # Longest jobs first (trainings), so short unlearn/eval jobs fill the gaps instead of leaving a long tail.
             ready = [j for j in pending.values() if all(d in done for d in j.deps)]
-            for job in sorted(ready, key=lambda j: _PRIORITY.get(_stage_kind(j), 5)):
+            for job in sorted(ready, key=lambda j: _PRIORITY.get(stage_kind(j), 5)):
                 if len(running) >= workers:
                     break
                 running[pool.submit(run_job, job, threads)] = job

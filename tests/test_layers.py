@@ -52,6 +52,7 @@ LAYERS = [
         [
             "llm_unlearn.protocol",
             "llm_unlearn.tracks",
+            "llm_unlearn.launcher",
             "llm_unlearn.scheduler",
             "llm_unlearn.executors",
         ],

@@ -179,7 +179,8 @@ def test_accelerate_not_installed_is_one_line(tmp_path, monkeypatch):
 
 def test_accelerate_launcher_refuses_a_stage_config_its_command_cannot_parse(tmp_path):
     from llm_unlearn.configs import ConfigError
-    from llm_unlearn.scheduler import Job, Launcher
+    from llm_unlearn.launcher import Launcher
+    from llm_unlearn.scheduler import Job
     from llm_unlearn.stages.train import TrainConfig
 
     launcher = Launcher(str(CPU_CONFIG))
@@ -194,7 +195,8 @@ def test_accelerate_launcher_refuses_a_stage_config_its_command_cannot_parse(tmp
 
 
 def test_a_failed_launch_is_reported_with_its_stderr_and_leaves_the_stage_incomplete(tmp_path):
-    from llm_unlearn.scheduler import Job, LaunchFailed, Launcher, run_job
+    from llm_unlearn.launcher import LaunchFailed, Launcher
+    from llm_unlearn.scheduler import Job, run_job
     from llm_unlearn.stages.train import TrainConfig
 
     bad = tmp_path / "accelerate.yaml"  # accelerate itself refuses it: the cheapest launch that exits non-zero
@@ -212,26 +214,27 @@ def test_a_failed_launch_is_reported_with_its_stderr_and_leaves_the_stage_incomp
 def test_a_launch_that_loses_its_rendezvous_port_is_relaunched_on_another(tmp_path, monkeypatch):
     """Two launches starting at once can race for a port: the launch whose rendezvous found its port taken (nothing of
     the stage ran) is relaunched on a fresh one; any other failure is not retried."""
-    from llm_unlearn import scheduler
+    from llm_unlearn import launcher as launching
+    from llm_unlearn.scheduler import Job
 
     calls = []
 
-    class Flaky(scheduler.Launcher):
+    class Flaky(launching.Launcher):
         def command(self, job, spec):
-            calls.append(scheduler._free_port())
+            calls.append(launching._free_port())
             fail = len(calls) == 1 or job.name == "broken"
             msg = "RuntimeError: The server socket has failed to listen: Address already in use" if fail else "ok"
             code = f"import sys; print({msg!r}, file=sys.stderr); sys.exit({int(fail)})"
             return [sys.executable, "-c", code]
 
     launcher = Flaky(str(CPU_CONFIG))
-    job = scheduler.Job("unlearn/x", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "x")}, [], launcher)
-    scheduler.launch_job(job)
+    job = Job("unlearn/x", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "x")}, [], launcher)
+    launching.launch_job(job)
     assert len(calls) == 2 and all(20000 <= p <= 32000 for p in calls)
     assert (tmp_path / "x.launch.log").read_text().strip() == "ok"  # the log is the launch that ran
 
     calls.clear()
-    broken = scheduler.Job("broken", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "y")}, [], launcher)
-    with pytest.raises(scheduler.LaunchFailed, match="Address already in use"):
-        scheduler.launch_job(broken)
-    assert len(calls) == scheduler.PORT_ATTEMPTS
+    broken = Job("broken", "llm_unlearn.stages.unlearn", {"output_dir": str(tmp_path / "y")}, [], launcher)
+    with pytest.raises(launching.LaunchFailed, match="Address already in use"):
+        launching.launch_job(broken)
+    assert len(calls) == launching.PORT_ATTEMPTS

@@ -299,9 +299,8 @@ def run_experiments(cfgs: list[ExperimentConfig], workers: int | None = None, ve
     if len(set(outs)) != len(outs):
         raise ConfigError("each experiment needs its own output_dir")
     from ..configs import check_writable_dir
+    from ..launcher import Launcher
     from ..locks import acquire, release
-
-    from ..scheduler import Launcher
 
     jobs = []
     for i, c in enumerate(cfgs):
