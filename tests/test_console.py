@@ -309,22 +309,22 @@ def _rows(budgets):
 
 
 def _figures(monkeypatch):
-    from llm_unlearn.stages import report
+    from llm_unlearn.stages import plots
 
     figs = []
-    monkeypatch.setattr(report, "atomic_savefig", lambda fig, path, **kw: figs.append(fig))
-    return report, figs
+    monkeypatch.setattr(plots, "atomic_savefig", lambda fig, path, **kw: figs.append(fig))
+    return plots, figs
 
 
 def test_gap_closed_is_a_bar_chart_with_one_budget_and_lines_with_several(tmp_path, monkeypatch):
-    report, figs = _figures(monkeypatch)
-    report.plot_gap_closed(_rows([0.1]), tmp_path)
+    plots, figs = _figures(monkeypatch)
+    plots.plot_gap_closed(_rows([0.1]), tmp_path)
     (ax,) = figs[-1].axes
     bars = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["gd", "ga"] and len(bars) == 2
     assert bars[1].get_hatch() == "//" and bars[0].get_hatch() is None  # ga fell outside the tolerance: hollow
     assert "budget 0.1" in ax.get_title() and ax.get_ylabel() == "gap closed"
-    report.plot_gap_closed(_rows([0.05, 0.1]), tmp_path)
+    plots.plot_gap_closed(_rows([0.05, 0.1]), tmp_path)
     (ax,) = figs[-1].axes
     assert not [p for p in ax.patches if type(p).__name__ == "Rectangle"] and "vs budget" in ax.get_title()
 
@@ -333,14 +333,14 @@ def test_every_gus_hist_panel_has_its_own_legend_and_axis_labels(tmp_path, monke
     import json
     from types import SimpleNamespace
 
-    report, figs = _figures(monkeypatch)
+    plots, figs = _figures(monkeypatch)
     rng = __import__("numpy").random.default_rng(0)
     for key in ("initial", "retrain", "gd_b0.1", "ga_b0.1"):
         d = tmp_path / "seed_0" / "eval" / key
         d.mkdir(parents=True)
         record = {"gus_poison": rng.normal(size=50).tolist(), "gus_fresh": rng.normal(size=(50, 2)).tolist()}
         (d / "per_sample.json").write_text(json.dumps(record))
-    report.plot_gus_hist(tmp_path, SimpleNamespace(seeds=[0]), _rows([0.1]), tmp_path)
+    plots.plot_gus_hist(tmp_path, SimpleNamespace(seeds=[0]), _rows([0.1]), tmp_path)
     axes = figs[-1].axes
     assert [ax.get_title() for ax in axes] == ["retrain (gold)", "gd (budget 0.1)", "ga (budget 0.1)"]
     for ax, model in zip(axes, ("retrain (gold)", "gd", "ga")):

@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..configs import ConfigError, parse_config
 from ..outputs import read_record
-from ..files import atomic_savefig, atomic_write_text, write_json
+from ..files import atomic_write_text, write_json
 from ..envinfo import environment_info
+from .plots import chosen_rows, label, mean_std, plot_gap_closed, plot_gus_hist
 
 REPORT_FILES = ("results.json", "report.md", "gap_closed.png", "gus_hist.png", "relearn.png")
 # Keys the report reads from each per-seed record: one without them (an empty `{}`) is an error naming the file.
@@ -43,14 +43,6 @@ class ReportConfig:
 
     run_dir: str | None = field(default=None, metadata={"help": "output_dir of `llm-unlearn run`"})
     output_dir: str | None = field(default=None, metadata={"help": "where the report goes (default: run_dir)"})
-
-
-def _mean_std(values):
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None, 0
-    arr = np.asarray(vals, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
 
 
 def _fmt(mean, std, digits=3):
@@ -138,7 +130,7 @@ def select_variants(rows: list[dict], tolerance: float) -> dict:
     within ``tolerance`` of the initial model's and that never diverged. Marks the chosen rows ``selected`` and
     returns {(method, budget): (variant, within_tolerance)}; when no point qualifies, the highest-gap point is shown
     instead, flagged ``within_tolerance: false`` (the report says so)."""
-    init_acc, _, _ = _mean_std([r["metrics"].get("clean_accuracy") for r in rows if r["method"] == "initial"])
+    init_acc, _, _ = mean_std([r["metrics"].get("clean_accuracy") for r in rows if r["method"] == "initial"])
     by_key: dict = {}
     for r in rows:
         if r["budget"] is not None:
@@ -147,8 +139,8 @@ def select_variants(rows: list[dict], tolerance: float) -> dict:
     for key, vs in by_key.items():
         scored = []
         for variant, grp in vs.items():
-            gap, _, _ = _mean_std([r["metrics"].get("gap_closed") for r in grp])
-            acc, _, _ = _mean_std([r["metrics"].get("clean_accuracy") for r in grp])
+            gap, _, _ = mean_std([r["metrics"].get("gap_closed") for r in grp])
+            acc, _, _ = mean_std([r["metrics"].get("clean_accuracy") for r in grp])
             ok = (
                 not any(r["metrics"].get("diverged") for r in grp)
                 and acc is not None
@@ -176,26 +168,15 @@ def _groups(rows):
     return [(k, [r for r in rows if (r["method"], r["budget"], r["variant"]) == k]) for k in keys]
 
 
-def _chosen_rows(rows):
-    """Initial, retrain and the selected grid point of every method and budget."""
-    return [r for r in rows if r["budget"] is None or r.get("selected")]
-
-
-def _label(method, budget, variant) -> str:
-    # The variant id repeats method and budget; show only the grid point, if any.
-    point = variant[len(f"{method}_b{budget:g}") :].lstrip("_") if budget is not None else ""
-    return f"{method} ({point})" if point else method
-
-
 def _table(rows, cols, marker: bool) -> list[str]:
     lines = ["| model | budget | " + " | ".join(cols) + " | diverged |", "|---|---|" + "---|" * len(cols) + "---|"]
     for (method, budget, variant), grp in _groups(rows):
-        cells = [_fmt(*_mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
+        cells = [_fmt(*mean_std([r["metrics"].get(c) for r in grp])[:2]) for c in cols]
         if "gap_closed" in cols and all(r["metrics"].get("poison_effect") is False for r in grp):
             # No seed of this row has a poison effect to unlearn: the formula's number means nothing (Verdict above).
             cells[cols.index("gap_closed")] = "not meaningful: no poison effect"
         n_div = sum(bool(r["metrics"].get("diverged")) for r in grp)
-        name = _label(method, budget, variant)
+        name = label(method, budget, variant)
         if marker and grp[0].get("selected"):
             name = f"**{name}**"
         if grp[0].get("within_tolerance") is False:  # selected although no grid point kept utility
@@ -224,7 +205,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
     attack = rows[0]["attack"]
     metric = manifests[exp.seeds[0]]["metric"]
     attack_cls = attack_class(exp, attack)
-    chosen = _chosen_rows(rows)
+    chosen = chosen_rows(rows)
     tol = exp.selection_tolerance
     n_variants = len({r["variant"] for r in rows if r["budget"] is not None})
     n_keys = len({(r["method"], r["budget"]) for r in rows if r["budget"] is not None})
@@ -284,7 +265,7 @@ def render_markdown(rows, exp, manifests, env) -> str:
             cells = ["–" if z is None else f"{z:+.2f}" for z in zs]
             p = "–" if pooled is None else f"{2 * norm.sf(abs(pooled)):.2g}"
             lines.append(
-                f"| {_label(method, budget, variant)} | {'–' if budget is None else f'{budget:g}'} | "
+                f"| {label(method, budget, variant)} | {'–' if budget is None else f'{budget:g}'} | "
                 + " | ".join(cells)
                 + f" | {'–' if pooled is None else f'{pooled:+.2f}'} | {p} | {verdict_cell(grp)} |"
             )
@@ -306,120 +287,6 @@ def render_markdown(rows, exp, manifests, env) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def plot_gap_closed(rows, out: Path) -> Path:
-    """Gap closed per method (its selected grid point per budget), retrain at 1, none at 0: a line over the budgets
-    when there are several, a bar per method when there is one (a line over one budget is a single point on an axis
-    matplotlib stretches around it, which reads as a range that was never run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _chosen_rows(rows)
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("initial", "retrain")]
-    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    colors = plt.get_cmap("tab20").colors
-    markers = "osD^v<>ph*XP"
-    stats = {}  # method -> (means, stds, within tolerance) over the budgets
-    for method in methods:
-        means, stds, ok = [], [], []
-        for b in budgets:
-            grp = [r for r in rows if r["method"] == method and r["budget"] == b]
-            mu, sd, _ = _mean_std([r["metrics"].get("gap_closed") for r in grp])
-            means.append(np.nan if mu is None else mu)
-            stds.append(0 if sd is None else sd)
-            ok.append(all(r.get("within_tolerance") is not False for r in grp))
-        stats[method] = means, stds, ok
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    if len(budgets) == 1:
-        for i, method in enumerate(methods):
-            (mu,), (sd,), (good,) = stats[method]
-            color = colors[(2 * i) % 20 + (i >= 10)]
-            # hollow bar: no grid point kept clean accuracy within the tolerance (utility was paid for the gap)
-            ax.bar(
-                i,
-                0 if np.isnan(mu) else mu,
-                yerr=sd,
-                capsize=4,
-                color=color if good else "white",
-                edgecolor=color,
-                lw=2,
-                hatch=None if good else "//",
-            )
-        ax.set_xticks(range(len(methods)), methods)
-        ax.set_xlabel(f"method (budget {budgets[0]:g} of retraining compute)")
-        ax.set_title(f"{rows[0]['attack']}: gap closed at budget {budgets[0]:g}")
-        note = "hollow bar: clean accuracy fell outside the selection tolerance"
-    else:
-        for i, method in enumerate(methods):
-            means, stds, ok = stats[method]
-            style = dict(color=colors[(2 * i) % 20 + (i >= 10)], marker=markers[i % len(markers)])
-            ax.errorbar(budgets, means, yerr=stds, capsize=3, label=method, **style)
-            # hollow markers: no grid point kept clean accuracy within the tolerance (utility was paid for the gap)
-            bad = [j for j, good in enumerate(ok) if not good]
-            ax.scatter(
-                [budgets[j] for j in bad], [means[j] for j in bad], s=120, facecolors="white", zorder=3, **style
-            )
-        ax.set_xlabel("compute budget (fraction of retraining)")
-        ax.set_title(f"{rows[0]['attack']}: gap closed vs budget")
-        note = "hollow marker: clean accuracy fell outside the selection tolerance"
-    ax.axhline(1.0, color="green", ls="--", lw=1, label="retrain")
-    ax.axhline(0.0, color="gray", ls=":", lw=1, label="no unlearning")
-    ax.set_ylabel("gap closed")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.text(0.0, -0.18, note, transform=ax.transAxes, fontsize=7)
-    fig.tight_layout()
-    path = out / "gap_closed.png"
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_gus_hist(run_dir: Path, exp, rows, out: Path) -> Path:
-    """Paper Fig. 6 style, first seed: one panel per model (retrain, then each method's selected variant), each with
-    its own legend: fresh noise and the poisons on the initial model (the same in every panel) against the poisons on
-    that panel's model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = run_dir / f"seed_{exp.seeds[0]}" / "eval"
-    init = read_json(d / "initial" / "per_sample.json")
-    chosen = [r for r in _chosen_rows(rows) if r["budget"] is not None and r["seed"] == exp.seeds[0]]
-    panels = [("retrain", "retrain (gold)")] + [
-        (r["variant"], f"{_label(r['method'], r['budget'], r['variant'])} (budget {r['budget']:g})") for r in chosen
-    ]
-    panels = [(k, t) for k, t in panels if (d / k / "per_sample.json").is_file()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    fresh = np.asarray(init["gus_fresh"]).ravel()
-    bins = np.linspace(-4.5, 4.5, 40)
-    for ax, (key, title) in zip(axes[0], panels):
-        other = read_json(d / key / "per_sample.json")["gus_poison"]
-        model = title.split(" (budget")[0]
-        ax.hist(fresh, bins=bins, density=True, alpha=0.4, color="gray", label="fresh noise, initial model")
-        ax.hist(
-            init["gus_poison"],
-            bins=bins,
-            density=True,
-            histtype="step",
-            lw=2,
-            color="red",
-            label="poisons, initial model",
-        )
-        ax.hist(other, bins=bins, density=True, histtype="step", lw=2, color="blue", label=f"poisons, {model}")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("I_z (Gaussian unlearning score)", fontsize=8)
-        ax.set_ylabel("density", fontsize=8)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.6)  # headroom: the legend sits above the histograms, not on them
-        ax.legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
-    path = out / "gus_hist.png"
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(cfg: ReportConfig) -> Path:
@@ -495,14 +362,14 @@ def with_verdict(text: str, rows: list[dict], seeds: list, no_effect: dict) -> s
             lines.append(f"- seed {seed}: a poison effect to unlearn; gap closed is meaningful.")
     effect = [s for s in seeds if s not in no_effect]
     lines.append("")
-    for (method, budget, variant), grp in _groups(_chosen_rows(rows)):
+    for (method, budget, variant), grp in _groups(chosen_rows(rows)):
         if budget is None:
             continue
-        name = f"{_label(method, budget, variant)}, budget {budget:g}"
+        name = f"{label(method, budget, variant)}, budget {budget:g}"
         if not effect:
             lines.append(f"- {name}: {NO_EFFECT}.")
             continue
-        mean, std, n = _mean_std([r["metrics"].get("gap_closed") for r in grp if r["seed"] in effect])
+        mean, std, n = mean_std([r["metrics"].get("gap_closed") for r in grp if r["seed"] in effect])
         lines.append(f"- {name}: gap closed {_fmt(mean, std)} over seed(s) {effect} (the tables average all seeds).")
     head, sep, tail = text.partition("## Mean ± std over seeds")
     return head + "\n".join(lines) + "\n\n" + sep + tail if sep else text + "\n" + "\n".join(lines) + "\n"

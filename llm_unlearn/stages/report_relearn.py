@@ -11,13 +11,13 @@ trained (0 steps), so "the poison came back" reads as gap closed falling back to
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from ..files import atomic_savefig
 from ..outputs import read_record
+from .plots import mean_std
 
 PLOT = "relearn.png"
 _KEYS = ("attack", "method", "budget", "seed", "selected", "within_tolerance")
@@ -78,15 +78,8 @@ def relearn_rows(run_dir: Path, exp, rows: list[dict]) -> list[dict]:
     return out
 
 
-def _mean_std(values) -> tuple[float | None, float | None]:
-    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-
-
 def _fmt(values) -> str:
-    mean, std = _mean_std(values)
+    mean, std, _ = mean_std(values)
     return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
@@ -166,19 +159,19 @@ def plot_relearn(rows: list[dict], relearned: list[dict], metric: str, out: Path
     # tab10 without its green and red, which mark the gold and initial baselines
     colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (2, 3)]
     i = 0
-    for label, by_steps in _curves(rows, relearned):
+    for name, by_steps in _curves(rows, relearned):
         xs = sorted(by_steps)
-        stats = [_mean_std([r["metrics"].get(metric) for r in by_steps[n]]) for n in xs]
+        stats = [mean_std([r["metrics"].get(metric) for r in by_steps[n]])[:2] for n in xs]
         ys = [np.nan if m is None else m for m, _ in stats]
         es = [0.0 if s is None else s for _, s in stats]
-        if label == "initial":
+        if name == "initial":
             style = dict(color="red", ls="--", marker="x")
-        elif label.startswith("gold"):
+        elif name.startswith("gold"):
             style = dict(color="green", ls="--", marker="x")
         else:
             style = dict(color=colors[i % len(colors)], marker="o")
             i += 1
-        ax.errorbar(xs, ys, yerr=es, capsize=3, label=label, **style)
+        ax.errorbar(xs, ys, yerr=es, capsize=3, label=name, **style)
     ax.set_xlabel("relearning steps (0 = as trained / unlearned)")
     ax.set_ylabel(metric)
     ax.set_title(f"{rows[0]['attack']}: {metric} after relearning")
