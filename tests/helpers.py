@@ -15,6 +15,26 @@ TINY_SHAPE = {
 }
 
 
+def tiny_experiment(**changes) -> dict:
+    """The suite's smallest whole experiment: one seed, the tiny model, 80 embedded reviews with 10 % Gaussian
+    poisons, one training epoch, GD at budget 0.2, no diagnostics. ``changes`` replace top-level keys; a mapping for a
+    section that is a mapping here (poison, train, unlearn, eval) updates that section's keys instead."""
+    exp = {
+        "seeds": [0],
+        "tiny": dict(TINY_SHAPE),
+        "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
+        "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
+        "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+        "eval": {"fresh_noise_draws": 3},
+        "methods": ["gd"],
+        "budgets": [0.2],
+        "diagnostics": False,
+    }
+    for key, value in changes.items():
+        exp[key] = {**exp[key], **value} if isinstance(exp.get(key), dict) and isinstance(value, dict) else value
+    return exp
+
+
 def make_unlearn_trainer(
     model_dir, dataset_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2, **overrides
 ):

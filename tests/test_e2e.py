@@ -9,19 +9,13 @@ import sys
 import pytest
 
 from llm_unlearn.methods import METHODS
-from helpers import TINY_SHAPE
+from helpers import tiny_experiment
 
-TINY_EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": sorted(METHODS),
-    "grid": {"gd": {"learning_rate": [1e-3, 3e-3]}},  # two grid points: the report selects one
-    "budgets": [0.2],
-}
+TINY_EXPERIMENT = tiny_experiment(
+    methods=sorted(METHODS),
+    grid={"gd": {"learning_rate": [1e-3, 3e-3]}},  # two grid points: the report selects one
+    diagnostics=True,
+)
 
 
 @pytest.fixture(scope="module")

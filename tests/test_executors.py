@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE, FakeStageConfig
+from helpers import tiny_experiment, FakeStageConfig
 
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.outputs import STARTED
@@ -33,18 +33,7 @@ TESTS = Path(__file__).parent
 
 # tests/test_resume.py's small experiment with one method (the machine is shared: the test runs the grid 2.5 times);
 # two jobs at a time, as the local pool runs them.
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd"],
-    "budgets": [0.2],
-    "diagnostics": False,
-    "workers": 2,
-}
+EXPERIMENT = tiny_experiment(train={"num_train_epochs": 2}, workers=2)
 
 
 def _metrics(run_dir: Path) -> dict:

@@ -26,18 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_SHAPE
+from helpers import tiny_experiment
 
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd"],
-    "budgets": [0.2],
-}
+EXPERIMENT = tiny_experiment(diagnostics=True)
 SEED = "seed_0"
 
 

@@ -13,20 +13,10 @@ from pathlib import Path
 import pytest
 
 from llm_unlearn.configs import ConfigError
-from helpers import TINY_SHAPE
+from helpers import tiny_experiment
 
 FAKE_TOKEN = "hf_FAKEtok3nNeverWrittenAnywhere0123456789"
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd", "eu_k"],  # a LoRA adapter and a full model
-    "budgets": [0.2],
-    "diagnostics": False,
-}
+EXPERIMENT = tiny_experiment(methods=["gd", "eu_k"])  # a LoRA adapter and a full model
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE, count_markers
+from helpers import tiny_experiment, count_markers
 
 TESTS = str(Path(__file__).parent)
 
@@ -247,18 +247,7 @@ def test_sigkilled_run_takes_its_workers_with_it(tmp_path):
 
 # --- the real `llm-unlearn run` with two workers ---
 
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd"],
-    "budgets": [0.2],
-    "diagnostics": False,
-    "workers": 2,
-}
+EXPERIMENT = tiny_experiment(train={"num_train_epochs": 2}, workers=2)
 
 
 def _descendants(pid: int) -> set[int]:

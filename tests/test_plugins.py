@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE
+from helpers import tiny_experiment
 
 from llm_unlearn.configs import ConfigError
 
@@ -35,18 +35,13 @@ PLUGIN = textwrap.dedent(
 )
 
 # Small versions of recipes/tiny/llm_gaussian.yaml and image_gaussian.yaml (the CLI flags below are the issue's).
-LLM = {
-    "seeds": [0, 1],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False},
-    "eval": {"fresh_noise_draws": 2},
-    "methods": ["gd", "ngd"],
-    "method_args": {"ngd": {"sigma": 0.01}},  # a setting of a method the command line leaves out: unused, not wrong
-    "budgets": [0.3],
-    "diagnostics": False,
-}
+LLM = tiny_experiment(
+    seeds=[0, 1],
+    eval={"fresh_noise_draws": 2},
+    methods=["gd", "ngd"],
+    method_args={"ngd": {"sigma": 0.01}},  # a setting of a method the command line leaves out: unused, not wrong
+    budgets=[0.3],
+)
 IMAGE = {
     "track": "image",
     "seeds": [0],

@@ -16,21 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE, count_markers
+from helpers import tiny_experiment, count_markers
 
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
+EXPERIMENT = tiny_experiment(
     # save_steps: kills during a training resume from its checkpoints, so the loop below exercises that path too
-    "train": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "progress": False, "save_steps": 3},
-    "unlearn": {"per_device_train_batch_size": 8, "progress": False, "save_steps": 2},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd", "ga"],
-    "budgets": [0.2],
-    "diagnostics": False,
-    "workers": 1,
-}
+    train={"num_train_epochs": 2, "save_steps": 3},
+    unlearn={"save_steps": 2},
+    methods=["gd", "ga"],
+    workers=1,
+)
 
 
 def _child_env() -> dict:

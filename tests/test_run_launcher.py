@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_SHAPE
+from helpers import tiny_experiment
 
 from llm_unlearn.outputs import STARTED
 
@@ -28,18 +28,13 @@ CPU_CONFIG = ROOT / "recipes" / "accelerate_configs" / "cpu.yaml"
 ACCELERATE = ["--launcher", "accelerate", "--accelerate_config", str(CPU_CONFIG)]
 
 # tests/test_resume.py's small experiment, with the methods of the command.
-EXPERIMENT = {
-    "seeds": [0],
-    "tiny": dict(TINY_SHAPE),
-    "poison": {"attack": "gaussian", "poison_fraction": 0.1, "embedded_n_train": 80, "embedded_n_test": 30},
-    "train": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "progress": False},
-    "unlearn": {"per_device_train_batch_size": 4, "progress": False},
-    "eval": {"fresh_noise_draws": 3},
-    "methods": ["gd", "npo"],
-    "budgets": [0.1, 0.2],  # nested: each launched unlearning run also saves its 0.1 model (a ZeRO-3 gather mid-run)
-    "diagnostics": False,
-    "workers": 2,  # two launches at once (the trainings): each needs its own rendezvous port
-}
+EXPERIMENT = tiny_experiment(
+    train={"num_train_epochs": 2, "per_device_train_batch_size": 8},
+    unlearn={"per_device_train_batch_size": 4},
+    methods=["gd", "npo"],
+    budgets=[0.1, 0.2],  # nested: each launched unlearning run also saves its 0.1 model (a ZeRO-3 gather mid-run)
+    workers=2,  # two launches at once (the trainings): each needs its own rendezvous port
+)
 
 
 def _env(tag: str) -> dict:
