@@ -52,6 +52,14 @@ MUTANTS = [
         ("tests/test_poisoning_applied.py", "tests/test_science.py"),
     ),
     Mutant(
+        "train_no_noise_science",
+        "the same breakage, against the integration test alone: its run must show no poison signature any more",
+        "llm_unlearn/canaries.py",
+        "return emb + noise.to(emb.device, emb.dtype)",
+        "return emb",
+        ("tests/test_science.py::test_gaussian_test_separates_initial_from_gold",),
+    ),
+    Mutant(
         "train_noise_wrong_rows",
         "the noise of each row goes to the next row of the batch",
         "llm_unlearn/canaries.py",
