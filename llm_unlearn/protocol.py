@@ -366,7 +366,7 @@ def check_degenerate(cfg, n_train: int | None, n_labels: int, train_batch: int, 
     the budget's 100 %."""
     if n_train is None:
         return
-    variants = unlearn_variants(cfg, type(cfg.unlearn), ())
+    variants = _grid_variants(cfg, type(cfg.unlearn), ())  # nested or not, each variant spends its own budget
     default = cfg.unlearn.per_device_train_batch_size
     batches = [v.overrides.get("per_device_train_batch_size", default) for v in variants]
     fraction = cfg.poison.poison_fraction

@@ -2,9 +2,9 @@
 with ``@register_method`` where it is defined).
 
 Adding a method = one file with ``@register_method(name, config=...)`` on its trainer: inside this package, as
-``<name>.py`` with ``name`` in ``registry.BUILTIN_METHOD_NAMES``; outside it, a plugin module (``--plugins [my_module]``
-or the ``llm_unlearn.plugins`` entry point). The tests parametrize over ``METHODS``, so a new built-in is tested on
-both tracks automatically.
+``<name>.py`` with ``name`` in ``registry.BUILTIN_METHOD_NAMES``; outside it, a plugin module (``--plugins
+[my_module]`` or the ``llm_unlearn.plugins`` entry point). The tests parametrize over ``METHODS``, so a new built-in
+is tested on both tracks automatically.
 
 Importing this package imports none of the method files: each imports transformers' ``Trainer`` (seconds), and a
 config's ``method_args`` is checked before that (:func:`build_method_config` reads a built-in's knob class from its

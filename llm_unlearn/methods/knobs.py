@@ -3,11 +3,12 @@
 A method file holds its knob dataclass beside its trainer and registers both, ``@register_method("ngd",
 config=NGDConfig)``; importing the file imports transformers' ``Trainer`` and torch (seconds). To refuse a bad
 ``method_args`` or grid value before that, :func:`read_knobs` parses ``llm_unlearn/methods/<name>.py``, finds the class
-its registration names as ``config``, and executes only the top-level statements that class needs: the class itself,
-then, transitively, the module-level constants, functions and imports its body reads (``math``, ``ConfigError``, a help
-text). A name imported from a sibling method file (``from .graddiff import check_forget_retain``) is read from that file
-the same way. The statements run are the file's own, so the class is the same definition (fields, defaults, help,
-``validate()``) as the one the import registers; nothing is copied into a table that could drift.
+its registration names as ``config``, and executes only the top-level statements that class needs: the class
+itself, then, transitively, the module-level constants, functions and imports its body reads (``math``,
+``ConfigError``, a help text). A name imported from a sibling method file (``from .graddiff import
+check_forget_retain``) is read from that file the same way. The statements run are the file's own, so the class is the
+same definition (fields, defaults, help, ``validate()``) as the one the import registers; nothing is copied into a
+table that could drift.
 
 Only the standard library and ``llm_unlearn`` modules outside ``llm_unlearn.methods`` may be imported on the way; a
 knob class that needs anything else (torch, numpy...) raises :class:`NotReadable`, and the caller imports the method
@@ -37,7 +38,8 @@ class NotReadable(Exception):
 def read_knobs(name: str) -> type:
     """The knob dataclass that ``llm_unlearn/methods/<name>.py`` registers for method ``name``."""
     source = _Source.of(name)
-    return source.load({source.registered_config(name)})[source.registered_config(name)]
+    config = source.registered_config(name)
+    return source.load({config})[config]
 
 
 class _Source:
@@ -124,18 +126,19 @@ class _Source:
 
 def _light_import(stmt: ast.Import | ast.ImportFrom, aliases: list[ast.alias], where: str) -> ast.stmt:
     """``stmt`` cut to ``aliases``, if it imports only the standard library or ``llm_unlearn`` outside the methods."""
-    if isinstance(stmt, ast.ImportFrom):
-        modules = [stmt.module or ""] if stmt.level == 0 else [f"{ROOT}.{stmt.module or ''}"] if stmt.level == 2 else []
+    if isinstance(stmt, ast.Import):
+        modules, out = [a.name for a in aliases], ast.Import(names=aliases)
+    else:  # relative: level 2 is llm_unlearn (level 1, a sibling method file, is read instead, never imported)
+        prefix = {0: "", 2: f"{ROOT}."}.get(stmt.level, "?.")
+        modules = [prefix + (stmt.module or "")]
         out = ast.ImportFrom(module=stmt.module, names=aliases, level=stmt.level)
-    else:
-        modules = [a.name for a in aliases]
-        out = ast.Import(names=aliases)
-    for module in modules or ["?"]:
+    for module in modules:
         top = module.partition(".")[0]
         own = top == ROOT and not (module + ".").startswith(PACKAGE + ".")
         if not (own or top == "__future__" or top in sys.stdlib_module_names):
             raise NotReadable(f"{where}: its knob class needs `{ast.unparse(stmt)}`, not a light import")
     return ast.fix_missing_locations(ast.copy_location(out, stmt))
+
 
 def _bound_names(stmt: ast.stmt) -> set[str]:
     """The module-level names a top-level statement binds."""
@@ -156,12 +159,9 @@ def _read_names(stmt: ast.stmt, lazy_annotations: bool) -> set[str]:
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             out.add(node.id)
-        if lazy_annotations and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            args = node.args
-            children = [*getattr(node, "decorator_list", []), *args.defaults, *args.kw_defaults]
-            children += node.body if isinstance(node.body, list) else [node.body]
-            for child in children:
-                if child is not None:
+        if lazy_annotations and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for child in [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults, *node.body]:
+                if child is not None:  # kw_defaults holds None for a keyword-only argument without a default
                     visit(child)
             return
         for child in ast.iter_child_nodes(node):
