@@ -130,21 +130,23 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
         raise ConfigError("methods must name at least one registered method")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods must be distinct, got {cfg.methods}")
-    check_method_names(cfg.methods)  # before the methods themselves are imported (seconds: transformers' Trainer)
+    # The methods themselves are never imported here (seconds: transformers' Trainer): names are checked against the
+    # registry's list, method_args and grid values against each knob class read from its file (methods/knobs.py).
+    check_method_names(cfg.methods)
     from .methods import build_method_config
+    from .registry import BUILTIN_METHOD_NAMES, METHODS
 
     for m in cfg.methods:
         build_method_config(m, cfg.method_args.get(m))
-    from .registry import methods as registered
-
+    known = sorted(set(BUILTIN_METHOD_NAMES) | set(METHODS))
     for section in ("method_args", "grid"):
         for m in getattr(cfg, section):
             if m in cfg.methods:
                 continue
-            if m not in registered():  # a typo, or a plugin that was not loaded
+            if m not in known:  # a typo, or a plugin that was not loaded
                 raise ConfigError(
                     f"{section}.{m}: {m!r} is not in methods={cfg.methods} and is no registered method; "
-                    f"choose from {sorted(registered())}"
+                    f"choose from {known}"
                 )
             # A recipe's settings for a method that the command line left out (--methods "[gd]"): unused, not wrong.
             logger.warning("%s.%s: %r is not in methods=%s; its settings are not used", section, m, m, cfg.methods)
@@ -165,8 +167,9 @@ def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
         for name in names:
             if getattr(sub, name) != _default(type(sub), name):
                 raise ConfigError(f"{section}.{name} is set by run; remove it from the experiment config")
-    # Building every variant validates each grid value against its dataclass (types, ranges) before any work.
-    for v in unlearn_variants(cfg, unlearn_cls, run_owned):
+    # Building every variant validates each grid value against its dataclass (types, ranges) before any work. Not
+    # nested: which budgets nest is the trainers' to say (an import of the methods), and it cannot make a config wrong.
+    for v in _grid_variants(cfg, unlearn_cls, run_owned):
         build_method_config(v.method, v.method_args)
         dataclasses.replace(cfg.unlearn, **v.overrides).validate()
 
@@ -214,11 +217,11 @@ class Variant:
 
 
 def _grid_keys(method: str, keys, unlearn_cls: type, run_owned) -> tuple[set, set]:
-    from .methods import get_method
+    from .methods import knobs_class
 
     owned = {n for sec, names in run_owned if sec == "unlearn" for n in names}
     unlearn_keys = {f.name for f in dataclasses.fields(unlearn_cls)} - owned
-    method_keys = {f.name for f in dataclasses.fields(get_method(method).knobs_cls)}
+    method_keys = {f.name for f in dataclasses.fields(knobs_class(method))}
     for k in keys:
         if k in unlearn_keys and k in method_keys:
             raise ConfigError(f"grid.{method}.{k}: ambiguous, {k!r} is both an unlearn key and a {method} key")
@@ -245,9 +248,15 @@ def _fmt_value(v) -> str:
 def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
     """methods x budgets x each method's grid (cartesian product), in config order; model ids are
     ``<method>_b<budget>`` plus ``_<key><value>`` per grid key, identical across tracks."""
+    out = _grid_variants(cfg, unlearn_cls, run_owned)
+    return _nest(cfg, out, unlearn_cls) if getattr(cfg, "nested_budgets", False) else out
+
+
+def _grid_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
+    """:func:`unlearn_variants` before nesting: each variant its own run."""
     import itertools
 
-    from .methods import get_method
+    from .methods import knobs_class
 
     out = []
     for method in cfg.methods:
@@ -261,7 +270,7 @@ def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
             if len({repr(v) for v in values}) != len(values):
                 raise ConfigError(f"grid.{method}.{k}: values must be distinct, got {values}")
         keys = list(grid)
-        spec_cls = get_method(method).knobs_cls
+        spec_cls = knobs_class(method)
         typed = {  # YAML 1.1 reads 1e-4 as a string: coerce through the field's annotation like any config value
             k: [_coerce_field(unlearn_cls if k in unlearn_keys else spec_cls, k, v, f"grid.{method}.{k}") for v in vs]
             for k, vs in grid.items()
@@ -282,7 +291,7 @@ def unlearn_variants(cfg, unlearn_cls: type, run_owned=()) -> list[Variant]:
                         model_id=mid,
                     )
                 )
-    return _nest(cfg, out, unlearn_cls) if getattr(cfg, "nested_budgets", False) else out
+    return out
 
 
 def _grid_point(v: Variant) -> tuple:
@@ -357,7 +366,7 @@ def check_degenerate(cfg, n_train: int | None, n_labels: int, train_batch: int, 
     the budget's 100 %."""
     if n_train is None:
         return
-    variants = unlearn_variants(cfg, type(cfg.unlearn), ())
+    variants = _grid_variants(cfg, type(cfg.unlearn), ())  # nested or not, each variant spends its own budget
     default = cfg.unlearn.per_device_train_batch_size
     batches = [v.overrides.get("per_device_train_batch_size", default) for v in variants]
     fraction = cfg.poison.poison_fraction

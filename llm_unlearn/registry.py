@@ -38,8 +38,8 @@ from .configs import ConfigError
 
 PLUGIN_GROUP = "llm_unlearn.plugins"
 PLUGIN_ENV = "LLM_UNLEARN_PLUGINS"
-# The packages whose import registers the built-ins (loaded on first use of a registry).
-BUILTIN_METHODS = "llm_unlearn.methods"
+# The packages whose modules register the built-ins (loaded on first use of a registry).
+BUILTIN_METHODS = "llm_unlearn.methods"  # method <name> is its module <name> (BUILTIN_METHOD_NAMES)
 BUILTIN_ATTACKS = {"llm": "llm_unlearn.attacks"}  # other tracks register theirs when they load
 
 
@@ -191,13 +191,16 @@ def register_attack(name: str, config: type | None = None, *, track: str = "llm"
 
 def methods() -> dict[str, MethodSpec]:
     """Every registered method, built-ins and plugins."""
-    importlib.import_module(BUILTIN_METHODS)
+    for name in BUILTIN_METHOD_NAMES:  # each built-in is llm_unlearn/methods/<name>.py
+        importlib.import_module(f"{BUILTIN_METHODS}.{name}")
     load_plugins()
     return METHODS
 
 
-# The built-in methods' names: a config naming another one is refused before the methods (and with them transformers'
-# Trainer, seconds to import) are loaded. tests/test_plugins.py keeps it equal to what llm_unlearn.methods registers.
+# The built-in methods' names, each the module llm_unlearn/methods/<name>.py: a config naming another one is refused
+# before the methods (and with them transformers' Trainer, seconds to import) are loaded, and a built-in's method_args
+# are checked against the knob class read from its file (methods/knobs.py). tests/test_plugins.py keeps it equal to
+# what the methods register.
 BUILTIN_METHOD_NAMES = (
     *("cf_k", "eu_k", "ga", "gd", "graddiff", "neggrad_plus"),
     *("ngd", "npo", "rmu", "scrub", "simnpo", "ssd"),

@@ -237,9 +237,9 @@ def test_loaded_plugins_reach_child_processes(monkeypatch, tmp_path):
 def test_the_static_list_of_builtin_method_names_is_what_the_methods_register():
     """registry.BUILTIN_METHOD_NAMES lets a config naming an unknown method be refused before the methods load: it
     must name exactly the built-ins (a method added without it would be refused, one removed would pass the check)."""
-    import llm_unlearn.methods  # noqa: F401  (registers the built-ins)
-    from llm_unlearn.registry import BUILTIN_METHOD_NAMES, METHODS
+    from llm_unlearn.registry import BUILTIN_METHOD_NAMES, methods
 
+    METHODS = methods()  # registers the built-ins (importing llm_unlearn.methods alone loads none of them)
     builtin = {
         name for name, spec in METHODS.items() if spec.trainer_cls.__module__.startswith("llm_unlearn.methods.")
     }

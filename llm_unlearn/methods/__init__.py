@@ -1,15 +1,38 @@
 """The built-in unlearning methods: one small file per method (config dataclass, pure loss, trainer class registered
-with ``@register_method`` where it is defined). Importing this package registers them all.
+with ``@register_method`` where it is defined).
 
-Adding a method = one file with ``@register_method(name, config=...)`` on its trainer: inside this package, plus an
-import line below; outside it, a plugin module (``--plugins [my_module]`` or the ``llm_unlearn.plugins`` entry
-point). The tests parametrize over ``METHODS``, so a new built-in is tested on both tracks automatically.
+Adding a method = one file with ``@register_method(name, config=...)`` on its trainer: inside this package, as
+``<name>.py`` with ``name`` in ``registry.BUILTIN_METHOD_NAMES``; outside it, a plugin module (``--plugins
+[my_module]`` or the ``llm_unlearn.plugins`` entry point). The tests parametrize over ``METHODS``, so a new built-in
+is tested on both tracks automatically.
+
+Importing this package imports none of the method files: each imports transformers' ``Trainer`` (seconds), and a
+config's ``method_args`` is checked before that (:func:`build_method_config` reads a built-in's knob class from its
+file, ``knobs.py``). ``METHODS``, ``get_method`` and ``methods()`` load them all (``registry.methods``).
 """
 
 from __future__ import annotations
 
-from ..registry import METHODS, MethodSpec, get_method, methods  # noqa: F401 (the public API)
-from . import cf_k, eu_k, ga, gd, graddiff, neggrad_plus, ngd, npo, rmu, scrub, simnpo, ssd  # noqa: F401 (register)
+from ..registry import MethodSpec, get_method, methods  # noqa: F401 (the public API; METHODS: see __getattr__)
+
+
+def knobs_class(name: str) -> type:
+    """The knob dataclass of method ``name`` (``METHODS[name].knobs_cls``), without importing a built-in method that
+    is not loaded yet: its class is read from its file (:func:`knobs.read_knobs`), the same definition. A plugin's
+    is its registered class (the plugin was imported to register it); an unknown name is a ConfigError."""
+    from ..registry import BUILTIN_METHOD_NAMES, METHODS, load_plugins
+
+    load_plugins()
+    if name in METHODS:
+        return METHODS[name].knobs_cls
+    if name in BUILTIN_METHOD_NAMES:
+        from .knobs import NotReadable, read_knobs
+
+        try:
+            return read_knobs(name)
+        except NotReadable:  # tests/test_fast_config_errors.py keeps every built-in readable; this is only slower
+            pass
+    return get_method(name).knobs_cls
 
 
 def uses_adapter(method: str, use_peft: bool) -> bool:
@@ -21,9 +44,9 @@ def build_method_config(name: str, args: dict | None):
     """The method's config dataclass from ``method_args``, strictly (unknown keys are errors, with did-you-mean)."""
     from ..configs import build_config
 
-    spec = get_method(name)
+    cls = knobs_class(name)
     try:
-        return build_config(spec.knobs_cls, args or {})
+        return build_config(cls, args or {})
     except ValueError as e:
         raise type(e)(f"method {name!r}: {e}") from e
 
@@ -59,6 +82,8 @@ def args_class(name: str) -> type:
 
 
 def __getattr__(attr: str):
+    if attr == "METHODS":  # every registered method, the built-ins loaded first
+        return methods()
     # ``llm_unlearn.methods.NPOConfig``: the exported name, and where pickle finds a saved training_args.bin's class.
     if attr.endswith("Config") or "Config_" in attr:
         for name, cls_name in _args_names().items():
