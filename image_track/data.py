@@ -1,5 +1,5 @@
-"""Image data: the embedded digits default, CIFAR-style datasets through ``datasets``, the poisoned dataset dir, and
-tensor-op transforms (random crop + flip; no torchvision).
+"""Image data: the embedded digits default, CIFAR-style datasets through ``datasets`` and the poisoned dataset dir
+(random crop + flip is the classification task's, ``llm_unlearn.tasks.classification.random_crop_flip``).
 
 Pixels are float32 in [0, 1], shape (C, H, W); the model normalises them itself. A poisoned dataset dir holds
 ``data.safetensors`` (``train_images`` = the clean training set, ``poison_images``/``poison_labels`` = the poisons as
@@ -176,28 +176,3 @@ def splits(tensors: dict, manifest: dict) -> dict[str, Split]:
         "forget": Split(x[idx], y[idx], idx),
         "test": Split(*test, torch.arange(len(test[1]))),
     }
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """Per-image random crop (zero padding ``padding``) and horizontal flip of a batch (n, C, H, W), as tensor ops."""
-    n, _, h, w = x.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
-        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-        bidx = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    # The crop's gather leaves the batch channels-last in memory; this torch CPU build's conv backward has been seen
-    # to corrupt memory on such input for narrow ResNets (width 2-4), so hand the model a contiguous batch.
-    return x.contiguous()
-
-
-def make_augment(kind: str, padding: int = 4):
-    if kind == "none":
-        return None
-    return lambda x, g: random_crop_flip(x, g, padding=padding)

@@ -16,14 +16,15 @@ from typing import Any, ClassVar
 
 import torch
 
+import llm_unlearn.training as training
 from llm_unlearn.attacks import build_attack
 from llm_unlearn.configs import ConfigError, to_dict
+from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
 from . import attacks  # noqa: F401  (registers the image attacks)
 from .attacks import Clean
 from .data import DataConfig, channel_stats, load_clean, save_dataset_dir
 from .models import ModelConfig, build_model
-from .training import TrainSection, fit
 
 
 # The attack knobs that were flat keys of the poison section before they moved into attack_args.
@@ -82,7 +83,9 @@ class ImagePoisonConfig:
     poison: PoisonSection = field(default_factory=PoisonSection, metadata={"help": "the attack"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the clean images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "surrogate architecture (as victim)"})
-    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "surrogate training (as victim)"})
+    train: ClassifierTrainConfig = field(
+        default_factory=ClassifierTrainConfig, metadata={"help": "surrogate training (as victim)"}
+    )
 
 
 def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
@@ -102,10 +105,11 @@ def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
     clean = Clean(xtr, ytr, xte, yte, k, mean, std)
     rng = random.Random(cfg.seed)
 
-    def train_surrogate(seed: int, on_epoch_end=None):
-        """The victim's architecture and recipe on the clean training set, from the initialisation ``seed``."""
-        s = build_model(cfg.model, list(xtr.shape[1:]), k, mean, std, seed=seed)
-        fit(s, xtr, ytr, cfg.train, seed=seed, on_epoch_end=on_epoch_end)
+    def train_surrogate(seed: int, on_epoch_end=None, x=xtr, y=ytr):
+        """The victim's architecture and recipe on (x, y), the clean training set unless given, from the
+        initialisation ``seed``."""
+        s = build_model(cfg.model, list(x.shape[1:]), k, mean, std, seed=seed)
+        training.train_classifier(s, x, y, cfg.train, seed, on_epoch_end=on_epoch_end)
         return s
 
     poisoned = attack.poison(cfg, clean, rng, train_surrogate)

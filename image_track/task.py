@@ -17,14 +17,14 @@ from llm_unlearn.stages.evaluate import eval_record
 from llm_unlearn.stages.train import finish_training
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP, UnlearnRun, classifier_trainer
 from llm_unlearn.stages.unlearn import check_unlearn_settings, reference_compute
-from llm_unlearn.tasks.classification import ClassificationTask, per_example_loss, predict
+import llm_unlearn.training as training
+from llm_unlearn.tasks.classification import ClassificationTask, ClassifierTrainConfig, make_augment
+from llm_unlearn.tasks.classification import per_example_loss, predict
 
 from . import attacks  # noqa: F401  (registers the image attacks: a worker running an image stage rebuilds one)
-from . import training
-from .data import load_dataset_dir, make_augment, read_manifest, splits
+from .data import load_dataset_dir, read_manifest, splits
 from .models import ModelConfig, build_model, check_model_dir, check_same_arch, load_model, save_model
 from .poisoning import poison_images
-from .training import TrainSection
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ImageTrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "initialisation (shared by initial and gold) and data order"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
-    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "optimisation"})
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig, metadata={"help": "optimisation"})
 
 
 @dataclass

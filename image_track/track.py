@@ -11,36 +11,22 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from llm_unlearn.configs import ConfigError
-from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, plan_jobs
-from llm_unlearn.protocol import unlearn_config
-from llm_unlearn.stages.diagnose import DiagnoseConfig
+from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, diagnose_config
+from llm_unlearn.protocol import eval_config, unlearn_config
+from llm_unlearn.stages.unlearn import UnlearnRun
+from llm_unlearn.tasks.classification import ClassifierTrainConfig
 from llm_unlearn.tracks import Track
 
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
-from .task import TASK, ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
+from .task import ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
 from .poisoning import ImagePoisonConfig, PoisonSection
-from .training import TrainSection
 
 
 # Stage keys `run` fills in for every job: setting them in an experiment config is an error.
 RUN_OWNED = (
-    (
-        "unlearn",
-        (
-            "model_dir",
-            "dataset_dir",
-            "output_dir",
-            "retrain_dir",
-            "reference_compute_tokens",
-            "method",
-            "method_args",
-            "budget",
-            "save_at_budgets",
-            "seed",
-        ),
-    ),
+    ("unlearn", tuple(f.name for f in dataclasses.fields(UnlearnRun))),  # every key of UnlearnRun
     ("eval", ("model_dir", "dataset_dir", "output_dir")),
 )
 
@@ -55,8 +41,8 @@ class ImageExperimentConfig(ProtocolConfig):
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the clean images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     poison: PoisonSection = field(default_factory=PoisonSection, metadata={"help": "the attack"})
-    train: TrainSection = field(
-        default_factory=TrainSection, metadata={"help": "initial/gold (and surrogate) training"}
+    train: ClassifierTrainConfig = field(
+        default_factory=ClassifierTrainConfig, metadata={"help": "initial/gold (and surrogate) training"}
     )
     unlearn: ImageUnlearnConfig = field(default_factory=ImageUnlearnConfig, metadata={"help": "unlearning settings"})
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
@@ -90,30 +76,15 @@ def _train(cfg: ImageExperimentConfig, seed: int, split: str, dataset_dir: str, 
     )
 
 
-def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
-    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
-
-
-def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: str):
-    return DiagnoseConfig(
-        task=TASK.name, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out
-    )
-
-
 STAGES = StageBuilders(
     unlearn_cls=ImageUnlearnConfig,
     run_owned=RUN_OWNED,
     poison=("llm_unlearn.stages.poison", _poison),
     train=("llm_unlearn.stages.train", _train),
     unlearn=("llm_unlearn.stages.unlearn", unlearn_config),
-    evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
-    diagnose=("llm_unlearn.stages.diagnose", _diagnose),
+    evaluate=("llm_unlearn.stages.evaluate", eval_config),  # the shared stages, with the image task (task.py)
+    diagnose=("llm_unlearn.stages.diagnose", diagnose_config),
 )
-
-
-def plan(cfg: ImageExperimentConfig) -> list:
-    """The DAG of image stage jobs for the whole grid (the shared planner, ``llm_unlearn.protocol.plan_jobs``)."""
-    return plan_jobs(cfg, STAGES)
 
 
 def describe(cfg: ImageExperimentConfig) -> str:
@@ -133,4 +104,4 @@ def describe(cfg: ImageExperimentConfig) -> str:
     )
 
 
-TRACK = Track(name="image", config_cls=ImageExperimentConfig, plan=plan, describe=describe)
+TRACK = Track(name="image", config_cls=ImageExperimentConfig, plan=STAGES.plan, describe=describe)

@@ -439,6 +439,10 @@ class StageBuilders:
     base: tuple | None = None
     relearn: tuple | None = None
 
+    def plan(self, cfg) -> list:
+        """The DAG of this track's stage jobs (:func:`plan_jobs`): a :class:`~llm_unlearn.tracks.Track`'s ``plan``."""
+        return plan_jobs(cfg, self)
+
 
 def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, retrain: str, out: str):
     """The usual unlearn builder: the experiment's ``unlearn`` section with the variant's grid point, method,
@@ -454,6 +458,22 @@ def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, r
         method_args=dict(v.method_args),
         budget=v.budget,
         seed=seed,
+    )
+
+
+def eval_config(cfg, model_dir: str, dataset_dir: str, out: str, unlearn_cfg=None):
+    """The usual evaluate builder: the experiment's ``eval`` section with the model and the dirs the planner chose."""
+    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+
+
+def diagnose_config(cfg, initial: str, retrain: str, ec, out: str, **extra):
+    """The usual diagnose builder: the evaluated model (``ec``: its eval config, whose ``task`` it shares) against
+    the initial and gold models; ``extra``: more ``DiagnoseConfig`` keys (how the track loads its models)."""
+    from .stages.diagnose import DiagnoseConfig
+
+    task = getattr(ec, "task", "causal_lm")
+    return DiagnoseConfig(
+        task=task, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out, **extra
     )
 
 

@@ -6,8 +6,8 @@ its hooks with these arguments:
 (a) ``poison(cfg, clean, rng, train_surrogate) -> Poisoned``: ``cfg`` is the poison stage config
     (``image_track.poisoning.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
     ``clean`` the clean train/test tensors, ``rng`` the stage's ``random.Random(seed)``, and
-    ``train_surrogate(seed, on_epoch_end=None)`` trains the victim's architecture and recipe on the clean training
-    set from the initialisation ``seed``. Pixels stay in [0, 1] unless the attack says
+    ``train_surrogate(seed, on_epoch_end=None, x=, y=)`` trains the victim's architecture and recipe on (x, y),
+    by default the clean training set, from the initialisation ``seed``. Pixels stay in [0, 1] unless the attack says
     otherwise.
 (b) none: the poisons are stored as the victim trains on them (image training has no hook).
 (c) ``evaluate(model=, tensors=, manifest=, cfg=) -> (metrics, per_sample)``: ``tensors`` is the poison stage's

@@ -121,9 +121,6 @@ class GradientCancelingAttack(ImageAttack):
         accurate on its clean training rows (never the test set)."""
         from llm_unlearn.tasks.classification import accuracy, device
 
-        from ..models import build_model
-        from ..training import fit
-
         self.check(cfg)
         a = self.args
         dev = device()
@@ -155,13 +152,9 @@ class GradientCancelingAttack(ImageAttack):
                 "gradient_norm_after": residual,
             }
             if len(radii) > 1:  # simulate the victim: the attacker knows the training recipe, not the victim's seed
-                sim_seed = cfg.seed + a.surrogate_seed_offset
                 sx, sy = clean.train_x.clone(), clean.train_y.clone()
                 sx[idx], sy[idx] = px.cpu(), labels.cpu()
-                sim = build_model(
-                    cfg.model, list(sx.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=sim_seed
-                )
-                fit(sim, sx, sy, cfg.train, seed=sim_seed)
+                sim = train_surrogate(cfg.seed + a.surrogate_seed_offset, x=sx, y=sy)
                 cand["simulated_train_accuracy"] = accuracy(sim, clean.train_x[keep], clean.train_y[keep])
             candidates.append((cand, px.cpu(), labels.cpu()))
         best = min(candidates, key=lambda c: c[0].get("simulated_train_accuracy", 0.0))

@@ -29,6 +29,8 @@ from ..protocol import (  # noqa: F401 (API)
     StageBuilders,
     Variant,
     check_experiment,
+    diagnose_config,
+    eval_config,
     model_id,
     plan_jobs,
     unlearn_config,
@@ -39,7 +41,6 @@ from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
 from ..files import atomic_write_text, is_atomic_tmp
 from ..training import REPORT_TO_HELP, check_report_to
-from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
 from .relearn import RelearnConfig
@@ -154,21 +155,21 @@ def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str,
     from ..methods import uses_adapter
 
     if uc is not None and uses_adapter(uc.method, uc.use_peft):  # the adapter on top of the initial model
-        return dataclasses.replace(
-            cfg.eval, model_dir=uc.model_dir, adapter_dir=model_dir, dataset_dir=dataset_dir, output_dir=out
-        )
-    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+        return dataclasses.replace(eval_config(cfg, uc.model_dir, dataset_dir, out), adapter_dir=model_dir)
+    return eval_config(cfg, model_dir, dataset_dir, out)
 
 
 def _diagnose(cfg: ExperimentConfig, initial: str, retrain: str, ec, out: str):
-    return DiagnoseConfig(
-        initial_dir=initial,
-        retrain_dir=retrain,
-        model_dir=ec.model_dir,
+    u = cfg.unlearn
+    return diagnose_config(
+        cfg,
+        initial,
+        retrain,
+        ec,
+        out,
         adapter_dir=ec.adapter_dir,
-        output_dir=out,
-        dtype=cfg.unlearn.dtype,
-        trust_remote_code=cfg.unlearn.trust_remote_code,
+        dtype=u.dtype,
+        trust_remote_code=u.trust_remote_code,
     )
 
 
@@ -197,9 +198,7 @@ STAGES = StageBuilders(
 )
 
 
-def plan(cfg: ExperimentConfig) -> list[Job]:
-    """The DAG of stage jobs for the whole grid (the shared planner, :func:`llm_unlearn.protocol.plan_jobs`)."""
-    return plan_jobs(cfg, STAGES)
+plan = STAGES.plan  # the DAG of stage jobs for the whole grid (the shared planner, protocol.plan_jobs)
 
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
@@ -466,4 +465,4 @@ def describe(cfg: ExperimentConfig) -> str:
     )
 
 
-TRACK = Track("llm", ExperimentConfig, plan, describe)
+TRACK = Track("llm", ExperimentConfig, STAGES.plan, describe)
