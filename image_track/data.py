@@ -89,20 +89,13 @@ def _to_tensor(images) -> torch.Tensor:
 
 
 def _hub(cfg: DataConfig):
-    import datasets
+    from llm_unlearn.tasks.data import load_split
 
-    p = Path(cfg.dataset_name)
-    try:
-        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(cfg.dataset_name)
-    except Exception as e:  # offline hub errors come in many types; name the field either way
-        raise ConfigError(f"data.dataset_name: cannot load {cfg.dataset_name!r}: {e}") from e
-    for split in (cfg.train_split, cfg.test_split):
-        if split not in ds:
-            raise ConfigError(f"data: split {split!r} not in {cfg.dataset_name!r} (has {sorted(ds)})")
+    tr, te = load_split(cfg, cfg.train_split), load_split(cfg, cfg.test_split)
+    for split, ds in ((cfg.train_split, tr), (cfg.test_split, te)):
         for col in (cfg.image_column, cfg.label_column):
-            if col not in ds[split].column_names:
-                raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds[split].column_names})")
-    tr, te = ds[cfg.train_split], ds[cfg.test_split]
+            if col not in ds.column_names:
+                raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds.column_names})")
     num_classes = int(max(max(tr[cfg.label_column]), max(te[cfg.label_column]))) + 1
     names = getattr(tr.features.get(cfg.label_column), "names", None)
     if names:
@@ -134,9 +127,18 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """``data.safetensors``; clean 8-bit images (CIFAR) are stored as uint8 where that is exact, 4x smaller on disk
+    (:func:`expand` reads them back)."""
     from llm_unlearn.files import atomic_save_tensors
 
-    atomic_save_tensors(tensors, out / DATA_NAME)
+    stored = {}
+    for name, t in tensors.items():
+        if name in ("train_images", "test_images") and t.is_floating_point():
+            u8 = (t * 255).round().clamp(0, 255).to(torch.uint8)
+            if torch.equal(u8.float() / 255.0, t):
+                name, t = name + "__u8", u8
+        stored[name] = t
+    atomic_save_tensors(stored, out / DATA_NAME)
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -18,7 +18,8 @@ import torch
 
 import llm_unlearn.training as training
 from llm_unlearn.attacks import build_attack
-from llm_unlearn.configs import ConfigError, to_dict
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.stages.poison import poison_manifest
 from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
 from . import attacks  # noqa: F401  (registers the image attacks)
@@ -88,15 +89,6 @@ class ImagePoisonConfig:
     )
 
 
-def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """Store clean 8-bit images (CIFAR) as uint8 when that is exact: 4x smaller on disk."""
-    if t.is_floating_point():
-        u8 = (t * 255).round().clamp(0, 255).to(torch.uint8)
-        if torch.equal(u8.float() / 255.0, t):
-            return "__u8", u8
-    return "", t
-
-
 def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
     attack = cfg.poison.build_attack()
     attack.check(cfg)
@@ -123,31 +115,12 @@ def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
         "poison_labels": poisoned.labels.long(),
         **poisoned.extras,
     }
-    stored = {}
-    for name, t in tensors.items():
-        suffix, v = _compact(t) if name in ("train_images", "test_images") else ("", t)
-        stored[name + suffix] = v
-    manifest = {
-        "attack": cfg.poison.attack,
-        "metric": attack.metric,
-        # the attack's config as resolved (defaults filled): evaluation rebuilds the attack from it
-        "attack_args": to_dict(attack.args),
-        "poison_fraction": cfg.poison.poison_fraction,
-        "n_train": len(ytr),
-        "n_poison": len(poisoned.indices),
-        "poison_indices": poisoned.indices.tolist(),
-        "noise_seeds": poisoned.noise_seeds,
-        "num_classes": k,
-        "image_shape": list(xtr.shape[1:]),
-        "mean": mean,
-        "std": std,
-        "splits": {
-            "train": len(ytr),
-            "retain": len(ytr) - len(poisoned.indices),
-            "forget": len(poisoned.indices),
-            "test": int(test_keep.sum()),
-        },
-        **poisoned.info,
-    }
-    save_dataset_dir(out, stored)
+    save_dataset_dir(out, tensors)
+    n, n_poison = len(ytr), len(poisoned.indices)
+    sizes = {"train": n, "retain": n - n_poison, "forget": n_poison, "test": int(test_keep.sum())}
+    data = {"num_classes": k, "image_shape": list(xtr.shape[1:]), "mean": mean, "std": std}
+    idx = poisoned.indices.tolist()
+    manifest = poison_manifest(
+        attack, cfg.poison.poison_fraction, n, idx, poisoned.noise_seeds, data, sizes, poisoned.info
+    )
     return {"manifest.json": manifest}

@@ -54,13 +54,6 @@ def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
     return flat_grad(loss, params, create_graph=create_graph)
 
 
-def _corrupt(model, params, theta_clean, x, y, radius: float, steps: int) -> None:
-    """GradPC (the shared :func:`~llm_unlearn.attacks.canceling.corrupt_parameters`) on the mean clean loss."""
-    corrupt_parameters(
-        params, theta_clean, lambda: F.cross_entropy(model(pixel_values=x).logits.float(), y), radius, steps
-    )
-
-
 def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: int, dev):
     """Poisons (started from the clean rows ``idx``, pixels in [0, 1]) minimising ||(G_clean + G_poison) / n + wd *
     theta_tgt||^2 at the model's current (target) parameters. Returns (poisons, labels, residual, start norm)."""
@@ -137,10 +130,14 @@ class GradientCancelingAttack(ImageAttack):
         keep[idx] = False
         label_seed = rng.randrange(2**31)
         ref_norm = math.sqrt(sum(float(t.square().sum()) for t in theta_clean))
+
+        def clean_loss():  # the mean clean loss GradPC ascends
+            return F.cross_entropy(model(pixel_values=x).logits.float(), y)
+
         radii = list(a.corruption_radii) or [a.corruption_radius]
         candidates = []
         for r in radii:
-            _corrupt(model, params, theta_clean, x, y, r * ref_norm, a.corruption_steps)
+            corrupt_parameters(params, theta_clean, clean_loss, r * ref_norm, a.corruption_steps)  # GradPC
             target_acc = accuracy(model, clean.test_x, clean.test_y)
             px, labels, residual, start = _cancel(
                 model, params, x, y, keep.to(dev), idx, clean, cfg, a, label_seed, dev
