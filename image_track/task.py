@@ -133,12 +133,10 @@ class ImageTask:
         metrics, per_sample = eval_record(
             "image", accuracy, preds.tolist(), attack, forget_loss.tolist(), test_loss.tolist()
         )
-        metrics.update(test_loss=float(test_loss.mean()), forget_loss=float(forget_loss.mean()))
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
-    def poison(self, cfg, out: Path) -> dict:
-        return poison_images(cfg, out)
+    poison = staticmethod(poison_images)
 
     def check_train(self, cfg: ImageTrainConfig) -> None:
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, diagnose_config
-from llm_unlearn.protocol import eval_config, unlearn_config
+from llm_unlearn.protocol import describe_experiment, eval_config, unlearn_config
 from llm_unlearn.stages.unlearn import UnlearnRun
 from llm_unlearn.tasks.classification import ClassifierTrainConfig
 from llm_unlearn.tracks import Track
@@ -89,19 +89,16 @@ STAGES = StageBuilders(
 
 def describe(cfg: ImageExperimentConfig) -> str:
     """The report header line for an image-track experiment."""
-    p, dcfg = cfg.poison, cfg.data
-    what = p.build_attack().describe()  # the attack's own line (d)
-    size = f", resized to {dcfg.image_size}x{dcfg.image_size}" if dcfg.image_size else ""
+    d, m, u = cfg.data, cfg.model, cfg.unlearn
+    size = f", resized to {d.image_size}x{d.image_size}" if d.image_size else ""
     shape = {
-        "cnn": f" (width {cfg.model.width}, hidden {cfg.model.hidden})",
-        "resnet18": f" (width {cfg.model.width})",
-        "mlp": f" (hidden {cfg.model.hidden})",
-    }.get(cfg.model.arch, "")
-    return (
-        f"Model `{cfg.model.arch}`{shape}, dataset `{dcfg.dataset_name}`{size}, {p.attack} poisons "
-        f"on {p.poison_fraction:g} of the training set ({what}), training {cfg.train.epochs} epochs SGD; unlearning "
-        f"full-parameter ({cfg.unlearn.optim}, lr {cfg.unlearn.learning_rate:g})."
-    )
+        "cnn": f" (width {m.width}, hidden {m.hidden})",
+        "resnet18": f" (width {m.width})",
+        "mlp": f" (hidden {m.hidden})",
+    }
+    model, dataset = f"`{m.arch}`{shape.get(m.arch, '')}", f"`{d.dataset_name}`{size}"
+    unlearning = f"full-parameter ({u.optim}, lr {u.learning_rate:g})"
+    return describe_experiment(model, dataset, cfg.poison, f"{cfg.train.epochs} epochs SGD", unlearning)
 
 
 TRACK = Track(name="image", config_cls=ImageExperimentConfig, plan=STAGES.plan, describe=describe)

@@ -346,6 +346,16 @@ def model_id(method: str, budget: float) -> str:
     return f"{method}_b{budget:g}"
 
 
+def describe_experiment(model: str, dataset: str, poison, training: str, unlearning: str) -> str:
+    """The report header's line on an experiment of any track: its model, data, poisons (with the attack's own line,
+    hook (d)), training and unlearning."""
+    what = poison.build_attack().describe()
+    return (
+        f"Model {model}, dataset {dataset}, {poison.attack} poisons on {poison.poison_fraction:g} of the training set "
+        f"({what}), training {training}; unlearning {unlearning}."
+    )
+
+
 # --- Degenerate experiments: decided here, once, for both tracks and for `run` as for the single stages ---
 
 

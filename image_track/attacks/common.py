@@ -54,13 +54,12 @@ class ImageAttack(Attack):
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
         raise NotImplementedError(f"{type(self).__name__} does not implement poison()")
 
-
-def count_poisons(cfg, n: int, minimum: int, what: str) -> int:
-    """``poison_fraction`` of ``n`` training images, refused below ``minimum``."""
-    k = round(cfg.poison.poison_fraction * n)
-    if k < minimum:
-        raise ConfigError(
-            f"poison.poison_fraction={cfg.poison.poison_fraction} of {n} training images gives {k} poisons; "
-            f"{what} needs at least {minimum}"
-        )
-    return k
+    def count_poisons(self, cfg, n: int) -> int:
+        """``poison_fraction`` of ``n`` training images, refused below the attack's ``min_poisons``."""
+        k = round(cfg.poison.poison_fraction * n)
+        if k < self.min_poisons:
+            raise ConfigError(
+                f"poison.poison_fraction={cfg.poison.poison_fraction} of {n} training images gives {k} poisons; "
+                f"{self.name} needs at least {self.min_poisons}"
+            )
+        return k

@@ -14,7 +14,7 @@ from llm_unlearn.attacks.canceling import canceling_objective, canceling_residua
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, flat_grad
 
 
 @dataclass
@@ -122,7 +122,7 @@ class GradientCancelingAttack(ImageAttack):
         theta_clean = [p.detach().clone() for p in params]
         x, y = clean.train_x.to(dev), clean.train_y.to(dev)
         n = len(y)
-        k = count_poisons(cfg, n, 1, "gradient_canceling")
+        k = self.count_poisons(cfg, n)
         clean_acc = accuracy(model, clean.test_x, clean.test_y)
         # The poisons take the place of k training rows (forget set); the clean part is the other rows (retain set).
         idx = torch.as_tensor(sorted(rng.sample(range(n), k)))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, flat_grad
 
 
 @dataclass
@@ -115,7 +115,7 @@ class WitchesBrewAttack(ImageAttack):
 
         a = self.args
         k_cls, n = clean.num_classes, len(clean.train_y)
-        k = count_poisons(cfg, n, 1, "witches_brew")
+        k = self.count_poisons(cfg, n)
         epochs = sorted(set(a.match_epochs))
         if any(not 1 <= e <= cfg.train.epochs for e in epochs):
             raise ConfigError(

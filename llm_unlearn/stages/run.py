@@ -456,13 +456,11 @@ def cli(argv=None) -> None:
 
 def describe(cfg: ExperimentConfig) -> str:
     """The report header line for an llm-track experiment."""
-    p = cfg.poison
-    what = p.build_attack().describe()  # the attack's own line (d)
-    return (
-        f"Model `{cfg.model_name_or_path}`, dataset `{p.dataset_name}`, {p.attack} poisons on "
-        f"{p.poison_fraction:g} of the training set ({what}), training {cfg.train.num_train_epochs:g} epochs; "
-        f"unlearning {'with LoRA' if cfg.unlearn.use_peft else 'full-parameter'}."
-    )
+    from ..protocol import describe_experiment
+
+    model, dataset, epochs = f"`{cfg.model_name_or_path}`", f"`{cfg.poison.dataset_name}`", cfg.train.num_train_epochs
+    unlearning = "with LoRA" if cfg.unlearn.use_peft else "full-parameter"
+    return describe_experiment(model, dataset, cfg.poison, f"{epochs:g} epochs", unlearning)
 
 
 TRACK = Track("llm", ExperimentConfig, STAGES.plan, describe)
