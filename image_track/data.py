@@ -91,22 +91,17 @@ def _to_tensor(images) -> torch.Tensor:
 def _hub(cfg: DataConfig):
     from llm_unlearn.tasks.data import load_split
 
-    tr, te = load_split(cfg, cfg.train_split), load_split(cfg, cfg.test_split)
-    for split, ds in ((cfg.train_split, tr), (cfg.test_split, te)):
+    tensors, features = [], None
+    for split in (cfg.train_split, cfg.test_split):
+        ds = load_split(cfg, split)
         for col in (cfg.image_column, cfg.label_column):
             if col not in ds.column_names:
                 raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds.column_names})")
-    num_classes = int(max(max(tr[cfg.label_column]), max(te[cfg.label_column]))) + 1
-    names = getattr(tr.features.get(cfg.label_column), "names", None)
-    if names:
-        num_classes = len(names)
-    return (
-        _to_tensor(tr[cfg.image_column]),
-        torch.as_tensor(tr[cfg.label_column], dtype=torch.long),
-        _to_tensor(te[cfg.image_column]),
-        torch.as_tensor(te[cfg.label_column], dtype=torch.long),
-        num_classes,
-    )
+        tensors += [_to_tensor(ds[cfg.image_column]), torch.as_tensor(ds[cfg.label_column], dtype=torch.long)]
+        features = features or ds.features
+    names = getattr(features.get(cfg.label_column), "names", None)  # a ClassLabel names every class
+    k = len(names) if names else int(max(tensors[1].max(), tensors[3].max())) + 1
+    return (*tensors, k)
 
 
 def load_clean(cfg: DataConfig, seed: int):
@@ -128,7 +123,7 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
     """``data.safetensors``; clean 8-bit images (CIFAR) are stored as uint8 where that is exact, 4x smaller on disk
-    (:func:`expand` reads them back)."""
+    (:func:`load_dataset_dir` reads them back)."""
     from llm_unlearn.files import atomic_save_tensors
 
     stored = {}
@@ -148,19 +143,14 @@ def read_manifest(path: str | Path) -> dict:
     return read_manifest(str(path), data=DATA_NAME)
 
 
-def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stored tensors -> what the stages use: images saved as uint8 (``<name>__u8``) back to floats in [0, 1]."""
-    out = {}
-    for k, v in tensors.items():
-        out[k.removesuffix("__u8")] = v.float() / 255.0 if k.endswith("__u8") else v
-    return out
-
-
 def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The stored tensors (images saved as uint8, ``<name>__u8``, back to floats in [0, 1]) and the manifest."""
     from safetensors.torch import load_file
 
     manifest = read_manifest(path)
-    return expand(load_file(str(Path(path) / DATA_NAME))), manifest
+    stored = load_file(str(Path(path) / DATA_NAME))
+    tensors = {k.removesuffix("__u8"): v.float() / 255.0 if k.endswith("__u8") else v for k, v in stored.items()}
+    return tensors, manifest
 
 
 def splits(tensors: dict, manifest: dict) -> dict[str, Split]:

@@ -102,17 +102,15 @@ class ImageClassifier(nn.Module):
         self.cfg, self.image_shape, self.num_classes = cfg, list(image_shape), num_classes
         cin = image_shape[0]
         n_in = int(torch.tensor(image_shape).prod())
-        if cfg.arch == "cnn":
-            blocks = _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden)
-        elif cfg.arch == "resnet18":
-            blocks = _resnet18_blocks(cin, num_classes, cfg.width)
-        elif cfg.arch == "mlp":
-            blocks = _mlp_blocks(n_in, num_classes, cfg.hidden)
-        elif cfg.arch == "linear":
-            blocks = [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))]
-        else:
-            raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from cnn, resnet18, mlp, linear")
-        self.blocks = nn.ModuleList(blocks)
+        blocks = {
+            "cnn": lambda: _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden),
+            "resnet18": lambda: _resnet18_blocks(cin, num_classes, cfg.width),
+            "mlp": lambda: _mlp_blocks(n_in, num_classes, cfg.hidden),
+            "linear": lambda: [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))],
+        }
+        if cfg.arch not in blocks:
+            raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from {list(blocks)}")
+        self.blocks = nn.ModuleList(blocks[cfg.arch]())
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
         self.unlearn_task = ClassificationTask()  # how llm_unlearn's methods read this model's batches
