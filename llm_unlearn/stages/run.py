@@ -160,17 +160,9 @@ def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str,
 
 
 def _diagnose(cfg: ExperimentConfig, initial: str, retrain: str, ec, out: str):
-    u = cfg.unlearn
-    return diagnose_config(
-        cfg,
-        initial,
-        retrain,
-        ec,
-        out,
-        adapter_dir=ec.adapter_dir,
-        dtype=u.dtype,
-        trust_remote_code=u.trust_remote_code,
-    )
+    u = cfg.unlearn  # the models load as the unlearn stage loads them; an adapter on top of the initial model
+    extra = {"adapter_dir": ec.adapter_dir, "dtype": u.dtype, "trust_remote_code": u.trust_remote_code}
+    return diagnose_config(cfg, initial, retrain, ec, out, **extra)
 
 
 def _relearn(cfg: ExperimentConfig, seed: int, ec, out: str):
