@@ -1,8 +1,8 @@
-"""The image track for ``llm-unlearn run``: an experiment config and a planner of image stage jobs, registered as
+"""The image track for ``llm-unlearn run``: an experiment config and the builders of its stage configs, registered as
 the ``image`` entry point of ``llm_unlearn.tracks`` (``llm_unlearn`` never imports this package).
 
-The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``); this module only says
-how each image stage's config is filled in.
+The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``), as are the unlearn,
+evaluate and diagnose builders; this module only says how the image poison and train configs are filled in.
 """
 
 from __future__ import annotations
