@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from llm_unlearn.configs import ConfigError
 from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, diagnose_config
 from llm_unlearn.protocol import describe_experiment, eval_config, unlearn_config
 from llm_unlearn.stages.unlearn import UnlearnRun
@@ -48,8 +47,6 @@ class ImageExperimentConfig(ProtocolConfig):
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
 
     def validate(self) -> None:
-        if self.track != "image":
-            raise ConfigError(f"track: this is the image track's config, got track={self.track!r}")
         self.poison.build_attack().check(self)  # the attack against the rest of the experiment (model, training)
         check_experiment(self, ImageUnlearnConfig, RUN_OWNED)
         # Degenerate experiments, before any work, where the data size is known (the embedded digits): the gold run

@@ -117,10 +117,13 @@ class ProtocolConfig:
 
 
 def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
-    """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
-    stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
+    """The checks every track's experiment config shares: its track, seeds, methods, method_args, grid, budgets,
+    workers, and stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
     from .registry import check_method_names, load_plugins
 
+    own = _default(type(cfg), "track")  # each track's config class defaults ``track`` to its own name
+    if cfg.track != own:
+        raise ConfigError(f"track: this is the {own} track's config, got track={cfg.track!r}")
     load_plugins(cfg.plugins)  # first: the methods and attacks they register are named below
     if not cfg.seeds:
         raise ConfigError("seeds must hold at least one seed")

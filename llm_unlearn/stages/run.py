@@ -79,8 +79,6 @@ class ExperimentConfig(ProtocolConfig):
     )
 
     def validate(self) -> None:
-        if self.track != "llm":
-            raise ConfigError(f"track: this is the llm track's config, got track={self.track!r}")
         check_report_to(self.report_to)
         check_experiment(self, UnlearnConfig, RUN_OWNED)
         if self.model_name_or_path != EMBEDDED_TINY:  # a missing/pickle-only/mismatched model dir fails before work
