@@ -2,7 +2,7 @@
 stages contract, ``METHODS`` and metrics. Imports ``llm_unlearn``; ``llm_unlearn`` never imports it: ``llm-unlearn
 run`` finds it through the ``llm_unlearn.tracks`` entry point ``image = "image_track.track:TRACK"``.
 
-Modules: ``models`` (cnn, resnet18, mlp, linear in plain torch.nn), ``data`` (digits, CIFAR through ``datasets``,
-crop/flip as tensor ops), ``attacks`` (gaussian, badnets, witches_brew, gradient_canceling), ``training``,
-``stages`` (poison, train, unlearn, evaluate, diagnose) and ``track`` (the experiment config and planner).
+Modules: ``models`` (cnn, resnet18, mlp, linear in plain torch.nn), ``data`` (digits, CIFAR through ``datasets``),
+``attacks`` (gaussian, badnets, witches_brew, gradient_canceling), ``poisoning`` and ``task`` (what the shared
+stages ask of the image task) and ``track`` (the experiment config and the stage builders).
 """

@@ -1,5 +1,5 @@
-"""Image data: the embedded digits default, CIFAR-style datasets through ``datasets``, the poisoned dataset dir, and
-tensor-op transforms (random crop + flip; no torchvision).
+"""Image data: the embedded digits default, CIFAR-style datasets through ``datasets`` and the poisoned dataset dir
+(random crop + flip is the classification task's, ``llm_unlearn.tasks.classification.random_crop_flip``).
 
 Pixels are float32 in [0, 1], shape (C, H, W); the model normalises them itself. A poisoned dataset dir holds
 ``data.safetensors`` (``train_images`` = the clean training set, ``poison_images``/``poison_labels`` = the poisons as
@@ -89,31 +89,19 @@ def _to_tensor(images) -> torch.Tensor:
 
 
 def _hub(cfg: DataConfig):
-    import datasets
+    from llm_unlearn.tasks.data import load_split
 
-    p = Path(cfg.dataset_name)
-    try:
-        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(cfg.dataset_name)
-    except Exception as e:  # offline hub errors come in many types; name the field either way
-        raise ConfigError(f"data.dataset_name: cannot load {cfg.dataset_name!r}: {e}") from e
+    tensors, features = [], None
     for split in (cfg.train_split, cfg.test_split):
-        if split not in ds:
-            raise ConfigError(f"data: split {split!r} not in {cfg.dataset_name!r} (has {sorted(ds)})")
+        ds = load_split(cfg, split)
         for col in (cfg.image_column, cfg.label_column):
-            if col not in ds[split].column_names:
-                raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds[split].column_names})")
-    tr, te = ds[cfg.train_split], ds[cfg.test_split]
-    num_classes = int(max(max(tr[cfg.label_column]), max(te[cfg.label_column]))) + 1
-    names = getattr(tr.features.get(cfg.label_column), "names", None)
-    if names:
-        num_classes = len(names)
-    return (
-        _to_tensor(tr[cfg.image_column]),
-        torch.as_tensor(tr[cfg.label_column], dtype=torch.long),
-        _to_tensor(te[cfg.image_column]),
-        torch.as_tensor(te[cfg.label_column], dtype=torch.long),
-        num_classes,
-    )
+            if col not in ds.column_names:
+                raise ConfigError(f"data: column {col!r} not in split {split!r} (has {ds.column_names})")
+        tensors += [_to_tensor(ds[cfg.image_column]), torch.as_tensor(ds[cfg.label_column], dtype=torch.long)]
+        features = features or ds.features
+    names = getattr(features.get(cfg.label_column), "names", None)  # a ClassLabel names every class
+    k = len(names) if names else int(max(tensors[1].max(), tensors[3].max())) + 1
+    return (*tensors, k)
 
 
 def load_clean(cfg: DataConfig, seed: int):
@@ -134,9 +122,18 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """``data.safetensors``; clean 8-bit images (CIFAR) are stored as uint8 where that is exact, 4x smaller on disk
+    (:func:`load_dataset_dir` reads them back)."""
     from llm_unlearn.files import atomic_save_tensors
 
-    atomic_save_tensors(tensors, out / DATA_NAME)
+    stored = {}
+    for name, t in tensors.items():
+        if name in ("train_images", "test_images") and t.is_floating_point():
+            u8 = (t * 255).round().clamp(0, 255).to(torch.uint8)
+            if torch.equal(u8.float() / 255.0, t):
+                name, t = name + "__u8", u8
+        stored[name] = t
+    atomic_save_tensors(stored, out / DATA_NAME)
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -146,19 +143,14 @@ def read_manifest(path: str | Path) -> dict:
     return read_manifest(str(path), data=DATA_NAME)
 
 
-def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stored tensors -> what the stages use: images saved as uint8 (``<name>__u8``) back to floats in [0, 1]."""
-    out = {}
-    for k, v in tensors.items():
-        out[k.removesuffix("__u8")] = v.float() / 255.0 if k.endswith("__u8") else v
-    return out
-
-
 def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The stored tensors (images saved as uint8, ``<name>__u8``, back to floats in [0, 1]) and the manifest."""
     from safetensors.torch import load_file
 
     manifest = read_manifest(path)
-    return expand(load_file(str(Path(path) / DATA_NAME))), manifest
+    stored = load_file(str(Path(path) / DATA_NAME))
+    tensors = {k.removesuffix("__u8"): v.float() / 255.0 if k.endswith("__u8") else v for k, v in stored.items()}
+    return tensors, manifest
 
 
 def splits(tensors: dict, manifest: dict) -> dict[str, Split]:
@@ -176,28 +168,3 @@ def splits(tensors: dict, manifest: dict) -> dict[str, Split]:
         "forget": Split(x[idx], y[idx], idx),
         "test": Split(*test, torch.arange(len(test[1]))),
     }
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """Per-image random crop (zero padding ``padding``) and horizontal flip of a batch (n, C, H, W), as tensor ops."""
-    n, _, h, w = x.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
-        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-        bidx = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    # The crop's gather leaves the batch channels-last in memory; this torch CPU build's conv backward has been seen
-    # to corrupt memory on such input for narrow ResNets (width 2-4), so hand the model a contiguous batch.
-    return x.contiguous()
-
-
-def make_augment(kind: str, padding: int = 4):
-    if kind == "none":
-        return None
-    return lambda x, g: random_crop_flip(x, g, padding=padding)

@@ -8,11 +8,12 @@ EU-k touch the last k blocks (k = 1 is the head), RMU steers a block's output.
 Architectures: ``cnn`` (two conv blocks, a hidden fully-connected block, a head: the tiny default), ``resnet18``
 (the CIFAR variant of He et al. 2016: 3x3 stem, no max-pool, four stages of two basic blocks), ``mlp`` and
 ``linear`` (a linear classifier on the pixels: the victim of the gradient-canceling attack).
+
+A model dir is ``llm_unlearn.modeling.save_module``'s: the weights and the description that rebuilds the model.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,10 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.modeling import check_same_architecture, load_module, module_description, save_module
 from llm_unlearn.tasks.classification import ClassificationTask, ClassifierOutput
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "model_config.json"
 
 
 @dataclass
@@ -103,17 +102,15 @@ class ImageClassifier(nn.Module):
         self.cfg, self.image_shape, self.num_classes = cfg, list(image_shape), num_classes
         cin = image_shape[0]
         n_in = int(torch.tensor(image_shape).prod())
-        if cfg.arch == "cnn":
-            blocks = _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden)
-        elif cfg.arch == "resnet18":
-            blocks = _resnet18_blocks(cin, num_classes, cfg.width)
-        elif cfg.arch == "mlp":
-            blocks = _mlp_blocks(n_in, num_classes, cfg.hidden)
-        elif cfg.arch == "linear":
-            blocks = [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))]
-        else:
-            raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from cnn, resnet18, mlp, linear")
-        self.blocks = nn.ModuleList(blocks)
+        blocks = {
+            "cnn": lambda: _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden),
+            "resnet18": lambda: _resnet18_blocks(cin, num_classes, cfg.width),
+            "mlp": lambda: _mlp_blocks(n_in, num_classes, cfg.hidden),
+            "linear": lambda: [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))],
+        }
+        if cfg.arch not in blocks:
+            raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from {list(blocks)}")
+        self.blocks = nn.ModuleList(blocks[cfg.arch]())
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
         self.unlearn_task = ClassificationTask()  # how llm_unlearn's methods read this model's batches
@@ -140,67 +137,31 @@ class ImageClassifier(nn.Module):
         }
 
 
-def build_model(
-    cfg: ModelConfig, image_shape, num_classes: int, mean, std, seed: int | None = None
-) -> ImageClassifier:
-    """A freshly initialised classifier; with ``seed`` the initialisation depends on nothing else."""
-    if seed is None:
-        return ImageClassifier(cfg, image_shape, num_classes, mean, std)
+def build_model(cfg: ModelConfig, image_shape, num_classes: int, mean, std, seed: int) -> ImageClassifier:
+    """A freshly initialised classifier whose initialisation depends on ``seed`` only (the global RNG is untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ImageClassifier(cfg, image_shape, num_classes, mean, std)
 
 
 def save_model(model: ImageClassifier, out: str | Path) -> None:
-    """``model.safetensors`` (weights and buffers) + ``model_config.json``; no pickles."""
-    from llm_unlearn.files import atomic_save_tensors, atomic_write_text
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS_NAME)
-    atomic_write_text(out / CONFIG_NAME, json.dumps(model.description(), indent=2) + "\n")
+    save_module(model, out, model.description())
 
 
 def load_model(model_dir: str | Path, key: str = "model_dir") -> ImageClassifier:
-    from safetensors.torch import load_file
+    def build(d: dict) -> ImageClassifier:  # from the description save_model wrote
+        return ImageClassifier(ModelConfig(**d["model"]), d["image_shape"], d["num_classes"], d["mean"], d["std"])
 
-    desc = check_model_dir(model_dir, key)
-    model = ImageClassifier(
-        ModelConfig(**desc["model"]), desc["image_shape"], desc["num_classes"], desc["mean"], desc["std"]
-    )
-    model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_NAME)), strict=True)
-    return model
-
-
-def check_model_dir(model_dir: str | Path, key: str = "model_dir") -> dict:
-    """The description (``model_config.json``) of a saved image model, or a ConfigError naming ``key``."""
-    d = Path(model_dir)
-    if not (d / WEIGHTS_NAME).is_file() or not (d / CONFIG_NAME).is_file():
-        raise ConfigError(
-            f"{key}: {str(d)!r} holds no image model ({WEIGHTS_NAME} + {CONFIG_NAME}); is it a train output?"
-        )
-    try:
-        desc = json.loads((d / CONFIG_NAME).read_text())
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"{key}: {str(d / CONFIG_NAME)!r} does not parse ({e})") from e
-    if not isinstance(desc, dict):
-        raise ConfigError(f"{key}: {str(d / CONFIG_NAME)!r} is not an image model description")
-    return desc
+    return load_module(model_dir, build, key)
 
 
 def check_same_arch(dirs: dict[str, str | None]) -> None:
-    """The models one run compares must be one architecture on one input shape and label set (before any work)."""
-    seen: dict[str, tuple[str, dict]] = {}
+    """The model dirs of one run must exist and hold one architecture on one input shape and label set (their
+    parameters are compared or swapped), before any work."""
+    archs = {}
     for key, path in dirs.items():
-        if not path:
-            continue
-        desc = check_model_dir(path, key)
-        arch = {k: desc.get(k) for k in ("model", "image_shape", "num_classes")}
-        for other, (other_path, other_arch) in seen.items():
-            if arch != other_arch:
-                diff = [k for k in arch if arch[k] != other_arch[k]]
-                raise ConfigError(
-                    f"{key} {str(path)!r} and {other} {str(other_path)!r} are not the same model ({', '.join(diff)} "
-                    "differ); the models of one run must share architecture, input shape and classes"
-                )
-        seen[key] = (path, arch)
+        if path:
+            desc = module_description(path, key)
+            archs[key] = (path, {k: desc.get(k) for k in ("model", "image_shape", "num_classes")})
+    if archs:
+        check_same_architecture(archs, "architecture, input shape and classes")

@@ -16,14 +16,16 @@ from typing import Any, ClassVar
 
 import torch
 
+import llm_unlearn.training as training
 from llm_unlearn.attacks import build_attack
-from llm_unlearn.configs import ConfigError, to_dict
+from llm_unlearn.configs import ConfigError
+from llm_unlearn.stages.poison import poison_manifest
+from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
 from . import attacks  # noqa: F401  (registers the image attacks)
 from .attacks import Clean
 from .data import DataConfig, channel_stats, load_clean, save_dataset_dir
 from .models import ModelConfig, build_model
-from .training import TrainSection, fit
 
 
 # The attack knobs that were flat keys of the poison section before they moved into attack_args.
@@ -82,16 +84,9 @@ class ImagePoisonConfig:
     poison: PoisonSection = field(default_factory=PoisonSection, metadata={"help": "the attack"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the clean images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "surrogate architecture (as victim)"})
-    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "surrogate training (as victim)"})
-
-
-def _compact(t: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """Store clean 8-bit images (CIFAR) as uint8 when that is exact: 4x smaller on disk."""
-    if t.is_floating_point():
-        u8 = (t * 255).round().clamp(0, 255).to(torch.uint8)
-        if torch.equal(u8.float() / 255.0, t):
-            return "__u8", u8
-    return "", t
+    train: ClassifierTrainConfig = field(
+        default_factory=ClassifierTrainConfig, metadata={"help": "surrogate training (as victim)"}
+    )
 
 
 def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
@@ -102,10 +97,11 @@ def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
     clean = Clean(xtr, ytr, xte, yte, k, mean, std)
     rng = random.Random(cfg.seed)
 
-    def train_surrogate(seed: int, on_epoch_end=None):
-        """The victim's architecture and recipe on the clean training set, from the initialisation ``seed``."""
-        s = build_model(cfg.model, list(xtr.shape[1:]), k, mean, std, seed=seed)
-        fit(s, xtr, ytr, cfg.train, seed=seed, on_epoch_end=on_epoch_end)
+    def train_surrogate(seed: int, on_epoch_end=None, x=xtr, y=ytr):
+        """The victim's architecture and recipe on (x, y), the clean training set unless given, from the
+        initialisation ``seed``."""
+        s = build_model(cfg.model, list(x.shape[1:]), k, mean, std, seed=seed)
+        training.train_classifier(s, x, y, cfg.train, seed, on_epoch_end=on_epoch_end)
         return s
 
     poisoned = attack.poison(cfg, clean, rng, train_surrogate)
@@ -119,31 +115,12 @@ def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
         "poison_labels": poisoned.labels.long(),
         **poisoned.extras,
     }
-    stored = {}
-    for name, t in tensors.items():
-        suffix, v = _compact(t) if name in ("train_images", "test_images") else ("", t)
-        stored[name + suffix] = v
-    manifest = {
-        "attack": cfg.poison.attack,
-        "metric": attack.metric,
-        # the attack's config as resolved (defaults filled): evaluation rebuilds the attack from it
-        "attack_args": to_dict(attack.args),
-        "poison_fraction": cfg.poison.poison_fraction,
-        "n_train": len(ytr),
-        "n_poison": len(poisoned.indices),
-        "poison_indices": poisoned.indices.tolist(),
-        "noise_seeds": poisoned.noise_seeds,
-        "num_classes": k,
-        "image_shape": list(xtr.shape[1:]),
-        "mean": mean,
-        "std": std,
-        "splits": {
-            "train": len(ytr),
-            "retain": len(ytr) - len(poisoned.indices),
-            "forget": len(poisoned.indices),
-            "test": int(test_keep.sum()),
-        },
-        **poisoned.info,
-    }
-    save_dataset_dir(out, stored)
+    save_dataset_dir(out, tensors)
+    n, n_poison = len(ytr), len(poisoned.indices)
+    sizes = {"train": n, "retain": n - n_poison, "forget": n_poison, "test": int(test_keep.sum())}
+    data = {"num_classes": k, "image_shape": list(xtr.shape[1:]), "mean": mean, "std": std}
+    idx = poisoned.indices.tolist()
+    manifest = poison_manifest(
+        attack, cfg.poison.poison_fraction, n, idx, poisoned.noise_seeds, data, sizes, poisoned.info
+    )
     return {"manifest.json": manifest}

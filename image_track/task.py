@@ -17,14 +17,14 @@ from llm_unlearn.stages.evaluate import eval_record
 from llm_unlearn.stages.train import finish_training
 from llm_unlearn.stages.unlearn import SCHEDULE_HELP, WARMUP_HELP, UnlearnRun, classifier_trainer
 from llm_unlearn.stages.unlearn import check_unlearn_settings, reference_compute
-from llm_unlearn.tasks.classification import ClassificationTask, per_example_loss, predict
+import llm_unlearn.training as training
+from llm_unlearn.tasks.classification import ClassificationTask, ClassifierTrainConfig, make_augment
+from llm_unlearn.tasks.classification import per_example_loss, predict
 
 from . import attacks  # noqa: F401  (registers the image attacks: a worker running an image stage rebuilds one)
-from . import training
-from .data import load_dataset_dir, make_augment, read_manifest, splits
-from .models import ModelConfig, build_model, check_model_dir, check_same_arch, load_model, save_model
+from .data import load_dataset_dir, read_manifest, splits
+from .models import ModelConfig, build_model, check_same_arch, load_model, save_model
 from .poisoning import poison_images
-from .training import TrainSection
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ImageTrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "initialisation (shared by initial and gold) and data order"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
-    train: TrainSection = field(default_factory=TrainSection, metadata={"help": "optimisation"})
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig, metadata={"help": "optimisation"})
 
 
 @dataclass
@@ -98,23 +98,6 @@ class ImageUnlearnConfig(UnlearnRun):
                 raise ConfigError(f"trainer_args.{key}: set optim/momentum as top-level unlearn keys")
 
 
-def compute_metrics(cfg: ImageEvalConfig, model, tensors: dict, manifest: dict) -> tuple[dict, dict]:
-    """Clean accuracy, the attack's metrics (its ``evaluate`` hook), loss MIA: the LLM track's keys."""
-    data = splits(tensors, manifest)
-    test, forget = data["test"], data["forget"]
-    preds = predict(model, test.images, cfg.batch_size)
-    attack = attack_from_manifest(manifest, "image").evaluate(model=model, tensors=tensors, manifest=manifest, cfg=cfg)
-    forget_loss = per_example_loss(model, forget.images, forget.labels, cfg.batch_size)
-    test_loss = per_example_loss(model, test.images, test.labels, cfg.batch_size)
-    accuracy = float((preds == test.labels).float().mean())
-    metrics, per_sample = eval_record(
-        "image", accuracy, preds.tolist(), attack, forget_loss.tolist(), test_loss.tolist()
-    )
-    metrics["test_loss"] = float(test_loss.mean())
-    metrics["forget_loss"] = float(forget_loss.mean())
-    return metrics, per_sample
-
-
 def check_image_splits(manifest: dict, batch_size: int, dataset_dir: str) -> None:
     check_manifest_splits(manifest, batch_size, int(manifest.get("num_classes", 0)), dataset_dir)
 
@@ -128,10 +111,6 @@ class ImageTask:
         return load_model(model_dir)
 
     def check_models(self, dirs: dict[str, str | None]) -> None:
-        """Model dirs that must exist and share one architecture (their parameters are compared or swapped)."""
-        for key, d in dirs.items():
-            if d is not None:
-                check_model_dir(d, key)
         check_same_arch(dirs)
 
     def check_eval(self, cfg: ImageEvalConfig) -> None:
@@ -139,14 +118,25 @@ class ImageTask:
         read_manifest(cfg.dataset_dir)
 
     def evaluate(self, cfg: ImageEvalConfig, out: Path) -> dict:
+        """Clean accuracy, the attack's metrics (its ``evaluate`` hook), loss MIA: the LLM track's keys."""
         start = time.perf_counter()
         tensors, manifest = load_dataset_dir(cfg.dataset_dir)
-        metrics, per_sample = compute_metrics(cfg, self.load_model(cfg.model_dir), tensors, manifest)
+        model, data = self.load_model(cfg.model_dir), splits(tensors, manifest)
+        test, forget = data["test"], data["forget"]
+        preds = predict(model, test.images, cfg.batch_size)
+        attack = attack_from_manifest(manifest, "image").evaluate(
+            model=model, tensors=tensors, manifest=manifest, cfg=cfg
+        )
+        forget_loss = per_example_loss(model, forget.images, forget.labels, cfg.batch_size)
+        test_loss = per_example_loss(model, test.images, test.labels, cfg.batch_size)
+        accuracy = float((preds == test.labels).float().mean())
+        metrics, per_sample = eval_record(
+            "image", accuracy, preds.tolist(), attack, forget_loss.tolist(), test_loss.tolist()
+        )
         metrics["eval_seconds"] = time.perf_counter() - start
         return {"per_sample.json": per_sample, "eval_results.json": metrics}
 
-    def poison(self, cfg, out: Path) -> dict:
-        return poison_images(cfg, out)
+    poison = staticmethod(poison_images)
 
     def check_train(self, cfg: ImageTrainConfig) -> None:
         check_image_splits(read_manifest(cfg.dataset_dir), cfg.train.batch_size, cfg.dataset_dir)
@@ -177,13 +167,7 @@ class ImageTask:
         return model
 
     def build_trainer(self, cfg: ImageUnlearnConfig, model, forget, retain, budget: float):
-        def reference():  # a separate frozen load of the initial weights, never a deepcopy
-            ref = self.load_model(cfg.model_dir)
-            ref.unlearn_task = model.unlearn_task
-            return ref
-
-        optim = {"optim": cfg.optim, **({"optim_args": f"momentum={cfg.momentum}"} if cfg.optim == "sgd" else {})}
-        return classifier_trainer(cfg, model, forget, retain, budget, reference, **optim)
+        return classifier_trainer(cfg, model, forget, retain, budget, self.load_model)
 
     def prepare_unlearn(self, cfg: ImageUnlearnConfig, budget: float):
         """The trainer, and the state the Trainer's checkpoints do not hold: the augmentation generator."""

@@ -1,8 +1,8 @@
-"""The image track for ``llm-unlearn run``: an experiment config and a planner of image stage jobs, registered as
+"""The image track for ``llm-unlearn run``: an experiment config and the builders of its stage configs, registered as
 the ``image`` entry point of ``llm_unlearn.tracks`` (``llm_unlearn`` never imports this package).
 
-The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``); this module only says
-how each image stage's config is filled in.
+The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``), as are the unlearn,
+evaluate and diagnose builders; this module only says how the image poison and train configs are filled in.
 """
 
 from __future__ import annotations
@@ -10,37 +10,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from llm_unlearn.configs import ConfigError
-from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, plan_jobs
-from llm_unlearn.protocol import unlearn_config
-from llm_unlearn.stages.diagnose import DiagnoseConfig
+from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, diagnose_config
+from llm_unlearn.protocol import describe_experiment, eval_config, unlearn_config
+from llm_unlearn.stages.unlearn import UnlearnRun
+from llm_unlearn.tasks.classification import ClassifierTrainConfig
 from llm_unlearn.tracks import Track
 
 from . import attacks  # noqa: F401  (loading the track registers its attacks)
 from .data import DataConfig
 from .models import ModelConfig
-from .task import TASK, ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
+from .task import ImageEvalConfig, ImageTrainConfig, ImageUnlearnConfig
 from .poisoning import ImagePoisonConfig, PoisonSection
-from .training import TrainSection
 
 
 # Stage keys `run` fills in for every job: setting them in an experiment config is an error.
 RUN_OWNED = (
-    (
-        "unlearn",
-        (
-            "model_dir",
-            "dataset_dir",
-            "output_dir",
-            "retrain_dir",
-            "reference_compute_tokens",
-            "method",
-            "method_args",
-            "budget",
-            "save_at_budgets",
-            "seed",
-        ),
-    ),
+    ("unlearn", tuple(f.name for f in dataclasses.fields(UnlearnRun))),  # every key of UnlearnRun
     ("eval", ("model_dir", "dataset_dir", "output_dir")),
 )
 
@@ -55,15 +40,13 @@ class ImageExperimentConfig(ProtocolConfig):
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the clean images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     poison: PoisonSection = field(default_factory=PoisonSection, metadata={"help": "the attack"})
-    train: TrainSection = field(
-        default_factory=TrainSection, metadata={"help": "initial/gold (and surrogate) training"}
+    train: ClassifierTrainConfig = field(
+        default_factory=ClassifierTrainConfig, metadata={"help": "initial/gold (and surrogate) training"}
     )
     unlearn: ImageUnlearnConfig = field(default_factory=ImageUnlearnConfig, metadata={"help": "unlearning settings"})
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig, metadata={"help": "evaluation settings"})
 
     def validate(self) -> None:
-        if self.track != "image":
-            raise ConfigError(f"track: this is the image track's config, got track={self.track!r}")
         self.poison.build_attack().check(self)  # the attack against the rest of the experiment (model, training)
         check_experiment(self, ImageUnlearnConfig, RUN_OWNED)
         # Degenerate experiments, before any work, where the data size is known (the embedded digits): the gold run
@@ -90,47 +73,29 @@ def _train(cfg: ImageExperimentConfig, seed: int, split: str, dataset_dir: str, 
     )
 
 
-def _evaluate(cfg: ImageExperimentConfig, model_dir: str, dataset_dir: str, out: str, uc):
-    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
-
-
-def _diagnose(cfg: ImageExperimentConfig, initial: str, retrain: str, ec, out: str):
-    return DiagnoseConfig(
-        task=TASK.name, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out
-    )
-
-
 STAGES = StageBuilders(
     unlearn_cls=ImageUnlearnConfig,
     run_owned=RUN_OWNED,
     poison=("llm_unlearn.stages.poison", _poison),
     train=("llm_unlearn.stages.train", _train),
     unlearn=("llm_unlearn.stages.unlearn", unlearn_config),
-    evaluate=("llm_unlearn.stages.evaluate", _evaluate),  # the shared stages, with the image task (task.py)
-    diagnose=("llm_unlearn.stages.diagnose", _diagnose),
+    evaluate=("llm_unlearn.stages.evaluate", eval_config),  # the shared stages, with the image task (task.py)
+    diagnose=("llm_unlearn.stages.diagnose", diagnose_config),
 )
-
-
-def plan(cfg: ImageExperimentConfig) -> list:
-    """The DAG of image stage jobs for the whole grid (the shared planner, ``llm_unlearn.protocol.plan_jobs``)."""
-    return plan_jobs(cfg, STAGES)
 
 
 def describe(cfg: ImageExperimentConfig) -> str:
     """The report header line for an image-track experiment."""
-    p, dcfg = cfg.poison, cfg.data
-    what = p.build_attack().describe()  # the attack's own line (d)
-    size = f", resized to {dcfg.image_size}x{dcfg.image_size}" if dcfg.image_size else ""
+    d, m, u = cfg.data, cfg.model, cfg.unlearn
+    size = f", resized to {d.image_size}x{d.image_size}" if d.image_size else ""
     shape = {
-        "cnn": f" (width {cfg.model.width}, hidden {cfg.model.hidden})",
-        "resnet18": f" (width {cfg.model.width})",
-        "mlp": f" (hidden {cfg.model.hidden})",
-    }.get(cfg.model.arch, "")
-    return (
-        f"Model `{cfg.model.arch}`{shape}, dataset `{dcfg.dataset_name}`{size}, {p.attack} poisons "
-        f"on {p.poison_fraction:g} of the training set ({what}), training {cfg.train.epochs} epochs SGD; unlearning "
-        f"full-parameter ({cfg.unlearn.optim}, lr {cfg.unlearn.learning_rate:g})."
-    )
+        "cnn": f" (width {m.width}, hidden {m.hidden})",
+        "resnet18": f" (width {m.width})",
+        "mlp": f" (hidden {m.hidden})",
+    }
+    model, dataset = f"`{m.arch}`{shape.get(m.arch, '')}", f"`{d.dataset_name}`{size}"
+    unlearning = f"full-parameter ({u.optim}, lr {u.learning_rate:g})"
+    return describe_experiment(model, dataset, cfg.poison, f"{cfg.train.epochs} epochs SGD", unlearning)
 
 
-TRACK = Track(name="image", config_cls=ImageExperimentConfig, plan=plan, describe=describe)
+TRACK = Track(name="image", config_cls=ImageExperimentConfig, plan=STAGES.plan, describe=describe)

@@ -128,7 +128,7 @@ def check_same_model(dirs: dict[str, str | None]) -> None:
     import hashlib
     import json
 
-    seen: dict[str, tuple[str, dict]] = {}
+    archs: dict[str, tuple[str, dict]] = {}
     tokenizers: dict[str, tuple[str, str]] = {}
     for key, path in dirs.items():
         if not path:
@@ -140,15 +140,8 @@ def check_same_model(dirs: dict[str, str | None]) -> None:
                 arch = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k not in _NOT_ARCHITECTURE}
             except (ValueError, OSError) as e:
                 raise ConfigError(f"{key}: {str(cfg_file)!r} does not parse ({e})") from e
-            for other, (other_path, other_arch) in seen.items():
-                diff = sorted(k for k in arch.keys() | other_arch.keys() if arch.get(k) != other_arch.get(k))
-                if diff:
-                    shown = ", ".join(f"{k}: {other_arch.get(k)!r} vs {arch.get(k)!r}" for k in diff[:3])
-                    raise ConfigError(
-                        f"{key} {path!r} and {other} {other_path!r} are not the same architecture ({shown}); the "
-                        "models of one run must share architecture and tokenizer"
-                    )
-            seen[key] = (path, arch)
+            archs[key] = (path, arch)
+            check_same_architecture(archs, "architecture and tokenizer")
         if tok_file.is_file():
             try:  # the vocabulary and merges, not settings such as truncation that a save may record
                 tok = json.loads(tok_file.read_text())
@@ -163,6 +156,65 @@ def check_same_model(dirs: dict[str, str | None]) -> None:
                         "models of one run must share architecture and tokenizer"
                     )
             tokenizers[key] = (path, digest)
+
+
+def check_same_architecture(archs: dict[str, tuple[str, dict]], shared: str) -> None:
+    """The models of one run (key -> (dir, the description of its architecture)) must all be described alike: a
+    ConfigError names the first that differs from the first one, how (up to three keys), and what they must share."""
+    (first, (first_path, first_arch)), *rest = archs.items()
+    for key, (path, arch) in rest:
+        diff = sorted(k for k in arch.keys() | first_arch.keys() if arch.get(k) != first_arch.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {first_arch.get(k)!r} vs {arch.get(k)!r}" for k in diff[:3])
+            raise ConfigError(
+                f"{key} {str(path)!r} and {first} {str(first_path)!r} are not the same architecture ({shown}); the "
+                f"models of one run must share {shared}"
+            )
+
+
+# --- Models that are plain torch modules (the image track's classifiers): their weights + what rebuilds them ---
+
+MODULE_WEIGHTS, MODULE_CONFIG = "model.safetensors", "model_config.json"
+
+
+def save_module(model, out: str | Path, description: dict) -> None:
+    """``model.safetensors`` (weights and buffers) + ``model_config.json`` (``description``: what rebuilds the module,
+    see :func:`load_module`), each written atomically; no pickles."""
+    import json
+
+    from .files import atomic_save_tensors, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / MODULE_WEIGHTS)
+    atomic_write_text(out / MODULE_CONFIG, json.dumps(description, indent=2) + "\n")
+
+
+def module_description(model_dir: str | Path, key: str = "model_dir") -> dict:
+    """The description a :func:`save_module` dir holds, or a ConfigError naming ``key``."""
+    import json
+
+    d = Path(model_dir)
+    if not (d / MODULE_WEIGHTS).is_file() or not (d / MODULE_CONFIG).is_file():
+        raise ConfigError(
+            f"{key}: {str(d)!r} holds no saved model ({MODULE_WEIGHTS} + {MODULE_CONFIG}); is it a train output?"
+        )
+    try:
+        desc = json.loads((d / MODULE_CONFIG).read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{key}: {str(d / MODULE_CONFIG)!r} does not parse ({e})") from e
+    if not isinstance(desc, dict):
+        raise ConfigError(f"{key}: {str(d / MODULE_CONFIG)!r} is not a model description")
+    return desc
+
+
+def load_module(model_dir: str | Path, build, key: str = "model_dir"):
+    """``build(description)`` with the weights of a :func:`save_module` dir loaded (every tensor must match)."""
+    from safetensors.torch import load_file
+
+    model = build(module_description(model_dir, key))
+    model.load_state_dict(load_file(str(Path(model_dir) / MODULE_WEIGHTS)), strict=True)
+    return model
 
 
 def check_vocab(model, tokenizer) -> None:

@@ -117,10 +117,13 @@ class ProtocolConfig:
 
 
 def check_experiment(cfg, unlearn_cls: type, run_owned=()) -> None:
-    """The checks every track's experiment config shares: seeds, methods, method_args, grid, budgets, workers, and
-    stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
+    """The checks every track's experiment config shares: its track, seeds, methods, method_args, grid, budgets,
+    workers, and stage keys that ``run`` sets itself (``run_owned``: (section, names) pairs)."""
     from .registry import check_method_names, load_plugins
 
+    own = _default(type(cfg), "track")  # each track's config class defaults ``track`` to its own name
+    if cfg.track != own:
+        raise ConfigError(f"track: this is the {own} track's config, got track={cfg.track!r}")
     load_plugins(cfg.plugins)  # first: the methods and attacks they register are named below
     if not cfg.seeds:
         raise ConfigError("seeds must hold at least one seed")
@@ -355,6 +358,16 @@ def model_id(method: str, budget: float) -> str:
     return f"{method}_b{budget:g}"
 
 
+def describe_experiment(model: str, dataset: str, poison, training: str, unlearning: str) -> str:
+    """The report header's line on an experiment of any track: its model, data, poisons (with the attack's own line,
+    hook (d)), training and unlearning."""
+    what = poison.build_attack().describe()
+    return (
+        f"Model {model}, dataset {dataset}, {poison.attack} poisons on {poison.poison_fraction:g} of the training set "
+        f"({what}), training {training}; unlearning {unlearning}."
+    )
+
+
 # --- Degenerate experiments: decided here, once, for both tracks and for `run` as for the single stages ---
 
 
@@ -448,6 +461,10 @@ class StageBuilders:
     base: tuple | None = None
     relearn: tuple | None = None
 
+    def plan(self, cfg) -> list:
+        """The DAG of this track's stage jobs (:func:`plan_jobs`): a :class:`~llm_unlearn.tracks.Track`'s ``plan``."""
+        return plan_jobs(cfg, self)
+
 
 def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, retrain: str, out: str):
     """The usual unlearn builder: the experiment's ``unlearn`` section with the variant's grid point, method,
@@ -463,6 +480,22 @@ def unlearn_config(cfg, seed: int, v: Variant, dataset_dir: str, initial: str, r
         method_args=dict(v.method_args),
         budget=v.budget,
         seed=seed,
+    )
+
+
+def eval_config(cfg, model_dir: str, dataset_dir: str, out: str, unlearn_cfg=None):
+    """The usual evaluate builder: the experiment's ``eval`` section with the model and the dirs the planner chose."""
+    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+
+
+def diagnose_config(cfg, initial: str, retrain: str, ec, out: str, **extra):
+    """The usual diagnose builder: the evaluated model (``ec``: its eval config, whose ``task`` it shares) against
+    the initial and gold models; ``extra``: more ``DiagnoseConfig`` keys (how the track loads its models)."""
+    from .stages.diagnose import DiagnoseConfig
+
+    task = getattr(ec, "task", "causal_lm")
+    return DiagnoseConfig(
+        task=task, initial_dir=initial, retrain_dir=retrain, model_dir=ec.model_dir, output_dir=out, **extra
     )
 
 

@@ -5,6 +5,7 @@ its last Trainer checkpoint. Stages and methods import this module; it imports n
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -377,19 +378,31 @@ def fit(trainer, save_steps: int = 0, extra_state=None) -> dict:
     }
 
 
-def train_classifier(model, dataset, cfg, seed: int, output_dir, *, augment=None, save_steps=0, on_epoch_end=None):
-    """Train a classifier (``llm_unlearn.tasks.classification``) in place on ``dataset`` (rows of ``pixel_values``
-    and ``labels``) with SGD and momentum through the shared trainer; returns :func:`fit`'s record. ``cfg`` holds
-    ``epochs``, ``batch_size``, ``learning_rate``, ``momentum``, ``weight_decay`` and ``lr_schedule`` (cosine or
-    constant); ``augment(pixel_values, generator)`` is drawn from a generator of ``seed`` that checkpoints carry.
-    ``save_steps``: checkpoints under ``output_dir/trainer`` and resume from the last complete one (the caller
-    removes them). ``on_epoch_end(epoch, model)`` (epochs from 1) lets an attacker keep its surrogate's trajectory."""
+def train_classifier(model, x, y, cfg, seed: int, output_dir=None, *, checkpoints=False, on_epoch_end=None) -> dict:
+    """Train a classifier (``llm_unlearn.tasks.classification``) in place on images ``x`` and labels ``y`` with the
+    SGD recipe ``cfg`` (a :class:`~llm_unlearn.tasks.classification.ClassifierTrainConfig`: SGD with momentum, as in
+    the paper, cosine or constant, its ``augment`` drawn from a generator of ``seed`` that checkpoints carry) through
+    the shared trainer; returns :func:`fit`'s record. ``checkpoints``: save every ``cfg.save_epochs`` epochs under
+    ``output_dir/trainer`` and resume from the last complete one (the caller removes them). ``on_epoch_end(epoch,
+    model)`` (epochs from 1) lets an attacker keep its surrogate's trajectory. Without ``output_dir`` (how attack
+    surrogates train, with exactly the victim's recipe) it trains in a scratch dir and raises
+    :class:`DivergedError` on a non-finite loss instead of recording it."""
+    if output_dir is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="surrogate-") as scratch:
+            info = train_classifier(model, x, y, cfg, seed, scratch, on_epoch_end=on_epoch_end)
+        if info["diverged"]:
+            raise DivergedError(info["diverged_step"], info["train_loss"])
+        return info
+
     import torch
     from transformers import TrainerCallback, TrainingArguments
 
-    from .tasks.classification import ClassificationCollator, ClassificationTask
+    from .tasks.classification import ClassificationCollator, ClassificationTask, Split, make_augment
 
-    task = ClassificationTask(augment=augment, seed=seed)
+    save_steps = cfg.save_epochs * math.ceil(len(y) / cfg.batch_size) if checkpoints else 0
+    task = ClassificationTask(augment=make_augment(cfg.augment), seed=seed)
     args = TrainingArguments(
         output_dir=str(Path(output_dir) / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -421,7 +434,7 @@ def train_classifier(model, dataset, cfg, seed: int, output_dir, *, augment=None
     trainer = task_trainer_class()(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=Split(x, y, torch.arange(len(y))),
         data_collator=ClassificationCollator(),
         task=task,
         callbacks=[EpochEnd()] if on_epoch_end is not None else [],

@@ -72,7 +72,7 @@ def image_dirs(tmp_path_factory):
     from llm_unlearn.stages.poison import main as poison
     from image_track.task import ImageTrainConfig
     from llm_unlearn.stages.train import main as train
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
     root = tmp_path_factory.mktemp("image_dirs")
     ds = str(
@@ -91,7 +91,7 @@ def image_dirs(tmp_path_factory):
             output_dir=str(root / name),
             split=split,
             model=ModelConfig(arch="cnn", width=4, hidden=16),
-            train=TrainSection(epochs=2, batch_size=32),
+            train=ClassifierTrainConfig(epochs=2, batch_size=32),
         )
         dirs.append(str(train(cfg)))
     return ds, *dirs

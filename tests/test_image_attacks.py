@@ -12,11 +12,12 @@ from image_track.attacks import Clean, batch_pixel_noise, pixel_noise, stamp
 from image_track.data import DataConfig, channel_stats, load_clean
 from image_track.models import ModelConfig, build_model
 from image_track.poisoning import ImagePoisonConfig, PoisonSection
-from image_track.training import TrainSection, fit
+from llm_unlearn.tasks.classification import ClassifierTrainConfig
+from llm_unlearn.training import train_classifier
 from llm_unlearn.configs import ConfigError
 
 TINY_MODEL = ModelConfig(arch="cnn", width=4, hidden=16)
-TINY_TRAIN = TrainSection(epochs=15, batch_size=32, learning_rate=0.05)
+TINY_TRAIN = ClassifierTrainConfig(epochs=15, batch_size=32, learning_rate=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,9 @@ def _run(cfg, clean, seed=0):
     cfg.poison.validate()
     attack = cfg.poison.build_attack()
 
-    def train_surrogate(_seed, on_epoch_end=None):
-        m = build_model(cfg.model, list(clean.train_x.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=1)
-        fit(m, clean.train_x, clean.train_y, cfg.train, seed=1, on_epoch_end=on_epoch_end)
+    def train_surrogate(_seed, on_epoch_end=None, x=clean.train_x, y=clean.train_y):
+        m = build_model(cfg.model, list(x.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=1)
+        train_classifier(m, x, y, cfg.train, 1, on_epoch_end=on_epoch_end)
         return m
 
     return attack.poison(cfg, clean, random.Random(seed), train_surrogate)
@@ -129,7 +130,7 @@ def test_gradient_canceling_picks_the_least_accurate_simulated_target(clean):
             corruption_radii=[0.05, 0.3],
         ),
         model=ModelConfig(arch="linear"),
-        train=TrainSection(epochs=5, batch_size=32, learning_rate=0.05, weight_decay=0.02),
+        train=ClassifierTrainConfig(epochs=5, batch_size=32, learning_rate=0.05, weight_decay=0.02),
     )
     p = _run(cfg, clean)
     cands = p.info["candidates"]

@@ -117,7 +117,7 @@ def test_cifar_schema_dataset_from_disk(tmp_path):
     from llm_unlearn.stages.poison import main as poison
     from image_track.task import ImageTrainConfig
     from llm_unlearn.stages.train import main as train
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
     rng = np.random.default_rng(0)
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
@@ -143,7 +143,7 @@ def test_cifar_schema_dataset_from_disk(tmp_path):
             dataset_dir=str(ds),
             output_dir=str(tmp_path / "m"),
             model=ModelConfig(arch="resnet18", width=2),
-            train=TrainSection(epochs=1, batch_size=16, augment="crop_flip"),
+            train=ClassifierTrainConfig(epochs=1, batch_size=16, augment="crop_flip"),
         )
     )
     assert (Path(out) / "model.safetensors").is_file()

@@ -124,7 +124,7 @@ def test_resnet18_blocks_and_shapes():
 
 
 def test_crop_flip_keeps_shape_and_is_seeded():
-    from image_track.data import random_crop_flip
+    from llm_unlearn.tasks.classification import random_crop_flip
 
     x = torch.rand(6, 3, 8, 8)
     a = random_crop_flip(x, torch.Generator().manual_seed(1))

@@ -56,9 +56,11 @@ def _config(dataset_dir: str, output_dir: Path) -> dict:
 def _build(cfg: dict):
     from image_track.models import ModelConfig
     from image_track.task import ImageTrainConfig
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
-    return ImageTrainConfig(**{**cfg, "model": ModelConfig(**cfg["model"]), "train": TrainSection(**cfg["train"])})
+    return ImageTrainConfig(
+        **{**cfg, "model": ModelConfig(**cfg["model"]), "train": ClassifierTrainConfig(**cfg["train"])}
+    )
 
 
 # The child counts optimizer steps and kills itself before the given one (1-based): no cleanup, no atexit.
@@ -69,7 +71,7 @@ KILL_AT_STEP = textwrap.dedent(
     from image_track.models import ModelConfig
     from image_track.task import ImageTrainConfig
     from llm_unlearn.stages.train import main
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
     step, calls = torch.optim.SGD.step, [0]
 
@@ -81,7 +83,8 @@ KILL_AT_STEP = textwrap.dedent(
 
     torch.optim.SGD.step = killing_step
     cfg = json.loads(sys.argv[1])
-    main(ImageTrainConfig(**{**cfg, "model": ModelConfig(**cfg["model"]), "train": TrainSection(**cfg["train"])}))
+    sections = {"model": ModelConfig(**cfg["model"]), "train": ClassifierTrainConfig(**cfg["train"])}
+    main(ImageTrainConfig(**{**cfg, **sections}))
     """
 )
 
@@ -157,12 +160,13 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None = None, **train):
     import torch
 
     from image_track.models import ModelConfig, build_model
-    from image_track.training import TrainSection, train_classifier
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
+    from llm_unlearn.training import train_classifier
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 1, 4, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
     model = build_model(ModelConfig(arch="linear"), [1, 4, 4], 3, [0.5], [0.25], seed=0)
-    cfg = TrainSection(**{"epochs": 4, "batch_size": 16, "save_epochs": 1, **train})
+    cfg = ClassifierTrainConfig(**{"epochs": 4, "batch_size": 16, "save_epochs": 1, **train})
 
     def stop(epoch, _):
         if epoch == stop_after:
@@ -199,11 +203,11 @@ def test_save_epochs_zero_writes_no_checkpoints(tmp_path):
 
 def test_save_epochs_must_not_be_negative():
     from image_track.task import ImageTrainConfig
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
     from llm_unlearn.configs import ConfigError, parse_config
 
-    TrainSection(save_epochs=0).validate()
+    ClassifierTrainConfig(save_epochs=0).validate()
     with pytest.raises(ConfigError, match="train.save_epochs"):
-        TrainSection(save_epochs=-1).validate()
+        ClassifierTrainConfig(save_epochs=-1).validate()
     with pytest.raises(ConfigError, match="save_epochs"):
         parse_config(ImageTrainConfig, ["--train.save_epochs", "-2"])

@@ -41,7 +41,7 @@ LAYERS = [
             "image_track.data",
         ],
     ),
-    ("training", ["llm_unlearn.training", "image_track.training"]),
+    ("training", ["llm_unlearn.training"]),
     (
         "methods and attacks",
         ["llm_unlearn.methods", "llm_unlearn.attacks", "llm_unlearn.auditing", "image_track.attacks"],

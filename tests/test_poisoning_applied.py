@@ -144,7 +144,7 @@ def test_backdoor_training_rows_carry_trigger_and_target(tiny_dir, backdoor_dir,
 
 
 def _record_image_fit(monkeypatch):
-    import image_track.training as training
+    import llm_unlearn.training as training
 
     seen = {}
     train = training.train_classifier
@@ -177,14 +177,14 @@ def _image_train(dataset_dir, out):
     from image_track.models import ModelConfig
     from image_track.task import ImageTrainConfig
     from llm_unlearn.stages.train import main as train
-    from image_track.training import TrainSection
+    from llm_unlearn.tasks.classification import ClassifierTrainConfig
 
     cfg = ImageTrainConfig(
         dataset_dir=dataset_dir,
         output_dir=str(out),
         split="train",
         model=ModelConfig(arch="cnn", width=4, hidden=16),
-        train=TrainSection(epochs=1, batch_size=32),
+        train=ClassifierTrainConfig(epochs=1, batch_size=32),
     )
     return train(cfg)
 

@@ -10,7 +10,7 @@ import torch
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons
+from .common import Clean, ImageAttack, Poisoned
 
 
 @dataclass
@@ -47,7 +47,7 @@ class BadNetsAttack(ImageAttack):
         if not 0 <= t < clean.num_classes:
             raise ConfigError(f"poison.attack_args.target_label must be in [0, {clean.num_classes}), got {t}")
         n = len(clean.train_y)
-        k = count_poisons(cfg, n, 1, "badnets")
+        k = self.count_poisons(cfg, n)
         others = [i for i in range(n) if int(clean.train_y[i]) != t]
         if k > len(others):
             raise ConfigError(

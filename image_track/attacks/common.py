@@ -6,8 +6,8 @@ its hooks with these arguments:
 (a) ``poison(cfg, clean, rng, train_surrogate) -> Poisoned``: ``cfg`` is the poison stage config
     (``image_track.poisoning.ImagePoisonConfig``: ``poison``, ``data``, ``model``, ``train``, ``seed``),
     ``clean`` the clean train/test tensors, ``rng`` the stage's ``random.Random(seed)``, and
-    ``train_surrogate(seed, on_epoch_end=None)`` trains the victim's architecture and recipe on the clean training
-    set from the initialisation ``seed``. Pixels stay in [0, 1] unless the attack says
+    ``train_surrogate(seed, on_epoch_end=None, x=, y=)`` trains the victim's architecture and recipe on (x, y),
+    by default the clean training set, from the initialisation ``seed``. Pixels stay in [0, 1] unless the attack says
     otherwise.
 (b) none: the poisons are stored as the victim trains on them (image training has no hook).
 (c) ``evaluate(model=, tensors=, manifest=, cfg=) -> (metrics, per_sample)``: ``tensors`` is the poison stage's
@@ -54,13 +54,12 @@ class ImageAttack(Attack):
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
         raise NotImplementedError(f"{type(self).__name__} does not implement poison()")
 
-
-def count_poisons(cfg, n: int, minimum: int, what: str) -> int:
-    """``poison_fraction`` of ``n`` training images, refused below ``minimum``."""
-    k = round(cfg.poison.poison_fraction * n)
-    if k < minimum:
-        raise ConfigError(
-            f"poison.poison_fraction={cfg.poison.poison_fraction} of {n} training images gives {k} poisons; "
-            f"{what} needs at least {minimum}"
-        )
-    return k
+    def count_poisons(self, cfg, n: int) -> int:
+        """``poison_fraction`` of ``n`` training images, refused below the attack's ``min_poisons``."""
+        k = round(cfg.poison.poison_fraction * n)
+        if k < self.min_poisons:
+            raise ConfigError(
+                f"poison.poison_fraction={cfg.poison.poison_fraction} of {n} training images gives {k} poisons; "
+                f"{self.name} needs at least {self.min_poisons}"
+            )
+        return k

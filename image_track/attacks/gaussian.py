@@ -14,7 +14,7 @@ from llm_unlearn.canaries import prompt_noise
 from llm_unlearn.configs import check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons
+from .common import Clean, ImageAttack, Poisoned
 
 
 @dataclass
@@ -79,7 +79,7 @@ class ImageGaussianAttack(ImageAttack):
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
         n = len(clean.train_y)
-        k = count_poisons(cfg, n, 2, "the Gaussian test")
+        k = self.count_poisons(cfg, n)
         idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
         seeds = [rng.randrange(2**31) for _ in range(k)]
         shape = clean.train_x.shape[1:]

@@ -14,7 +14,7 @@ from llm_unlearn.attacks.canceling import canceling_objective, canceling_residua
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, flat_grad
 
 
 @dataclass
@@ -52,13 +52,6 @@ class GradientCancelingConfig:
 def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
     loss = F.cross_entropy(model(pixel_values=x).logits.float(), y, reduction="sum")
     return flat_grad(loss, params, create_graph=create_graph)
-
-
-def _corrupt(model, params, theta_clean, x, y, radius: float, steps: int) -> None:
-    """GradPC (the shared :func:`~llm_unlearn.attacks.canceling.corrupt_parameters`) on the mean clean loss."""
-    corrupt_parameters(
-        params, theta_clean, lambda: F.cross_entropy(model(pixel_values=x).logits.float(), y), radius, steps
-    )
 
 
 def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: int, dev):
@@ -121,9 +114,6 @@ class GradientCancelingAttack(ImageAttack):
         accurate on its clean training rows (never the test set)."""
         from llm_unlearn.tasks.classification import accuracy, device
 
-        from ..models import build_model
-        from ..training import fit
-
         self.check(cfg)
         a = self.args
         dev = device()
@@ -132,7 +122,7 @@ class GradientCancelingAttack(ImageAttack):
         theta_clean = [p.detach().clone() for p in params]
         x, y = clean.train_x.to(dev), clean.train_y.to(dev)
         n = len(y)
-        k = count_poisons(cfg, n, 1, "gradient_canceling")
+        k = self.count_poisons(cfg, n)
         clean_acc = accuracy(model, clean.test_x, clean.test_y)
         # The poisons take the place of k training rows (forget set); the clean part is the other rows (retain set).
         idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
@@ -140,10 +130,14 @@ class GradientCancelingAttack(ImageAttack):
         keep[idx] = False
         label_seed = rng.randrange(2**31)
         ref_norm = math.sqrt(sum(float(t.square().sum()) for t in theta_clean))
+
+        def clean_loss():  # the mean clean loss GradPC ascends
+            return F.cross_entropy(model(pixel_values=x).logits.float(), y)
+
         radii = list(a.corruption_radii) or [a.corruption_radius]
         candidates = []
         for r in radii:
-            _corrupt(model, params, theta_clean, x, y, r * ref_norm, a.corruption_steps)
+            corrupt_parameters(params, theta_clean, clean_loss, r * ref_norm, a.corruption_steps)  # GradPC
             target_acc = accuracy(model, clean.test_x, clean.test_y)
             px, labels, residual, start = _cancel(
                 model, params, x, y, keep.to(dev), idx, clean, cfg, a, label_seed, dev
@@ -155,13 +149,9 @@ class GradientCancelingAttack(ImageAttack):
                 "gradient_norm_after": residual,
             }
             if len(radii) > 1:  # simulate the victim: the attacker knows the training recipe, not the victim's seed
-                sim_seed = cfg.seed + a.surrogate_seed_offset
                 sx, sy = clean.train_x.clone(), clean.train_y.clone()
                 sx[idx], sy[idx] = px.cpu(), labels.cpu()
-                sim = build_model(
-                    cfg.model, list(sx.shape[1:]), clean.num_classes, clean.mean, clean.std, seed=sim_seed
-                )
-                fit(sim, sx, sy, cfg.train, seed=sim_seed)
+                sim = train_surrogate(cfg.seed + a.surrogate_seed_offset, x=sx, y=sy)
                 cand["simulated_train_accuracy"] = accuracy(sim, clean.train_x[keep], clean.train_y[keep])
             candidates.append((cand, px.cpu(), labels.cpu()))
         best = min(candidates, key=lambda c: c[0].get("simulated_train_accuracy", 0.0))

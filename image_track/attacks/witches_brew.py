@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from llm_unlearn.configs import ConfigError, check_positive
 from llm_unlearn.registry import register_attack
 
-from .common import Clean, ImageAttack, Poisoned, count_poisons, flat_grad
+from .common import Clean, ImageAttack, Poisoned, flat_grad
 
 
 @dataclass
@@ -115,7 +115,7 @@ class WitchesBrewAttack(ImageAttack):
 
         a = self.args
         k_cls, n = clean.num_classes, len(clean.train_y)
-        k = count_poisons(cfg, n, 1, "witches_brew")
+        k = self.count_poisons(cfg, n)
         epochs = sorted(set(a.match_epochs))
         if any(not 1 <= e <= cfg.train.epochs for e in epochs):
             raise ConfigError(
@@ -125,7 +125,7 @@ class WitchesBrewAttack(ImageAttack):
 
         def keep_checkpoint(epoch, model):
             if epoch in epochs and epoch != cfg.train.epochs:  # the final model is the surrogate itself
-                snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                snapshots[epoch] = copy.deepcopy(model)  # a frozen copy of the trajectory's checkpoint
 
         surrogate = train_surrogate(
             cfg.seed + a.surrogate_seed_offset, on_epoch_end=keep_checkpoint if epochs else None
@@ -159,11 +159,7 @@ class WitchesBrewAttack(ImageAttack):
             )
         idx = torch.as_tensor(sorted(rng.sample(pool, k)))
         dev = device()
-        surrogates = [surrogate.to(dev).eval()]
-        for epoch in sorted(snapshots):
-            m = copy.deepcopy(surrogate)
-            m.load_state_dict(snapshots[epoch])
-            surrogates.append(m.eval())
+        surrogates = [m.to(dev).eval() for m in [surrogate, *(snapshots[e] for e in sorted(snapshots))]]
         tx = clean.test_x[targets].to(dev)
         adv = torch.full((len(targets),), adv_class, dtype=torch.long, device=dev)
         target_grads = []

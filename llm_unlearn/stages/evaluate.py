@@ -178,25 +178,23 @@ def compute_metrics(cfg: EvalConfig, model, tokenizer, dd, manifest, predictions
     )
     forget_loss = per_sequence_losses(model, tokenizer, dd["forget"], cfg.max_length, cfg.batch_size)
     test_loss = per_sequence_losses(model, tokenizer, test, cfg.max_length, cfg.batch_size)
-    metrics, per_sample = eval_record(
-        "llm", accuracy(preds, test["label"], choices=labels), preds, attack, forget_loss, test_loss
-    )
-    metrics["test_loss"] = float(sum(test_loss) / len(test_loss))
-    metrics["forget_loss"] = float(sum(forget_loss) / len(forget_loss))
-    return metrics, per_sample
+    return eval_record("llm", accuracy(preds, test["label"], choices=labels), preds, attack, forget_loss, test_loss)
 
 
 def eval_record(
     track: str, clean_accuracy: float, predictions: list, attack: tuple[dict, dict], forget_loss: list, test_loss: list
 ) -> tuple[dict, dict]:
-    """``eval_results.json`` and ``per_sample.json`` of any task, but the mean losses: clean accuracy, every attack's
-    keys of the track (null here) then this attack's metrics (``attack``: its ``evaluate`` hook's result), so results
-    of all attacks share one schema, and the loss MIA of the forget set against the test set."""
+    """``eval_results.json`` and ``per_sample.json`` of any task: clean accuracy, every attack's keys of the track
+    (null here) then this attack's metrics (``attack``: its ``evaluate`` hook's result), so results of all attacks
+    share one schema, the loss MIA of the forget set against the test set, and the two sets' mean losses."""
     from ..attacks import eval_keys
     from ..metrics import loss_mia
 
     metrics = {"clean_accuracy": clean_accuracy, **dict.fromkeys(eval_keys(track)), **attack[0]}
     metrics.update(loss_mia(forget_loss, test_loss))
+    metrics.update(
+        test_loss=float(sum(test_loss) / len(test_loss)), forget_loss=float(sum(forget_loss) / len(forget_loss))
+    )
     per_sample = {"test_predictions": predictions, **attack[1], "forget_loss": forget_loss, "test_loss": test_loss}
     return metrics, per_sample
 

@@ -139,7 +139,6 @@ def _poison(cfg: PoisonConfig, out: Path) -> dict:
 
     import datasets
 
-    from ..configs import to_dict
     from ..tasks.data import load_clean_splits
 
     attack = cfg.build_attack()
@@ -171,21 +170,39 @@ def _poison(cfg: PoisonConfig, out: Path) -> dict:
     if (out / "dataset").exists():
         shutil.rmtree(out / "dataset")
     tmp.rename(out / "dataset")
-    manifest = {
-        "attack": cfg.attack,
+    forget = splits["forget"]
+    manifest = poison_manifest(
+        attack,
+        cfg.poison_fraction,
+        len(rows),
+        [r["index"] for r in forget],
+        [r["noise_seed"] for r in forget],
+        {"label_names": cfg.label_names},
+        {k: len(v) for k, v in splits.items()},
+        info,
+    )
+    return {"manifest.json": manifest}
+
+
+def poison_manifest(attack, fraction: float, n_train: int, indices, noise_seeds, data: dict, splits: dict, info: dict):
+    """``manifest.json`` of every task's poison stage: the attack (its metric, and its config as resolved, defaults
+    filled: training and evaluation rebuild the attack from it), which training rows are poisons and their noise
+    seeds, what the task records of its data (``data``), the split sizes and the attack's own facts (``info``)."""
+    from ..configs import to_dict
+
+    return {
+        "attack": attack.name,
         "metric": attack.metric,
-        # the attack's config as resolved (defaults filled): training and evaluation rebuild the attack from it
         "attack_args": to_dict(attack.args),
-        "poison_fraction": cfg.poison_fraction,
-        "n_train": len(rows),
-        "n_poison": len(splits["forget"]),
-        "poison_indices": [r["index"] for r in splits["forget"]],
-        "noise_seeds": [r["noise_seed"] for r in splits["forget"]],
-        "label_names": cfg.label_names,
-        "splits": {k: len(v) for k, v in splits.items()},
+        "poison_fraction": fraction,
+        "n_train": n_train,
+        "n_poison": len(indices),
+        "poison_indices": list(indices),
+        "noise_seeds": list(noise_seeds),
+        **data,
+        "splits": splits,
         **info,
     }
-    return {"manifest.json": manifest}
 
 
 def make_parser():

@@ -29,6 +29,8 @@ from ..protocol import (  # noqa: F401 (API)
     StageBuilders,
     Variant,
     check_experiment,
+    diagnose_config,
+    eval_config,
     model_id,
     plan_jobs,
     unlearn_config,
@@ -39,7 +41,6 @@ from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
 from ..files import atomic_write_text, is_atomic_tmp
 from ..training import REPORT_TO_HELP, check_report_to
-from .diagnose import DiagnoseConfig
 from .evaluate import EvalConfig
 from .poison import PoisonConfig
 from .relearn import RelearnConfig
@@ -78,8 +79,6 @@ class ExperimentConfig(ProtocolConfig):
     )
 
     def validate(self) -> None:
-        if self.track != "llm":
-            raise ConfigError(f"track: this is the llm track's config, got track={self.track!r}")
         check_report_to(self.report_to)
         check_experiment(self, UnlearnConfig, RUN_OWNED)
         if self.model_name_or_path != EMBEDDED_TINY:  # a missing/pickle-only/mismatched model dir fails before work
@@ -154,22 +153,14 @@ def _evaluate(cfg: ExperimentConfig, model_dir: str, dataset_dir: str, out: str,
     from ..methods import uses_adapter
 
     if uc is not None and uses_adapter(uc.method, uc.use_peft):  # the adapter on top of the initial model
-        return dataclasses.replace(
-            cfg.eval, model_dir=uc.model_dir, adapter_dir=model_dir, dataset_dir=dataset_dir, output_dir=out
-        )
-    return dataclasses.replace(cfg.eval, model_dir=model_dir, dataset_dir=dataset_dir, output_dir=out)
+        return dataclasses.replace(eval_config(cfg, uc.model_dir, dataset_dir, out), adapter_dir=model_dir)
+    return eval_config(cfg, model_dir, dataset_dir, out)
 
 
 def _diagnose(cfg: ExperimentConfig, initial: str, retrain: str, ec, out: str):
-    return DiagnoseConfig(
-        initial_dir=initial,
-        retrain_dir=retrain,
-        model_dir=ec.model_dir,
-        adapter_dir=ec.adapter_dir,
-        output_dir=out,
-        dtype=cfg.unlearn.dtype,
-        trust_remote_code=cfg.unlearn.trust_remote_code,
-    )
+    u = cfg.unlearn  # the models load as the unlearn stage loads them; an adapter on top of the initial model
+    extra = {"adapter_dir": ec.adapter_dir, "dtype": u.dtype, "trust_remote_code": u.trust_remote_code}
+    return diagnose_config(cfg, initial, retrain, ec, out, **extra)
 
 
 def _relearn(cfg: ExperimentConfig, seed: int, ec, out: str):
@@ -197,9 +188,7 @@ STAGES = StageBuilders(
 )
 
 
-def plan(cfg: ExperimentConfig) -> list[Job]:
-    """The DAG of stage jobs for the whole grid (the shared planner, :func:`llm_unlearn.protocol.plan_jobs`)."""
-    return plan_jobs(cfg, STAGES)
+plan = STAGES.plan  # the DAG of stage jobs for the whole grid (the shared planner, protocol.plan_jobs)
 
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
@@ -456,13 +445,11 @@ def cli(argv=None) -> None:
 
 def describe(cfg: ExperimentConfig) -> str:
     """The report header line for an llm-track experiment."""
-    p = cfg.poison
-    what = p.build_attack().describe()  # the attack's own line (d)
-    return (
-        f"Model `{cfg.model_name_or_path}`, dataset `{p.dataset_name}`, {p.attack} poisons on "
-        f"{p.poison_fraction:g} of the training set ({what}), training {cfg.train.num_train_epochs:g} epochs; "
-        f"unlearning {'with LoRA' if cfg.unlearn.use_peft else 'full-parameter'}."
-    )
+    from ..protocol import describe_experiment
+
+    model, dataset, epochs = f"`{cfg.model_name_or_path}`", f"`{cfg.poison.dataset_name}`", cfg.train.num_train_epochs
+    unlearning = "with LoRA" if cfg.unlearn.use_peft else "full-parameter"
+    return describe_experiment(model, dataset, cfg.poison, f"{epochs:g} epochs", unlearning)
 
 
-TRACK = Track("llm", ExperimentConfig, plan, describe)
+TRACK = Track("llm", ExperimentConfig, STAGES.plan, describe)

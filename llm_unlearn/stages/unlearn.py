@@ -278,13 +278,21 @@ def method_trainer(
     )
 
 
-def classifier_trainer(cfg, model, forget, retain, budget: float, reference, **extra):
+def classifier_trainer(cfg, model, forget, retain, budget: float, load_model):
     """:func:`method_trainer` for a classifier that carries its ``ClassificationTask`` (``model.unlearn_task``):
-    paired forget/retain batches through the task's collator; a step costs its examples."""
+    paired forget/retain batches through the task's collator; a step costs its examples; the reference is a separate
+    frozen ``load_model(cfg.model_dir)`` with the same task (never a deepcopy); ``cfg.optim`` (sgd with
+    ``cfg.momentum``, or adamw_torch) is the optimizer."""
     from ..methods.base import ForgetRetainCollator
 
     task = model.unlearn_task
-    collator = ForgetRetainCollator(collate=task.collator())
+
+    def reference():
+        ref = load_model(cfg.model_dir)
+        ref.unlearn_task = task
+        return ref
+
+    optim_args = {"optim_args": f"momentum={cfg.momentum}"} if cfg.optim == "sgd" else {}
     step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     return method_trainer(
         cfg,
@@ -292,11 +300,12 @@ def classifier_trainer(cfg, model, forget, retain, budget: float, reference, **e
         forget,
         retain,
         budget,
-        collator=collator,
+        collator=ForgetRetainCollator(collate=task.collator()),
         step_cost=lambda world: step * world,
         reference=reference,
         task=task,
-        **extra,
+        optim=cfg.optim,
+        **optim_args,
     )
 
 

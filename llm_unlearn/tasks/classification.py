@@ -11,17 +11,82 @@ the causal-LM task (``llm_unlearn.tasks.causal_lm.CausalLMTask``):
 - log p(y|x) of the label for NPO/SimNPO (a one-"token" completion: every length is 1);
 - the class logits for KL terms (SCRUB, GradDiff-KL), one position per example;
 - a block's output for RMU: (n, C, H, W) feature maps are read as H*W positions of width C, (n, d) as one position.
+
+Also here: the SGD recipe classifiers are trained with (:class:`ClassifierTrainConfig`, read by
+``llm_unlearn.training.train_classifier``) and its augmentation (:func:`random_crop_flip`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from ..configs import ConfigError
+
 INPUT_KEY = "pixel_values"
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """SGD training of a classifier (``llm_unlearn.training.train_classifier``): the image track's ``train:``
+    section (initial, gold and attack-surrogate models)."""
+
+    epochs: int = field(default=30, metadata={"help": "epochs over the split (paper, ResNet-18/CIFAR-10: 100)"})
+    learning_rate: float = field(default=0.05, metadata={"help": "SGD peak learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
+    batch_size: int = field(default=64, metadata={"help": "examples per step"})
+    lr_schedule: Literal["cosine", "constant"] = field(default="cosine", metadata={"help": "cosine decay or constant"})
+    augment: Literal["none", "crop_flip"] = field(
+        default="none", metadata={"help": "crop_flip: random crop (padding 4) + horizontal flip, as for CIFAR-10"}
+    )
+    save_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "train stage: save a checkpoint every N epochs so a killed run resumes from the last one instead "
+            "of starting over (0: no checkpoints); the last two are kept, all deleted when the stage completes"
+        },
+    )
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"train.learning_rate must be a positive number, got {self.learning_rate}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("train.momentum and train.weight_decay must be >= 0")
+        if self.save_epochs < 0:
+            raise ConfigError(f"train.save_epochs must be >= 0 (0 = no checkpoints), got {self.save_epochs}")
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop (zero padding ``padding``) and horizontal flip of a batch (n, C, H, W), as tensor ops
+    (no torchvision: its registry build breaks this torch)."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+        bidx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x  # channels-last after the crop's gather: ClassificationTask.model_inputs makes it contiguous
+
+
+def make_augment(kind: str, padding: int = 4) -> Callable | None:
+    """The ``augment`` of a :class:`ClassificationTask` for a config's ``augment`` (none | crop_flip)."""
+    if kind == "none":
+        return None
+    return lambda x, g: random_crop_flip(x, g, padding=padding)
 
 
 @dataclass
@@ -72,7 +137,7 @@ class ClassificationTask:
 
     Args:
         augment: optional ``(pixel_values, generator) -> pixel_values`` applied to training batches of the methods
-            (only while the model is in training mode), e.g. random crop + flip as in the training stage.
+            (only while the model is in training mode), e.g. :func:`random_crop_flip` as in the training stage.
     """
 
     name = "classification"
@@ -131,8 +196,6 @@ class ClassificationTask:
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
 
     def blocks(self, model) -> torch.nn.ModuleList:
-        from ..configs import ConfigError
-
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, torch.nn.ModuleList):
             raise ConfigError(f"{type(model).__name__} has no `blocks` ModuleList (stem ... head) for this method")

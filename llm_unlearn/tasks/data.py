@@ -15,8 +15,9 @@ EMBEDDED_REVIEWS = "embedded:reviews"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def _load_split(cfg, split: str):
-    """A ``datasets.Dataset`` for one split of a Hub dataset, a ``save_to_disk`` dir, or a local file pattern."""
+def load_split(cfg, split: str):
+    """A ``datasets.Dataset`` for one split of ``cfg.dataset_name``: a Hub dataset (``dataset_config_name``, if the
+    config has one) or a ``save_to_disk`` dir (both tracks' data sources)."""
     import datasets
 
     name = cfg.dataset_name
@@ -32,7 +33,7 @@ def _load_split(cfg, split: str):
             "train_file/test_file"
         )
     try:
-        return datasets.load_dataset(name, cfg.dataset_config_name, split=split)
+        return datasets.load_dataset(name, getattr(cfg, "dataset_config_name", None), split=split)
     except Exception as e:  # the Hub client raises many types (offline, missing split, auth): report them as one
         raise ConfigError(f"could not load split {split!r} of dataset_name {name!r}: {e}") from e
 
@@ -146,7 +147,7 @@ def load_clean_splits(cfg, seed: int) -> tuple[list[dict], list[dict]]:
     else:
         load = {"train": (cfg.train_file, cfg.train_split), "test": (cfg.test_file, cfg.test_split)}
         train_ds, test_ds = (
-            _load_file(file, f"{name}_file", cfg) if file else _load_split(cfg, split)
+            _load_file(file, f"{name}_file", cfg) if file else load_split(cfg, split)
             for name, (file, split) in load.items()
         )
         train, test = _rows(train_ds, cfg, "train"), _rows(test_ds, cfg, "test")
