@@ -1,7 +1,7 @@
 """The image track for ``llm-unlearn run``: an experiment config and the builders of its stage configs, registered as
 the ``image`` entry point of ``llm_unlearn.tracks`` (``llm_unlearn`` never imports this package).
 
-The job graph and output layout are the shared planner's (``llm_unlearn.protocol.plan_jobs``), as are the unlearn,
+The job graph and output layout are the shared planner's (``llm_unlearn.planner.plan_jobs``), as are the unlearn,
 evaluate and diagnose builders; this module only says how the image poison and train configs are filled in.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from llm_unlearn.protocol import ProtocolConfig, StageBuilders, check_degenerate, check_experiment, diagnose_config
-from llm_unlearn.protocol import describe_experiment, eval_config, unlearn_config
+from llm_unlearn.planner import StageBuilders, diagnose_config, eval_config, unlearn_config
+from llm_unlearn.protocol import ProtocolConfig, check_degenerate, check_experiment, describe_experiment
 from llm_unlearn.stages.unlearn import UnlearnRun
 from llm_unlearn.tasks.classification import ClassifierTrainConfig
 from llm_unlearn.tracks import Track

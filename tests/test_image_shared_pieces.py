@@ -53,7 +53,7 @@ def test_a_surrogate_that_diverges_raises_and_leaves_no_scratch_dir(tmp_path, mo
 
 def test_both_tracks_build_eval_and_diagnose_configs_with_the_shared_builders():
     from image_track.track import STAGES as IMAGE
-    from llm_unlearn.protocol import diagnose_config, eval_config
+    from llm_unlearn.planner import diagnose_config, eval_config
     from llm_unlearn.stages.run import STAGES as LLM
     from llm_unlearn.tracks import get_track
 

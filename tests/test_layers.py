@@ -51,6 +51,7 @@ LAYERS = [
         "protocol",
         [
             "llm_unlearn.protocol",
+            "llm_unlearn.planner",
             "llm_unlearn.tracks",
             "llm_unlearn.launcher",
             "llm_unlearn.scheduler",

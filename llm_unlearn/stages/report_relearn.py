@@ -1,7 +1,7 @@
 """Relearning in the report: the rows of relearned models, their table and ``relearn.png``.
 
 A run with a ``relearn`` section evaluated every model (initial, gold, each unlearned variant) again after ``n`` more
-fine-tuning steps (``seed_<s>/eval/<id>_r<n>``, see :func:`llm_unlearn.protocol.relearn_jobs`). Their rows carry
+fine-tuning steps (``seed_<s>/eval/<id>_r<n>``, see :func:`llm_unlearn.planner.relearn_jobs`). Their rows carry
 ``relearn_steps: n`` and ``relearn_of: <id>`` (the model they continue), with ``variant`` = ``<id>_r<n>``; every
 other row gets ``relearn_steps: 0``. The selection of variants, gap closed of the as-unlearned models, the verdicts
 and the suite's Table 1 are computed on the ``relearn_steps: 0`` rows alone: relearned rows are added after them and

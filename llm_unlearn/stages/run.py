@@ -8,7 +8,7 @@ live in ``llm_unlearn/protocol.py``. Layout under ``output_dir``::
 
     experiment.yaml  results.json  report.md  *.png
     seed_<s>/base/ poison/ initial/ retrain/ unlearn/<method>_b<budget>/ eval/<model>/
-    seed_<s>/relearn/<model>/r<n>/ eval/<model>_r<n>/   (with a relearn section: see protocol.relearn_jobs)
+    seed_<s>/relearn/<model>/r<n>/ eval/<model>_r<n>/   (with a relearn section: see planner.relearn_jobs)
 """
 
 from __future__ import annotations
@@ -24,18 +24,8 @@ from typing import Literal
 import yaml
 
 from ..configs import ConfigError, parse_config_and_flags, to_dict
-from ..protocol import (  # noqa: F401 (API)
-    ProtocolConfig,
-    StageBuilders,
-    Variant,
-    check_experiment,
-    diagnose_config,
-    eval_config,
-    model_id,
-    plan_jobs,
-    unlearn_config,
-    unlearn_variants,
-)
+from ..planner import StageBuilders, diagnose_config, eval_config, plan_jobs, unlearn_config  # noqa: F401 (API)
+from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
 from ..embedded import TinyModelConfig
 from ..tracks import Track, get_track, load_experiment, track_name  # noqa: F401 (API)
@@ -188,7 +178,7 @@ STAGES = StageBuilders(
 )
 
 
-plan = STAGES.plan  # the DAG of stage jobs for the whole grid (the shared planner, protocol.plan_jobs)
+plan = STAGES.plan  # the DAG of stage jobs for the whole grid (the shared planner, planner.plan_jobs)
 
 
 def check_output_dir(cfg: ExperimentConfig) -> Path:
