@@ -4,7 +4,8 @@ Configs, each wrong in one place: an unknown key in the `train` section, a value
 section, an unknown method (checked against the registry's list of built-in names), and errors in a method's own
 knobs: an unknown knob, a wrong type, a value its ``validate()`` refuses, a bad value in a grid over a method knob
 (each checked against the knob class read from the method's file); then the `unlearn` stage given a bad knob, and,
-with ``--image``, a bad grid value on the image track (every run checks that the error printed is the one meant).
+with ``--image``, the image track: the tiny Gaussian recipe with a bad seed, a bad ``attack_args`` value, a bad
+method knob, a bad grid value, an unknown ``data`` key (every run checks that the error printed is the one meant).
 Each is timed ``--repeats`` times; pass ``--baseline DIR`` (a checkout of another version, e.g. before a change) to
 time its code the same way, in turns with this one, so that load from other jobs on a shared machine hits both
 alike::
@@ -55,8 +56,31 @@ CONFIGS = {
         SIGMA,
     ),
 }
+IMAGE_RECIPE = (ROOT / "recipes" / "tiny" / "image_gaussian.yaml").read_text()
+if "\nseeds: [0, 1, 2]\n" not in IMAGE_RECIPE:
+    raise SystemExit("recipes/tiny/image_gaussian.yaml no longer says `seeds: [0, 1, 2]`: update the image case here")
 IMAGE = {
-    "image track, bad grid value": ("run", "track: image\nseeds: [0]\ngrid:\n  ngd: {sigma: [0.1, -1.0]}\n", SIGMA)
+    "image recipe, seeds: [-1]": (
+        "run",
+        IMAGE_RECIPE.replace("\nseeds: [0, 1, 2]\n", "\nseeds: [-1]\n"),
+        "seeds[0]: -1 is outside the seed range",
+    ),
+    "image, bad attack_args (badnets patch_size 0)": (
+        "run",
+        "track: image\nseeds: [0]\npoison: {attack: badnets, attack_args: {patch_size: 0}}\n",
+        "patch_size must be >= 1",
+    ),
+    "image, bad knob (method_args.npo.beta: abc)": (
+        "run",
+        "track: image\nseeds: [0]\nmethods: [npo]\nmethod_args:\n  npo: {beta: abc}\n",
+        "beta: expected a number",
+    ),
+    "image, bad grid value": ("run", "track: image\nseeds: [0]\ngrid:\n  ngd: {sigma: [0.1, -1.0]}\n", SIGMA),
+    "image, unknown key (data.test_fractoin)": (
+        "run",
+        "track: image\nseeds: [0]\ndata: {test_fractoin: 0.5}\n",
+        "unknown key 'data.test_fractoin'",
+    ),
 }
 
 
@@ -81,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time in turns with this one")
-    ap.add_argument("--image", action="store_true", help="also time a bad grid value on the image track")
+    ap.add_argument("--image", action="store_true", help="also time the image track's cases")
     ap.add_argument("--only", default="", help="time only the configs whose label contains this text")
     args = ap.parse_args()
     trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})

@@ -14,17 +14,17 @@ A model dir is ``llm_unlearn.modeling.save_module``'s: the weights and the descr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.modeling import check_same_architecture, load_module, module_description, save_module
 from llm_unlearn.tasks.classification import ClassificationTask, ClassifierOutput
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -44,23 +44,10 @@ class ModelConfig:
             raise ConfigError(f"model.width and model.hidden must be >= 1, got {self.width}, {self.hidden}")
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 def _resnet18_blocks(cin: int, num_classes: int, width: int) -> list[nn.Module]:
+    from torch import nn
+
+    BasicBlock = _nn_classes()["BasicBlock"]
     widths = [width, 2 * width, 4 * width, 8 * width]
     blocks: list[nn.Module] = [
         nn.Sequential(nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
@@ -75,6 +62,8 @@ def _resnet18_blocks(cin: int, num_classes: int, width: int) -> list[nn.Module]:
 
 
 def _cnn_blocks(cin: int, num_classes: int, width: int, hidden: int) -> list[nn.Module]:
+    from torch import nn
+
     # Pool to 4x4 whatever the input size (8x8 digits, upsampled 16/32, CIFAR 32x32): the head sees the same shape.
     return [
         nn.Sequential(nn.Conv2d(cin, width, 3, 1, 1), nn.ReLU()),
@@ -85,6 +74,8 @@ def _cnn_blocks(cin: int, num_classes: int, width: int, hidden: int) -> list[nn.
 
 
 def _mlp_blocks(n_in: int, num_classes: int, hidden: int) -> list[nn.Module]:
+    from torch import nn
+
     return [
         nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU()),
         nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()),
@@ -92,65 +83,108 @@ def _mlp_blocks(n_in: int, num_classes: int, hidden: int) -> list[nn.Module]:
     ]
 
 
-class ImageClassifier(nn.Module):
-    """Normalisation + ``blocks``; ``forward(pixel_values, labels=None)`` returns a :class:`ClassifierOutput`."""
+# The nn.Module classes are defined on first use, by _nn_classes(), not at import: ModelConfig is read to check an
+# image-track config, and a config error must not wait the 1-2 s torch takes to import
+# (tests/test_fast_config_errors.py). They stay reachable as ``image_track.models.ImageClassifier`` / ``BasicBlock``
+# (the module's __getattr__ below), the name pickle and repr use. Kept in this file rather than a torch-only module so
+# that a model's config and its network read together (llm_unlearn.training builds its Trainer subclass the same way).
+@functools.cache
+def _nn_classes() -> dict[str, type]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
 
-    def __init__(
-        self, cfg: ModelConfig, image_shape: list[int], num_classes: int, mean: list[float], std: list[float]
-    ):
-        super().__init__()
-        self.cfg, self.image_shape, self.num_classes = cfg, list(image_shape), num_classes
-        cin = image_shape[0]
-        n_in = int(torch.tensor(image_shape).prod())
-        blocks = {
-            "cnn": lambda: _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden),
-            "resnet18": lambda: _resnet18_blocks(cin, num_classes, cfg.width),
-            "mlp": lambda: _mlp_blocks(n_in, num_classes, cfg.hidden),
-            "linear": lambda: [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))],
-        }
-        if cfg.arch not in blocks:
-            raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from {list(blocks)}")
-        self.blocks = nn.ModuleList(blocks[cfg.arch]())
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
-        self.unlearn_task = ClassificationTask()  # how llm_unlearn's methods read this model's batches
+    class BasicBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The input of the head (the last block)."""
-        x = (pixel_values - self.mean) / self.std
-        for block in self.blocks[:-1]:
-            x = block(x)
-        return x
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_) -> ClassifierOutput:
-        logits = self.blocks[-1](self.features(pixel_values))
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return ClassifierOutput(logits=logits, loss=loss)
+    class ImageClassifier(nn.Module):
+        """Normalisation + ``blocks``; ``forward(pixel_values, labels=None)`` returns a :class:`ClassifierOutput`."""
 
-    def description(self) -> dict:
-        return {
-            "model": asdict(self.cfg),
-            "image_shape": self.image_shape,
-            "num_classes": self.num_classes,
-            "mean": self.mean.flatten().tolist(),
-            "std": self.std.flatten().tolist(),
-        }
+        def __init__(
+            self, cfg: ModelConfig, image_shape: list[int], num_classes: int, mean: list[float], std: list[float]
+        ):
+            super().__init__()
+            self.cfg, self.image_shape, self.num_classes = cfg, list(image_shape), num_classes
+            cin = image_shape[0]
+            n_in = int(torch.tensor(image_shape).prod())
+            blocks = {
+                "cnn": lambda: _cnn_blocks(cin, num_classes, cfg.width, cfg.hidden),
+                "resnet18": lambda: _resnet18_blocks(cin, num_classes, cfg.width),
+                "mlp": lambda: _mlp_blocks(n_in, num_classes, cfg.hidden),
+                "linear": lambda: [nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))],
+            }
+            if cfg.arch not in blocks:
+                raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}; choose from {list(blocks)}")
+            self.blocks = nn.ModuleList(blocks[cfg.arch]())
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+            self.unlearn_task = ClassificationTask()  # how llm_unlearn's methods read this model's batches
+
+        def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            """The input of the head (the last block)."""
+            x = (pixel_values - self.mean) / self.std
+            for block in self.blocks[:-1]:
+                x = block(x)
+            return x
+
+        def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_) -> ClassifierOutput:
+            logits = self.blocks[-1](self.features(pixel_values))
+            loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+            return ClassifierOutput(logits=logits, loss=loss)
+
+        def description(self) -> dict:
+            return {
+                "model": asdict(self.cfg),
+                "image_shape": self.image_shape,
+                "num_classes": self.num_classes,
+                "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(),
+            }
+
+    for cls in (BasicBlock, ImageClassifier):
+        cls.__qualname__ = cls.__name__  # as if defined at module level: pickle finds it through __getattr__
+    return {"BasicBlock": BasicBlock, "ImageClassifier": ImageClassifier}
 
 
-def build_model(cfg: ModelConfig, image_shape, num_classes: int, mean, std, seed: int) -> ImageClassifier:
-    """A freshly initialised classifier whose initialisation depends on ``seed`` only (the global RNG is untouched)."""
+def __getattr__(name: str):
+    if name in ("BasicBlock", "ImageClassifier"):
+        return _nn_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_model(cfg: ModelConfig, image_shape, num_classes: int, mean, std, seed: int) -> nn.Module:
+    """A freshly initialised :class:`ImageClassifier` whose initialisation depends on ``seed`` only (the global RNG is
+    untouched)."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ImageClassifier(cfg, image_shape, num_classes, mean, std)
+        return _nn_classes()["ImageClassifier"](cfg, image_shape, num_classes, mean, std)
 
 
-def save_model(model: ImageClassifier, out: str | Path) -> None:
+def save_model(model: nn.Module, out: str | Path) -> None:
+    """An :class:`ImageClassifier`'s weights and description, in ``out``."""
     save_module(model, out, model.description())
 
 
-def load_model(model_dir: str | Path, key: str = "model_dir") -> ImageClassifier:
-    def build(d: dict) -> ImageClassifier:  # from the description save_model wrote
-        return ImageClassifier(ModelConfig(**d["model"]), d["image_shape"], d["num_classes"], d["mean"], d["std"])
+def load_model(model_dir: str | Path, key: str = "model_dir") -> nn.Module:
+    """The :class:`ImageClassifier` :func:`save_model` wrote."""
+
+    def build(d: dict) -> nn.Module:  # from the description save_model wrote
+        cls = _nn_classes()["ImageClassifier"]
+        return cls(ModelConfig(**d["model"]), d["image_shape"], d["num_classes"], d["mean"], d["std"])
 
     return load_module(model_dir, build, key)
 

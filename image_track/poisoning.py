@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 import llm_unlearn.training as training
 from llm_unlearn.attacks import build_attack
 from llm_unlearn.configs import ConfigError
@@ -90,6 +88,8 @@ class ImagePoisonConfig:
 
 
 def poison_images(cfg: ImagePoisonConfig, out: Path) -> dict:
+    import torch  # here, not at module level: a config check reads PoisonSection and must not wait for torch
+
     attack = cfg.poison.build_attack()
     attack.check(cfg)
     xtr, ytr, xte, yte, k = load_clean(cfg.data, cfg.seed)

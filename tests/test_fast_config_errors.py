@@ -1,7 +1,8 @@
 """A config error in a built-in method's knobs (``method_args``, a grid over them) is found without importing torch or
 transformers: each knob class is read from its method file (``llm_unlearn/methods/knobs.py``). These tests keep that
 read class the same definition as the registered one, and the check light (in a fresh process, by ``sys.modules``;
-the seconds themselves are bench/config_error.py's, never asserted here)."""
+the seconds themselves are bench/config_error.py's, never asserted here). The image track's config check is kept
+free of torch too (its modules import torch inside the functions that use it)."""
 
 from __future__ import annotations
 
@@ -143,14 +144,18 @@ def test_an_unreadable_builtin_is_checked_by_importing_it(monkeypatch):
 
 # One fresh interpreter checks every case: the error it prints, and the heavy modules it never imported.
 CHECKS = r"""
-import json, sys
+import importlib, json, sys
 from llm_unlearn.configs import ConfigError, build_config
-from llm_unlearn.stages.run import ExperimentConfig
-from llm_unlearn.stages.unlearn import UnlearnConfig
 
+CLASSES = {
+    "run": "llm_unlearn.stages.run:ExperimentConfig",
+    "unlearn": "llm_unlearn.stages.unlearn:UnlearnConfig",
+    "image": "image_track.track:ImageExperimentConfig",  # what `run` loads for `track: image` (its entry point)
+}
 out = {}
 for label, (cls, data) in json.loads(sys.argv[1]).items():
-    cls = {"run": ExperimentConfig, "unlearn": UnlearnConfig}[cls]
+    module, name = CLASSES[cls].split(":")
+    cls = getattr(importlib.import_module(module), name)
     try:
         build_config(cls, data)
         out[label] = "ok"
@@ -202,8 +207,9 @@ EXPECTED = {
 }
 
 
-def test_method_knob_errors_are_found_without_importing_torch_or_transformers(tmp_path):
-    cases = {label: (cls, {**data, "output_dir": str(tmp_path / "out")}) for label, (cls, data) in CASES.items()}
+def _check_in_a_fresh_process(cases: dict, tmp_path: Path) -> dict:
+    """Each case's outcome ("ok" or the ConfigError), and ``heavy``: which of torch, transformers, numpy loaded."""
+    cases = {label: (cls, {**data, "output_dir": str(tmp_path / "out")}) for label, (cls, data) in cases.items()}
     proc = subprocess.run(
         [sys.executable, "-c", CHECKS, json.dumps(cases)],
         capture_output=True,
@@ -213,7 +219,57 @@ def test_method_knob_errors_are_found_without_importing_torch_or_transformers(tm
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_method_knob_errors_are_found_without_importing_torch_or_transformers(tmp_path):
+    out = _check_in_a_fresh_process(CASES, tmp_path)
     assert out.pop("heavy") == []
     for label, expected in EXPECTED.items():
+        assert out[label].startswith(expected), (label, out[label])
+
+
+def _recipe(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "recipes" / "tiny" / f"{name}.yaml").read_text())
+
+
+IMAGE_RECIPES = ("image_gaussian", "image_badnets", "image_witches_brew", "image_gradient_canceling")
+IMAGE = {"track": "image", "seeds": [0]}
+IMAGE_CASES = {  # label -> (config, the start of the error; "ok": it checks)
+    **{f"recipe {name}": ({**_recipe(name), "seeds": [0]}, "ok") for name in IMAGE_RECIPES},
+    "attack_args value": (
+        {**IMAGE, "poison": {"attack": "badnets", "attack_args": {"patch_size": 0}}},
+        "poison: attack_args of the badnets attack: patch_size must be >= 1, got 0",
+    ),
+    "attack_args key": (
+        {**IMAGE, "poison": {"attack": "gaussian", "attack_args": {"noise_epss": 1.0}}},
+        "poison: unknown key 'attack_args.noise_epss' for ImageGaussianConfig (did you mean 'noise_eps'?)",
+    ),
+    "attack vs model": (
+        {**IMAGE, "poison": {"attack": "gradient_canceling"}, "model": {"arch": "cnn"}},
+        "poison.attack gradient_canceling needs model.arch: linear",
+    ),
+    "method knob": (
+        {**IMAGE, "methods": ["npo"], "method_args": {"npo": {"beta": "abc"}}},
+        "method 'npo': beta: expected a number, got 'abc'",
+    ),
+    "grid value": (
+        {**IMAGE, "grid": {"ngd": {"sigma": [0.1, -1.0]}}},
+        "method 'ngd': method_args.sigma must be a finite number >= 0, got -1.0",
+    ),
+    "data key": ({**IMAGE, "data": {"test_fractoin": 0.5}}, "unknown key 'data.test_fractoin' for DataConfig"),
+    "data value": ({**IMAGE, "data": {"test_fraction": 2}}, "data: data.test_fraction must be in (0, 1), got 2"),
+    "model value": ({**IMAGE, "model": {"arch": "vit"}}, "model.arch: 'vit' is not allowed"),
+    "train value": ({**IMAGE, "train": {"epochs": 0}}, "train: train.epochs and train.batch_size must be >= 1"),
+}
+
+
+def test_image_track_config_errors_are_found_without_importing_torch(tmp_path):
+    """The image track's config (its data, model, train, poison sections, every attack's ``attack_args``, method
+    knobs and grids) is checked with neither torch nor numpy imported: an error shows before either loads."""
+    out = _check_in_a_fresh_process({label: ("image", data) for label, (data, _) in IMAGE_CASES.items()}, tmp_path)
+    assert out.pop("heavy") == []
+    for label, (_, expected) in IMAGE_CASES.items():
         assert out[label].startswith(expected), (label, out[label])

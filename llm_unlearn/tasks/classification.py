@@ -21,12 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Literal
 
 from ..configs import ConfigError
+
+# torch is imported inside the functions that use it, not here: checking an image-track config reads
+# ClassifierTrainConfig (and the image modules read Split), and a config error must not wait the 1-2 s torch takes
+# to import (tests/test_fast_config_errors.py). The annotations are strings (``from __future__``), for readers only.
+if TYPE_CHECKING:
+    import torch
 
 INPUT_KEY = "pixel_values"
 
@@ -67,6 +70,8 @@ class ClassifierTrainConfig:
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
     """Per-image random crop (zero padding ``padding``) and horizontal flip of a batch (n, C, H, W), as tensor ops
     (no torchvision: its registry build breaks this torch)."""
+    import torch
+
     n, _, h, w = x.shape
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
@@ -122,6 +127,8 @@ class ClassificationCollator:
     extra_int_columns: tuple[str, ...] = ("index", "noise_seed")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = {
             INPUT_KEY: torch.stack([torch.as_tensor(f[INPUT_KEY], dtype=torch.float32) for f in features]),
             "labels": torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long),
@@ -143,6 +150,8 @@ class ClassificationTask:
     name = "classification"
 
     def __init__(self, augment: Callable | None = None, seed: int = 0):
+        import torch
+
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -153,6 +162,8 @@ class ClassificationTask:
 
     def set_rng_state(self, state: dict) -> None:
         if "augment_rng" in state:
+            import torch
+
             raw = bytearray.fromhex(state["augment_rng"])
             self.generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
 
@@ -166,6 +177,8 @@ class ClassificationTask:
         return logits.float()
 
     def nll(self, model, batch: dict) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(self._logits(model, batch), batch["labels"])
 
     def cost(self, batch: dict) -> float:
@@ -173,20 +186,30 @@ class ClassificationTask:
 
     def sequence_logps(self, model, batch: dict) -> torch.Tensor:
         """log p(label | x) per example, shape (n,)."""
+        import torch
+
         logps = torch.log_softmax(self._logits(model, batch), dim=-1)
         return logps.gather(-1, batch["labels"][:, None]).squeeze(-1)
 
     def lengths(self, batch: dict) -> torch.Tensor:
+        import torch
+
         return torch.ones_like(batch["labels"])
 
     def logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         logits = self._logits(model, batch)
         return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
 
     def logits_nll(self, logits: torch.Tensor, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits[mask], batch["labels"][mask])
 
     def hidden_view(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         if hidden.ndim == 4:  # (n, C, H, W) -> (n, H*W, C): every spatial position is a "token" of width C
             hidden = hidden.flatten(2).transpose(1, 2)
         elif hidden.ndim == 2:
@@ -196,6 +219,8 @@ class ClassificationTask:
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
 
     def blocks(self, model) -> torch.nn.ModuleList:
+        import torch
+
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, torch.nn.ModuleList):
             raise ConfigError(f"{type(model).__name__} has no `blocks` ModuleList (stem ... head) for this method")
@@ -207,6 +232,8 @@ class ClassificationTask:
         return [blocks[i] for i in layer_ids]
 
     def model_inputs(self, batch: dict) -> dict:
+        import torch
+
         x = batch[INPUT_KEY]
         if self.augment is not None and torch.is_grad_enabled():
             # contiguous: the crop leaves a channels-last batch, whose CPU ResNet backward with few channels (seen at
@@ -222,16 +249,21 @@ class ClassificationTask:
 
 
 def device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.no_grad()
 def logits_of(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    import torch
+
     dev = device()
     model.to(dev).eval()
-    out = [
-        model(**{INPUT_KEY: x[i : i + batch_size].to(dev)}).logits.float().cpu() for i in range(0, len(x), batch_size)
-    ]
+    with torch.no_grad():
+        out = [
+            model(**{INPUT_KEY: x[i : i + batch_size].to(dev)}).logits.float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -240,6 +272,8 @@ def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
 
 
 def per_example_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    import torch.nn.functional as F
+
     return F.cross_entropy(logits_of(model, x, batch_size), y, reduction="none")
 
 
