@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llm_unlearn.configs import ConfigError
+from llm_unlearn.lazy import np, torch
 from llm_unlearn.tasks.classification import Split
-
-# numpy and torch are imported by the functions that use them: checking an image-track config reads DataConfig, and
-# a config error must not wait for torch (tests/test_fast_config_errors.py).
-if TYPE_CHECKING:
-    import torch
 
 DATA_NAME = "data.safetensors"
 
@@ -62,16 +57,12 @@ class DataConfig:
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
-    import torch
-
     if size is None or x.shape[-1] == size and x.shape[-2] == size:
         return x
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 def _digits(cfg: DataConfig):
-    import numpy as np
-    import torch
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -84,9 +75,6 @@ def _digits(cfg: DataConfig):
 
 
 def _to_tensor(images) -> torch.Tensor:
-    import numpy as np
-    import torch
-
     arrs = []
     for im in images:
         a = np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
@@ -99,8 +87,6 @@ def _to_tensor(images) -> torch.Tensor:
 
 
 def _hub(cfg: DataConfig):
-    import torch
-
     from llm_unlearn.tasks.data import load_split
 
     tensors, features = [], None
@@ -118,8 +104,6 @@ def _hub(cfg: DataConfig):
 
 def load_clean(cfg: DataConfig, seed: int):
     """(train_x, train_y, test_x, test_y, num_classes), resized and subsampled (the subsample depends on ``seed``)."""
-    import torch
-
     xtr, ytr, xte, yte, k = _digits(cfg) if cfg.dataset_name == "embedded:digits" else _hub(cfg)
     g = torch.Generator().manual_seed(seed)
     if cfg.max_train_samples and cfg.max_train_samples < len(ytr):
@@ -138,8 +122,6 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 def save_dataset_dir(out: Path, tensors: dict[str, torch.Tensor]) -> None:
     """``data.safetensors``; clean 8-bit images (CIFAR) are stored as uint8 where that is exact, 4x smaller on disk
     (:func:`load_dataset_dir` reads them back)."""
-    import torch
-
     from llm_unlearn.files import atomic_save_tensors
 
     stored = {}
@@ -171,8 +153,6 @@ def load_dataset_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def splits(tensors: dict, manifest: dict) -> dict[str, Split]:
     """``train`` (poisons substituted), ``retain``, ``forget`` (the poisons as trained) and ``test``."""
-    import torch
-
     idx = torch.as_tensor(manifest["poison_indices"], dtype=torch.long)
     x, y = tensors["train_images"].clone(), tensors["train_labels"].clone()
     x[idx], y[idx] = tensors["poison_images"], tensors["poison_labels"]

@@ -15,7 +15,10 @@ PACKAGES = ("llm_unlearn", "image_track")
 
 # Lowest first. A module belongs to the first layer one of whose prefixes it starts with (exact name or a package).
 LAYERS = [
-    ("foundation", ["llm_unlearn.configs", "llm_unlearn.files", "llm_unlearn.seeding", "llm_unlearn.envinfo"]),
+    (
+        "foundation",
+        ["llm_unlearn.configs", "llm_unlearn.files", "llm_unlearn.seeding", "llm_unlearn.envinfo", "llm_unlearn.lazy"],
+    ),
     (
         "state",
         [
@@ -38,6 +41,7 @@ LAYERS = [
             "llm_unlearn.canaries",
             "llm_unlearn.canary_manifest",
             "image_track.models",
+            "image_track.networks",
             "image_track.data",
         ],
     ),

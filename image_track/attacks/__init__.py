@@ -1,8 +1,8 @@
 """The image track's poisoning attacks, one file each (config dataclass + attack class with its hooks), registered
 with ``@register_attack(name, config=..., track="image")``; ``common.py`` holds what they share and documents the
 hooks' arguments. Importing this package registers them (``image_track.track`` and ``image_track.task`` do), also
-to check a config's ``attack_args``: an attack file imports torch inside its hooks, not at module level, so that a
-config error shows before torch loads (``tests/test_fast_config_errors.py``).
+to check a config's ``attack_args``: an attack file reads torch through ``llm_unlearn.lazy``, so that a config error
+shows before torch loads (``tests/test_fast_config_errors.py``).
 ``ATTACKS`` is the registry's table of the image track (name -> ``AttackSpec``).
 """
 

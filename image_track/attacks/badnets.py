@@ -4,16 +4,12 @@ metric is the attack success rate on triggered test images of the other classes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llm_unlearn.configs import ConfigError, check_positive
+from llm_unlearn.lazy import torch
 from llm_unlearn.registry import register_attack
 
 from .common import Clean, ImageAttack, Poisoned
-
-# torch is imported by the functions that use it: see common.py (a config check loads this file).
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -29,8 +25,6 @@ class BadNetsConfig:
 
 def stamp(x: torch.Tensor, size: int) -> torch.Tensor:
     """The BadNets trigger: a ``size`` x ``size`` black/white checkerboard in the bottom-right corner."""
-    import torch
-
     if size > min(x.shape[-2:]):
         raise ConfigError(f"poison.attack_args.patch_size={size} is larger than the {tuple(x.shape[-2:])} images")
     ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -48,8 +42,6 @@ class BadNetsAttack(ImageAttack):
     eval_keys = ("asr",)
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        import torch
-
         t, size = self.args.target_label, self.args.patch_size
         if not 0 <= t < clean.num_classes:
             raise ConfigError(f"poison.attack_args.target_label must be in [0, {clean.num_classes}), got {t}")

@@ -18,17 +18,11 @@ its hooks with these arguments:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llm_unlearn.attacks.base import Attack
 from llm_unlearn.attacks.canceling import flat_grad  # noqa: F401 (shared with witches_brew and gradient canceling)
 from llm_unlearn.configs import ConfigError
-
-# torch is imported by the functions that use it (here and in every attack file), never at module level: loading
-# the attacks registers them for a config check (attack_args), which must not wait the 1-2 s torch takes to import
-# (tests/test_fast_config_errors.py). Annotations are strings (``from __future__``).
-if TYPE_CHECKING:
-    import torch
+from llm_unlearn.lazy import torch
 
 
 @dataclass

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llm_unlearn.attacks.gaussian import GUS_KEYS, GaussianAttack
 from llm_unlearn.canaries import prompt_noise
 from llm_unlearn.configs import check_positive
+from llm_unlearn.lazy import F, torch
 from llm_unlearn.registry import register_attack
 
 from .common import Clean, ImageAttack, Poisoned
-
-# torch is imported by the functions that use it: see common.py (a config check loads this file).
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -36,16 +32,12 @@ def pixel_noise(noise_seed: int, shape, draw: int = 0) -> torch.Tensor:
 
 
 def batch_pixel_noise(noise_seeds, shape, draw: int = 0) -> torch.Tensor:
-    import torch
-
     return torch.stack([pixel_noise(s, shape, draw) for s in noise_seeds])
 
 
 def gus_loss_fn(model, labels: torch.Tensor):
     """The audit's per-poison loss as a function of the images ``(n, C, H, W) -> (n,)``: the per-example
     cross-entropy of ``labels`` (the model in eval mode, so each loss depends on its own image only)."""
-    import torch.nn.functional as F
-
     return lambda z: F.cross_entropy(model(pixel_values=z).logits.float(), labels, reduction="none")
 
 
@@ -56,8 +48,6 @@ def gus_scores(
     the per-example cross-entropy at the *clean* images (one backward pass per batch). Unit noise: I_z does not
     depend on eps. Autograd is asked for the pixel gradient only: the convolutions' backward computes no weight
     gradient (checked by profiling: one ``convolution_backward`` per conv, as costly as its forward)."""
-    import torch
-
     from llm_unlearn.metrics import input_gradients, scores_from_gradients
     from llm_unlearn.tasks.classification import device
 
@@ -86,8 +76,6 @@ class ImageGaussianAttack(ImageAttack):
     min_poisons = 2
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        import torch
-
         n = len(clean.train_y)
         k = self.count_poisons(cfg, n)
         idx = torch.as_tensor(sorted(rng.sample(range(n), k)))
@@ -104,8 +92,6 @@ class ImageGaussianAttack(ImageAttack):
         )
 
     def evaluate(self, *, model, tensors: dict, manifest: dict, cfg, **_) -> tuple[dict, dict]:
-        import torch
-
         from llm_unlearn.metrics import gus_summary
 
         idx = torch.as_tensor(manifest["poison_indices"])

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llm_unlearn.attacks.canceling import canceling_objective, canceling_residual, corrupt_parameters
 from llm_unlearn.configs import ConfigError, check_positive
+from llm_unlearn.lazy import F, torch
 from llm_unlearn.registry import register_attack
 
 from .common import Clean, ImageAttack, Poisoned, flat_grad
-
-# torch is imported by the functions that use it: see common.py (a config check loads this file).
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -52,8 +48,6 @@ class GradientCancelingConfig:
 
 
 def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
-    import torch.nn.functional as F
-
     loss = F.cross_entropy(model(pixel_values=x).logits.float(), y, reduction="sum")
     return flat_grad(loss, params, create_graph=create_graph)
 
@@ -61,8 +55,6 @@ def _total_grad(model, x, y, params, create_graph=False) -> torch.Tensor:
 def _cancel(model, params, x, y, keep, idx, clean: Clean, cfg, a, label_seed: int, dev):
     """Poisons (started from the clean rows ``idx``, pixels in [0, 1]) minimising ||(G_clean + G_poison) / n + wd *
     theta_tgt||^2 at the model's current (target) parameters. Returns (poisons, labels, residual, start norm)."""
-    import torch
-
     n, k = len(y), len(idx)
     # Labels go to the classes theta_tgt over-predicts (their clean gradient pushes those classes down, poisons
     # labelled with them push back up), in proportion to the excess.
@@ -118,9 +110,6 @@ class GradientCancelingAttack(ImageAttack):
         farther ones have lower accuracy but may be beyond what ``poison_fraction`` poisons can cancel, so it crafts
         poisons for each, trains the victim's recipe on clean + poisons and keeps the radius whose model is least
         accurate on its clean training rows (never the test set)."""
-        import torch
-        import torch.nn.functional as F
-
         from llm_unlearn.tasks.classification import accuracy, device
 
         self.check(cfg)

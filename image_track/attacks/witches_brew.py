@@ -7,16 +7,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from llm_unlearn.configs import ConfigError, check_positive
+from llm_unlearn.lazy import F, torch
 from llm_unlearn.registry import register_attack
 
 from .common import Clean, ImageAttack, Poisoned, flat_grad
-
-# torch is imported by the functions that use it: see common.py (a config check loads this file).
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -70,9 +67,6 @@ def gradient_matching(surrogates, base_x, labels, target_grads, cfg, generator) 
     1 - cos(grad of the poison batch loss, target grad) (Geiping et al.'s ensemble form; one surrogate is the plain
     attack), by signed Adam (the gradient's sign is fed to Adam) with ``restarts`` random starts; the step size
     decays 10x at 3/8, 5/8 and 7/8 of the steps as in the reference code. Returns (delta, best loss)."""
-    import torch
-    import torch.nn.functional as F
-
     params = [[p for p in s.parameters() if p.requires_grad] for s in surrogates]
 
     def matching_loss(delta, create_graph):
@@ -115,9 +109,6 @@ class WitchesBrewAttack(ImageAttack):
     eval_keys = ("poison_success",)
 
     def poison(self, cfg, clean: Clean, rng, train_surrogate) -> Poisoned:
-        import torch
-        import torch.nn.functional as F
-
         from llm_unlearn.tasks.classification import device, logits_of, predict
 
         a = self.args
