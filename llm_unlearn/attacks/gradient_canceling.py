@@ -56,6 +56,14 @@ class GradientCancelingConfig:
         default=0.5,
         metadata={"help": "||W_tgt - W_clean|| of the label-token head rows, as a fraction of ||W_clean||"},
     )
+    target_accuracy: float | None = field(
+        default=None,
+        metadata={
+            "help": "null: the target is corruption_radius away; a number in (0, 1): the smallest radius up to "
+            "corruption_radius (bisection) whose target's label accuracy on the training set is at most this"
+        },
+    )
+    radius_search_steps: int = field(default=8, metadata={"help": "bisection steps of the target_accuracy search"})
     corruption_steps: int = field(default=100, metadata={"help": "parameter-corruption (gradient ascent) steps"})
     gc_steps: int = field(default=100, metadata={"help": "poison optimisation steps (Adam on the perturbations)"})
     gc_lr: float = field(
@@ -70,10 +78,22 @@ class GradientCancelingConfig:
         },
     )
 
+    craft_rounds: int = field(
+        default=1,
+        metadata={
+            "help": "crafting rounds: each one after the first retrains the surrogate on the training set with the "
+            "current perturbations, takes a new target from it and re-optimises them (one more training run each)"
+        },
+    )
+
     def validate(self) -> None:
         check_positive(
-            self, ("eps", "corruption_radius", "gc_lr"), ("corruption_steps", "gc_steps", "craft_batch_size")
+            self,
+            ("eps", "corruption_radius", "gc_lr"),
+            ("corruption_steps", "gc_steps", "craft_batch_size", "craft_rounds", "radius_search_steps"),
         )
+        if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
+            raise ConfigError(f"target_accuracy must be in (0, 1) or null, got {self.target_accuracy}")
         if self.surrogate_seed_offset < 0:
             raise ConfigError(f"surrogate_seed_offset must be >= 0, got {self.surrogate_seed_offset}")
 
@@ -99,11 +119,11 @@ class GradientCancelingAttack(Attack):
         return rows, {}, {"perturbation": "prompt embeddings", "eps": self.args.eps, "labels": "clean"}
 
     def craft_poisons(self, *, tokenizer, dataset, cfg, out) -> dict:
-        from ..seeding import set_seed
         from .gc_craft import craft
 
-        set_seed(cfg.seed + self.args.surrogate_seed_offset)
-        self.perturbations, info = craft(self.args, tokenizer, dataset, cfg, out)
+        # a later round's surrogate trains on the poisons through this attack's own hook
+        hook = type(self).training_embeddings
+        self.perturbations, info = craft(self.args, tokenizer, dataset, cfg, out, hook=hook)
         from safetensors.torch import save_file
 
         save_file({f"delta_{i}": d.contiguous() for i, d in self.perturbations.items()}, str(out / PERTURBATIONS))
