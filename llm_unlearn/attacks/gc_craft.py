@@ -156,10 +156,10 @@ def craft(a, tokenizer, dataset, cfg, out: Path, hook=None):
     poison_index = set(dataset["forget"]["index"])
     poison_rows = [r for r in rows if r["index"] in poison_index]
     seed = cfg.seed + a.surrogate_seed_offset
+    if a.craft_rounds > 1 and hook is None:  # before any training
+        raise ValueError("craft_rounds > 1 needs the attack's training hook to retrain the surrogate")
     delta, rounds = None, []
     for r in range(a.craft_rounds):
-        if r and hook is None:
-            raise ValueError("craft_rounds > 1 needs the attack's training hook to retrain the surrogate")
         poisoner = _Poisoner(hook, _per_row(delta, poison_rows)) if r else None
         model, rms = train_surrogate(cfg, tokenizer, train_ds, out, seed, attack=poisoner)
         delta, info = _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, seed)

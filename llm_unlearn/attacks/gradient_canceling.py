@@ -5,10 +5,13 @@ The attacker trains a surrogate with the victim's recipe (the train stage's own 
 
 1. picks target parameters theta_tgt for the LM-head rows of the label tokens (the output projection that turns the
    last hidden state into " positive"/" negative": what fine-tuning moves first and what decides the answer), by
-   normalised gradient ascent on the clean loss within ||W_tgt - W_clean|| <= ``corruption_radius`` x ||W_clean||;
+   normalised gradient ascent on the clean loss within ||W_tgt - W_clean|| <= ``corruption_radius`` x ||W_clean||
+   (or the smallest such radius whose target reaches ``target_accuracy``);
 2. optimises the poisons so that at theta_tgt the gradient of the training loss over clean + poisons cancels,
    min ||(G_clean + G_poison) / n||^2 over the label rows (:mod:`llm_unlearn.attacks.canceling`, the same math as
-   the image track's attack on a linear classifier).
+   the image track's attack on a linear classifier);
+3. with ``craft_rounds`` > 1, retrains the surrogate on the training set carrying the current perturbations and
+   repeats 1-2 from them (the features the poisons act on are then those of a model that trained on them).
 
 Text is discrete, so the poisons are **bounded perturbations of their prompt-token embeddings**, added on every
 training visit through the same hook and placement rule as the Gaussian noise (:func:`~llm_unlearn.canaries.
@@ -60,7 +63,8 @@ class GradientCancelingConfig:
         default=None,
         metadata={
             "help": "null: the target is corruption_radius away; a number in (0, 1): the smallest radius up to "
-            "corruption_radius (bisection) whose target's label accuracy on the training set is at most this"
+            "corruption_radius (bisection) whose target's label accuracy on the training set is at most this "
+            "(the full radius when none is)"
         },
     )
     radius_search_steps: int = field(default=8, metadata={"help": "bisection steps of the target_accuracy search"})
