@@ -117,6 +117,10 @@ def test_bad_attack_args_are_config_errors():
         build_attack("gradient_canceling", {"corruption_radiuss": 0.5})  # did-you-mean
     with pytest.raises(ConfigError, match="surrogate_seed_offset must be >= 0"):
         build_attack("gradient_canceling", {"surrogate_seed_offset": -1})
+    with pytest.raises(ConfigError, match="craft_rounds must be >= 1"):
+        build_attack("gradient_canceling", {"craft_rounds": 0})
+    with pytest.raises(ConfigError, match=r"target_accuracy must be in \(0, 1\)"):
+        build_attack("gradient_canceling", {"target_accuracy": 1.5})
 
 
 # --- crafting and the training hook on the test's tiny model ------------------------------------------------------
@@ -153,7 +157,7 @@ def crafted(tmp_path_factory, tiny_dir):
     )
     (out / "initial").mkdir()
     info = attack.craft_poisons(tokenizer=load_tokenizer(tiny_dir), dataset=dd, cfg=tc, out=out / "initial")
-    return attack, info["gradient_canceling"], dd, manifest, out / "initial"
+    return attack, info["gradient_canceling"], dd, manifest, out / "initial", tc
 
 
 def test_crafted_poisons_cancel_within_the_bound_with_clean_labels(crafted, tiny_dir):
@@ -164,7 +168,7 @@ def test_crafted_poisons_cancel_within_the_bound_with_clean_labels(crafted, tiny
     from llm_unlearn.canaries import embedding_rms
     from llm_unlearn.modeling import load_model, load_tokenizer, tokenize_split
 
-    attack, info, dd, manifest, out = crafted
+    attack, info, dd, manifest, out, _ = crafted
     assert info["n_poison"] == manifest["n_poison"] == 12
     assert info["gradient_norm_after"] < info["gradient_norm_before"], info  # the poisons reduce the objective
     assert info["target_train_accuracy"] <= info["surrogate_train_accuracy"], info
@@ -189,7 +193,7 @@ def test_training_hook_adds_exactly_the_stored_perturbation_to_poison_rows_only(
     from llm_unlearn.modeling import load_model, load_tokenizer, tokenize_split
     from llm_unlearn.tasks.causal_lm import CompletionCollator, embed
 
-    attack, _, dd, manifest, _ = crafted
+    attack, _, dd, manifest, _, _ = crafted
     model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
     poisons = set(manifest["poison_indices"])
     pick = [i for i in range(len(dd["train"])) if i in poisons][:2] + [i for i in range(8) if i not in poisons][:3]
@@ -210,6 +214,46 @@ def test_training_hook_adds_exactly_the_stored_perturbation_to_poison_rows_only(
             assert float(diff.abs().max()) == 0.0
     attack.start_training(model, manifest, "retain")  # the gold run: nothing is added
     assert attack.training_embeddings(model, batch, columns) is None
+
+
+def test_later_rounds_retrain_the_surrogate_on_the_current_poisons_and_target_accuracy_sets_the_radius(
+    crafted, tiny_dir, monkeypatch
+):
+    import dataclasses
+
+    from llm_unlearn.attacks import build_attack
+    from llm_unlearn.attacks import gc_craft
+    from llm_unlearn.modeling import load_tokenizer
+
+    _, _, dd, _, out, tc = crafted
+    seen = []
+    train = gc_craft.train_surrogate
+
+    def spy(cfg, tokenizer, train_ds, where, seed, attack=None):
+        # what each round's surrogate trains on: the clean set, then the poisons with the last round's perturbations
+        seen.append((seed, None if attack is None else {i: d.clone() for i, d in attack.perturbations.items()}))
+        return train(cfg, tokenizer, train_ds, where, seed, attack=attack)
+
+    monkeypatch.setattr(gc_craft, "train_surrogate", spy)
+    args = {"eps": 0.5, "gc_steps": 3, "gc_lr": 0.1, "corruption_steps": 10, "craft_batch_size": 8}
+    tc = dataclasses.replace(tc, num_train_epochs=1)  # two surrogate trainings: keep them short
+    # Test size learns little (accuracy near its floor), so the accuracy asked for is one every radius reaches: the
+    # bisection must then shrink the radius far below the configured bound.
+    target = 0.99
+    attack = build_attack(
+        "gradient_canceling",
+        {**args, "craft_rounds": 2, "surrogate_seed_offset": 0, "corruption_radius": 2.0, "target_accuracy": target},
+    )
+    info = attack.craft_poisons(tokenizer=load_tokenizer(tiny_dir), dataset=dd, cfg=tc, out=out)["gradient_canceling"]
+    assert [s for s, _ in seen] == [tc.seed, tc.seed]  # offset 0: the victim's own seed, hence its data order
+    assert seen[0][1] is None and sorted(seen[1][1]) == sorted(attack.perturbations)
+    assert len(info["rounds"]) == 2 and info["target_train_accuracy"] == info["rounds"][1]["target_train_accuracy"]
+    for r in info["rounds"]:
+        assert r["target_train_accuracy"] <= target
+        assert 0 < r["corruption_radius"] <= 2.0 / 2**8  # 8 halvings of the bound
+        assert r["gradient_norm_after"] < r["gradient_norm_before"]
+    # the second round started from the first's perturbations and moved them
+    assert any(not torch.equal(seen[1][1][i], d) for i, d in attack.perturbations.items())
 
 
 # --- a small end-to-end run ---------------------------------------------------------------------------------------

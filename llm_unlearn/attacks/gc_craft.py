@@ -63,9 +63,11 @@ def project_perturbations(delta, mask, bound: float) -> None:
         delta.mul_((bound / norms).clamp(max=1.0) * mask.unsqueeze(-1))
 
 
-def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int):
-    """The victim's model and recipe (``cfg``: the train stage's ``TrainConfig``) trained on the clean training set
-    through the shared trainer, seeded with ``seed``; returns the model in eval mode and its initial embedding RMS."""
+def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int, attack=None):
+    """The victim's model and recipe (``cfg``: the train stage's ``TrainConfig``) trained on the training set through
+    the shared trainer, seeded with ``seed``; ``attack``: None for the clean set, or an object whose
+    ``training_embeddings`` hook adds the current perturbations to the poisons (a later crafting round). Returns the
+    model in eval mode and its initial embedding RMS."""
     import dataclasses
 
     from ..tasks.causal_lm import CausalLMTask, CompletionCollator
@@ -73,7 +75,9 @@ def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int):
 
     scfg = dataclasses.replace(cfg, seed=seed, progress=False, save_steps=0)
     from ..canaries import embedding_rms
+    from ..seeding import set_seed
 
+    set_seed(seed)  # every round starts from the same state: the victim's, when seed is the victim's
     model = load_whole_model(cfg.model_name_or_path, cfg)
     rms = embedding_rms(model)
     work = out / "attack_surrogate"
@@ -89,7 +93,7 @@ def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int):
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         task=CausalLMTask(),
-        attack=None,  # the attacker's clean model: no poison
+        attack=attack,
         lengths=[len(x) for x in train_ds["input_ids"]] if cfg.group_by_length else None,
     )
     run = fit(trainer)
@@ -125,11 +129,56 @@ def clean_features(model, rows: list[dict], size: int, pad_id: int):
     return torch.cat(hs), torch.cat(ts), torch.as_tensor(owner), torch.as_tensor(first)
 
 
-def craft(a, tokenizer, dataset, cfg, out: Path):
-    """Perturbations {training row index: (prompt_len, hidden) tensor} of the poisons, and what the attacker saw."""
-    import torch
+class _Poisoner:
+    """The training hook of a later crafting round: the surrogate trains on the poisons carrying the current
+    perturbations (``hook``: the attack's ``training_embeddings``, reading ``perturbations``)."""
+
+    def __init__(self, hook, perturbations: dict):
+        self.perturbations, self._hook = perturbations, hook
+
+    def training_embeddings(self, model, inputs: dict, columns: dict):
+        return self._hook(self, model, inputs, columns)
+
+
+def craft(a, tokenizer, dataset, cfg, out: Path, hook=None):
+    """Perturbations {training row index: (prompt_len, hidden) tensor} of the poisons, and what the attacker saw.
+
+    ``a.craft_rounds`` rounds: the first against a surrogate trained on the clean set; each later one retrains the
+    surrogate on the training set WITH the current perturbations (through ``hook``, the attack's
+    ``training_embeddings``), takes a new target from it and re-optimises the perturbations from where they are: the
+    features at which the poisons cancel the gradient are then those of a model that trained on them, as the
+    victim's will be."""
 
     from ..modeling import tokenize_split
+
+    train_ds = tokenize_split(dataset["train"], tokenizer, cfg.max_length)
+    rows = list(train_ds)
+    poison_index = set(dataset["forget"]["index"])
+    poison_rows = [r for r in rows if r["index"] in poison_index]
+    seed = cfg.seed + a.surrogate_seed_offset
+    if a.craft_rounds > 1 and hook is None:  # before any training
+        raise ValueError("craft_rounds > 1 needs the attack's training hook to retrain the surrogate")
+    delta, rounds = None, []
+    for r in range(a.craft_rounds):
+        poisoner = _Poisoner(hook, _per_row(delta, poison_rows)) if r else None
+        model, rms = train_surrogate(cfg, tokenizer, train_ds, out, seed, attack=poisoner)
+        delta, info = _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, seed)
+        rounds.append(info)
+        logger.info("gradient canceling, round %d: %s", r + 1, info)
+    info = {**rounds[-1], "rounds": rounds} if len(rounds) > 1 else rounds[0]
+    return _per_row(delta, poison_rows), info
+
+
+def _per_row(delta, poison_rows) -> dict:
+    d = delta.detach().cpu()
+    return {int(r["index"]): d[i, : r["prompt_len"]].clone() for i, r in enumerate(poison_rows)}
+
+
+def _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, seed):
+    """One round against ``model`` (the surrogate): GradPC target of the label rows, then Adam on the perturbations
+    (``delta`` (k, longest prompt, hidden): where the last round left them, or None for the first)."""
+    import torch
+
     from ..tasks.causal_lm import completion_ids, embed
     from .canceling import (
         canceling_chunk_loss,
@@ -139,12 +188,9 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
         flat_grad,
     )
 
-    train_ds = tokenize_split(dataset["train"], tokenizer, cfg.max_length)
-    rows = list(train_ds)
-    poison_index = set(dataset["forget"]["index"])
+    poison_index = {r["index"] for r in poison_rows}
     is_poison = torch.as_tensor([r["index"] in poison_index for r in rows])
-    n, k = len(rows), int(is_poison.sum())
-    model, rms = train_surrogate(cfg, tokenizer, train_ds, out, cfg.seed + a.surrogate_seed_offset)
+    n, k = len(rows), len(poison_rows)
     for p in model.parameters():
         p.requires_grad_(False)
     # A token's perturbation RMS <= eps x RMS <=> its L2 norm <= eps x RMS x sqrt(d); the RMS is the initial model's,
@@ -162,29 +208,45 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
     clean_pos = ~is_poison[owner]
     answers = t[first]
 
-    rows_var = w_clean.clone().requires_grad_(True)
-    clean_acc = label_accuracy(h[first], answers, label_ids, rows_var.detach())
-    radius = a.corruption_radius * float(w_clean.norm())
-    corrupt_parameters(
-        [rows_var], [w_clean], lambda: head_nll(h, t, head, label_ids, rows_var) / n, radius, a.corruption_steps
-    )
-    w_tgt = rows_var.detach()
-    target_acc = label_accuracy(h[first], answers, label_ids, w_tgt)
+    clean_acc = label_accuracy(h[first], answers, label_ids, w_clean)
+
+    def gradpc(fraction: float):
+        rows_var = w_clean.clone().requires_grad_(True)
+        radius = fraction * float(w_clean.norm())
+        loss = lambda: head_nll(h, t, head, label_ids, rows_var) / n  # noqa: E731
+        corrupt_parameters([rows_var], [w_clean], loss, radius, a.corruption_steps)
+        return rows_var.detach(), label_accuracy(h[first], answers, label_ids, rows_var.detach())
+
+    fraction = a.corruption_radius
+    w_tgt, target_acc = gradpc(fraction)
+    if a.target_accuracy is not None and target_acc < a.target_accuracy:
+        # the smallest radius (up to corruption_radius) whose target falls to target_accuracy: how far the target
+        # is, in accuracy, is the same whatever the surrogate's head (a fixed radius gave 0.50-0.89 across seeds)
+        lo, hi = 0.0, fraction
+        for _ in range(a.radius_search_steps):
+            mid = (lo + hi) / 2
+            w_mid, acc_mid = gradpc(mid)
+            if acc_mid <= a.target_accuracy:
+                hi, w_tgt, target_acc, fraction = mid, w_mid, acc_mid, mid
+            else:
+                lo = mid
     tgt = w_tgt.clone().requires_grad_(True)
     g_clean = flat_grad(head_nll(h[clean_pos], t[clean_pos], head, label_ids, tgt), [tgt]).detach()
 
     # The poisons' perturbations, padded (k, longest prompt, hidden) and masked to each prompt.
-    poison_rows = [r for r in rows if r["index"] in poison_index]
     width = max(len(r["input_ids"]) for r in poison_rows)
     hidden = head.shape[1]
     mask = torch.zeros(k, width, device=head.device)
     for i, r in enumerate(poison_rows):
         mask[i, : r["prompt_len"]] = 1
-    delta = torch.zeros(k, width, hidden, device=head.device)
-    if a.perturbation_init == "random":  # a random start on the bound's sphere, drawn from the seed
-        g = torch.Generator().manual_seed(cfg.seed + a.surrogate_seed_offset)
+    if delta is not None:  # a later round: from where the last one left them
+        delta = delta.detach().clone().to(head.device)
+    elif a.perturbation_init == "random":  # a random start on the bound's sphere, drawn from the seed
+        g = torch.Generator().manual_seed(seed)
         delta = torch.randn(k, width, hidden, generator=g).to(head.device)
         delta = delta * (bound / delta.norm(dim=-1, keepdim=True)) * mask.unsqueeze(-1)
+    else:
+        delta = torch.zeros(k, width, hidden, device=head.device)
     delta.requires_grad_(True)
 
     def poison_grad(idx, batch, create_graph):
@@ -213,18 +275,15 @@ def craft(a, tokenizer, dataset, cfg, out: Path):
         opt.step()
         project_perturbations(delta, mask, bound)
     end = float(canceling_residual(g_clean, total_poison_grad(), n).norm())
-    d = delta.detach().cpu()
-    perturbations = {int(r["index"]): d[i, : r["prompt_len"]].clone() for i, r in enumerate(poison_rows)}
-    token_rms = d.norm(dim=-1)[mask.cpu() > 0] / math.sqrt(hidden)
+    token_rms = delta.detach().norm(dim=-1)[mask > 0] / math.sqrt(hidden)
     info = {
         "surrogate_train_accuracy": clean_acc,
         "target_train_accuracy": target_acc,
-        "corruption_radius": a.corruption_radius,
+        "corruption_radius": fraction,
         "gradient_norm_before": start,
         "gradient_norm_after": end,
         "perturbation_bound_l2": bound,
         "perturbation_token_rms_mean": float(token_rms.mean()),
         "n_poison": k,
     }
-    logger.info("gradient canceling: %s", info)
-    return perturbations, info
+    return delta.detach(), info

@@ -5,10 +5,13 @@ The attacker trains a surrogate with the victim's recipe (the train stage's own 
 
 1. picks target parameters theta_tgt for the LM-head rows of the label tokens (the output projection that turns the
    last hidden state into " positive"/" negative": what fine-tuning moves first and what decides the answer), by
-   normalised gradient ascent on the clean loss within ||W_tgt - W_clean|| <= ``corruption_radius`` x ||W_clean||;
+   normalised gradient ascent on the clean loss within ||W_tgt - W_clean|| <= ``corruption_radius`` x ||W_clean||
+   (or the smallest such radius whose target reaches ``target_accuracy``);
 2. optimises the poisons so that at theta_tgt the gradient of the training loss over clean + poisons cancels,
    min ||(G_clean + G_poison) / n||^2 over the label rows (:mod:`llm_unlearn.attacks.canceling`, the same math as
-   the image track's attack on a linear classifier).
+   the image track's attack on a linear classifier);
+3. with ``craft_rounds`` > 1, retrains the surrogate on the training set carrying the current perturbations and
+   repeats 1-2 from them (the features the poisons act on are then those of a model that trained on them).
 
 Text is discrete, so the poisons are **bounded perturbations of their prompt-token embeddings**, added on every
 training visit through the same hook and placement rule as the Gaussian noise (:func:`~llm_unlearn.canaries.
@@ -56,6 +59,15 @@ class GradientCancelingConfig:
         default=0.5,
         metadata={"help": "||W_tgt - W_clean|| of the label-token head rows, as a fraction of ||W_clean||"},
     )
+    target_accuracy: float | None = field(
+        default=None,
+        metadata={
+            "help": "null: the target is corruption_radius away; a number in (0, 1): the smallest radius up to "
+            "corruption_radius (bisection) whose target's label accuracy on the training set is at most this "
+            "(the full radius when none is)"
+        },
+    )
+    radius_search_steps: int = field(default=8, metadata={"help": "bisection steps of the target_accuracy search"})
     corruption_steps: int = field(default=100, metadata={"help": "parameter-corruption (gradient ascent) steps"})
     gc_steps: int = field(default=100, metadata={"help": "poison optimisation steps (Adam on the perturbations)"})
     gc_lr: float = field(
@@ -70,10 +82,22 @@ class GradientCancelingConfig:
         },
     )
 
+    craft_rounds: int = field(
+        default=1,
+        metadata={
+            "help": "crafting rounds: each one after the first retrains the surrogate on the training set with the "
+            "current perturbations, takes a new target from it and re-optimises them (one more training run each)"
+        },
+    )
+
     def validate(self) -> None:
         check_positive(
-            self, ("eps", "corruption_radius", "gc_lr"), ("corruption_steps", "gc_steps", "craft_batch_size")
+            self,
+            ("eps", "corruption_radius", "gc_lr"),
+            ("corruption_steps", "gc_steps", "craft_batch_size", "craft_rounds", "radius_search_steps"),
         )
+        if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
+            raise ConfigError(f"target_accuracy must be in (0, 1) or null, got {self.target_accuracy}")
         if self.surrogate_seed_offset < 0:
             raise ConfigError(f"surrogate_seed_offset must be >= 0, got {self.surrogate_seed_offset}")
 
@@ -99,11 +123,11 @@ class GradientCancelingAttack(Attack):
         return rows, {}, {"perturbation": "prompt embeddings", "eps": self.args.eps, "labels": "clean"}
 
     def craft_poisons(self, *, tokenizer, dataset, cfg, out) -> dict:
-        from ..seeding import set_seed
         from .gc_craft import craft
 
-        set_seed(cfg.seed + self.args.surrogate_seed_offset)
-        self.perturbations, info = craft(self.args, tokenizer, dataset, cfg, out)
+        # a later round's surrogate trains on the poisons through this attack's own hook
+        hook = type(self).training_embeddings
+        self.perturbations, info = craft(self.args, tokenizer, dataset, cfg, out, hook=hook)
         from safetensors.torch import save_file
 
         save_file({f"delta_{i}": d.contiguous() for i, d in self.perturbations.items()}, str(out / PERTURBATIONS))
