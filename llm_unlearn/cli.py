@@ -71,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0  # audit --fail_on_residual: 1 when the verdict is residual
 
 
+def entry() -> int:
+    """The process entry point (``llm-unlearn``, ``python -m llm_unlearn``): :func:`main`, then, in a rank of
+    ``accelerate launch`` whose stage finished, the process group destroyed before the interpreter exits. Left to exit,
+    gloo's threads can be torn down while still joinable and the rank aborts ("terminate called without an active
+    exception", SIGABRT) after its work is done, failing the launch (seen under load, ZeRO-3 on 2 CPU processes).
+    :func:`main` itself leaves the group alone: a program calling it in-process may go on using it."""
+    code = main()
+    dist = sys.modules.get("torch.distributed")
+    if code == 0 and dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears its connections down while another still uses them
+        dist.destroy_process_group()
+    return code
+
+
 def _plugins(argv: list[str], keep: bool) -> list[str]:
     """Import the plugins named by ``--plugins`` (a YAML list or comma-separated names) and by the ``plugins`` key
     of the ``--config`` file; returns ``argv`` without ``--plugins`` unless ``keep`` (experiment configs have a
