@@ -346,7 +346,7 @@ def _make_task_trainer():
                     inputs["inputs_embeds"] = embeds
             loss = self.task.nll(model, self.task.model_inputs(inputs))
             if not all_ranks_finite(self.accelerator, loss):
-                raise DivergedError(self.state.global_step, float(loss))
+                raise DivergedError(self.state.global_step, float(loss.detach()))
             self.compute_tokens += self.task.cost(inputs)
             return loss
 

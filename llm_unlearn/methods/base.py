@@ -347,5 +347,5 @@ class UnlearnTrainer(Trainer):
         retain = costed(self.task.model_inputs(inputs["retain"]), costs.get("retain")) if "retain" in inputs else None
         loss = self.unlearn_loss(model, forget, retain)
         if not all_ranks_finite(self.accelerator, loss):  # collective: a rank stopping alone would hang the rest
-            raise DivergedError(self.state.global_step, float(loss))
+            raise DivergedError(self.state.global_step, float(loss.detach()))
         return loss
