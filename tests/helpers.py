@@ -35,6 +35,21 @@ def tiny_experiment(**changes) -> dict:
     return exp
 
 
+def assert_run_refused(tmp_path, capsys, experiment: dict, flags: list[str], message: str) -> None:
+    """`llm-unlearn run` on ``experiment`` with ``flags`` exits 2 with one stderr line holding ``message``, before
+    writing anything."""
+    import yaml
+
+    from llm_unlearn.cli import main
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(experiment))
+    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "o"), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
 def make_unlearn_trainer(
     model_dir, dataset_dir, tmp_path, method, use_peft, method_args=None, budget_tokens=1e7, lr=1e-2, **overrides
 ):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_experiment, FakeStageConfig
+from helpers import assert_run_refused, tiny_experiment, FakeStageConfig
 
 from llm_unlearn.configs import ConfigError
 from llm_unlearn.outputs import STARTED
@@ -265,14 +265,7 @@ def test_slurm_jobs_become_sbatch_scripts_with_the_slurm_section_and_the_stage_r
     ids=["unknown_executor", "unknown_stage", "unknown_key", "zero_cpus", "fractional_gpu", "zero_time", "typo"],
 )
 def test_bad_executor_keys_are_one_line_before_any_work(tmp_path, capsys, flags, message):
-    from llm_unlearn.cli import main
-
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(EXPERIMENT))
-    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "o"), *flags]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], lines
-    assert not (tmp_path / "o").exists()
+    assert_run_refused(tmp_path, capsys, EXPERIMENT, flags, message)
 
 
 @pytest.mark.parametrize(("executor", "module"), [("ray", "ray"), ("slurm", "submitit")])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_experiment
+from helpers import assert_run_refused, tiny_experiment
 
 from llm_unlearn.outputs import STARTED
 
@@ -145,14 +145,7 @@ def test_run_with_accelerate_launcher_resumes_after_sigkill_and_records_processe
     ids=["unknown_launcher", "no_config", "missing_config", "zero_processes"],
 )
 def test_bad_launcher_keys_are_one_line_before_any_work(tmp_path, capsys, flags, message):
-    from llm_unlearn.cli import main
-
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(EXPERIMENT))
-    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "o"), *flags]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], lines
-    assert not (tmp_path / "o").exists()
+    assert_run_refused(tmp_path, capsys, EXPERIMENT, flags, message)
 
 
 def test_accelerate_not_installed_is_one_line(tmp_path, monkeypatch):

@@ -86,11 +86,25 @@ def check_executor(cfg) -> None:
         logger.warning("ray_address is only read with executor ray (this run's executor is slurm)")
     if cfg.workers == 1:  # the default, right for one machine: on a cluster it leaves every node but one idle
         logger.warning("executor %s with workers: 1 runs one job at a time (workers: jobs in flight)", cfg.executor)
-    module, extra = EXTRAS[cfg.executor]
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"executor {cfg.executor} needs the {module} package: pip install llm-unlearn[{extra}]")
+    if importlib.util.find_spec(EXTRAS[cfg.executor][0]) is None:
+        raise ConfigError(_missing(cfg.executor))
+
+
+def _missing(executor: str) -> str:
+    module, extra = EXTRAS[executor]
+    return f"executor {executor} needs the {module} package: pip install llm-unlearn[{extra}]"
+
+
+def require(executor: str):
+    """The package an executor runs on (ray, submitit), imported; a ConfigError naming its extra if it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(EXTRAS[executor][0])
+    except ImportError as e:
+        raise ConfigError(f"{_missing(executor)} ({e})") from e
 
 
 def job_stage(job) -> str:

@@ -14,18 +14,10 @@ import os
 from concurrent.futures import Future
 
 from ..configs import ConfigError
-from .config import RESOURCE_STAGES, job_resources, stage_resources
+from .config import RESOURCE_STAGES, job_resources, require, stage_resources
 from .remote import PROBE_TIMEOUT_S, RemotePool, node_name, probe, run_remote
 
 logger = logging.getLogger(__name__)
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise ConfigError(f"executor ray needs the ray package: pip install llm-unlearn[ray] ({e})") from e
-    return ray
 
 
 class RayPool(RemotePool):
@@ -42,7 +34,7 @@ class RayPool(RemotePool):
         if self.address is None:
             # Read by ray at import: the local instance's servers then bind 127.0.0.1, not the machine's address.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray = _ray()
+        ray = require("ray")
         if not ray.is_initialized():
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             try:
@@ -136,7 +128,7 @@ class RayPool(RemotePool):
         left is marked complete."""
         if not self.inflight:
             return
-        ray = _ray()
+        ray = require("ray")
         for ref in list(self.inflight):
             try:
                 ray.cancel(ref, force=True)
@@ -149,7 +141,7 @@ class RayPool(RemotePool):
             self.stop()
         self.remove_markers()
         if self.owned:
-            _ray().shutdown()
+            require("ray").shutdown()
             self.owned = False
 
 

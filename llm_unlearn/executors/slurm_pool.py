@@ -13,18 +13,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..configs import ConfigError
-from .config import SlurmConfig, job_resources
+from .config import SlurmConfig, job_resources, require
 from .remote import PROBE_TIMEOUT_S, RemotePool, probe, run_remote, threaded_future
 
 logger = logging.getLogger(__name__)
-
-
-def _submitit():
-    try:
-        import submitit
-    except ImportError as e:
-        raise ConfigError(f"executor slurm needs the submitit package: pip install llm-unlearn[slurm] ({e})") from e
-    return submitit
 
 
 class SlurmPool(RemotePool):
@@ -39,7 +31,7 @@ class SlurmPool(RemotePool):
 
     def executor(self, name: str, res: dict):
         """A submitit executor for one job: the slurm section plus the job's resources."""
-        submitit = _submitit()
+        submitit = require("slurm")
         try:
             ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cfg.cluster)
         except RuntimeError as e:  # no srun on PATH: not a SLURM login node
