@@ -231,6 +231,16 @@ def validate_config(cfg, prefix: str = "") -> None:
         check_writable_dir(out, f"{prefix}output_dir")
 
 
+def check_regex(name: str, pattern: str) -> None:
+    """``validate()`` helper: ``pattern`` must compile as a Python regex."""
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{name} {pattern!r} is not a regex: {e}") from e
+
+
 def check_positive(cfg, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = ()) -> None:
     """``validate()`` helper: the ``positive`` fields of ``cfg`` must be > 0, the ``at_least_one`` ones >= 1."""
     for name in positive:

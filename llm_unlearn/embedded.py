@@ -30,6 +30,17 @@ class TinyModelConfig:
         },
     )
     corpus_reviews: int = field(default=4000, metadata={"help": "synthetic reviews the tokenizer is trained on"})
+    pretrain_reviews: int = field(
+        default=0,
+        metadata={
+            "help": "0: the random init. N > 0: the model is first trained on the sentiment task over N embedded "
+            "reviews of another seed than any experiment's, as a public pretrained sentiment model the victim "
+            "fine-tunes (what the gradient-canceling recipe attacks: a head over frozen features)"
+        },
+    )
+    pretrain_epochs: float = field(default=6.0, metadata={"help": "epochs of that pretraining"})
+    pretrain_min_sentences: int = field(default=1, metadata={"help": "shortest pretraining review, in sentences"})
+    pretrain_max_sentences: int = field(default=2, metadata={"help": "longest pretraining review, in sentences"})
 
     def validate(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -41,6 +52,12 @@ class TinyModelConfig:
         for name in ("vocab_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tiny.{name} must be >= 1")
+        if self.pretrain_reviews < 0 or (self.pretrain_reviews and self.pretrain_reviews < 64):
+            raise ConfigError(f"tiny.pretrain_reviews must be 0 (no pretraining) or >= 64, got {self.pretrain_reviews}")
+        if self.pretrain_epochs <= 0:
+            raise ConfigError(f"tiny.pretrain_epochs must be > 0, got {self.pretrain_epochs}")
+        if not 1 <= self.pretrain_min_sentences <= self.pretrain_max_sentences:
+            raise ConfigError("tiny.pretrain_min_sentences must be >= 1 and <= tiny.pretrain_max_sentences")
         if self.vocab_size < 300:
             raise ConfigError("tiny.vocab_size must be >= 300 (256 byte symbols + special tokens + merges)")
 
@@ -105,6 +122,53 @@ def build_tiny_model(tokenizer, cfg: TinyModelConfig | None = None, seed: int = 
     return model
 
 
+PRETRAIN_SEED = 20_000  # + the model seed: reviews no experiment draws (experiments derive theirs from seeds < 2**31)
+
+
+def pretrain_tiny(model, tokenizer, cfg: TinyModelConfig, seed: int = 0) -> dict:
+    """Train ``model`` in place on the embedded sentiment task (prompt "Review: ...\nSentiment:", loss on the label
+    and eos only), over ``cfg.pretrain_reviews`` reviews drawn with seed PRETRAIN_SEED + ``seed``: AdamW 1e-3, batch
+    32, 10 % warmup then cosine. A stand-in for the public pretrained model a victim fine-tunes; deterministic in
+    (cfg, seed). Returns its final loss and step count."""
+    import math
+
+    import torch
+
+    from .tasks.causal_lm import CompletionCollator, tokenize_example
+    from .tasks.reviews import generate_reviews
+
+    reviews = generate_reviews(
+        cfg.pretrain_reviews, PRETRAIN_SEED + seed, cfg.pretrain_min_sentences, cfg.pretrain_max_sentences
+    )
+    rows = [tokenize_example(tokenizer, f"Review: {r['text']}\nSentiment:", f" {r['label']}", 512) for r in reviews]
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    batch_size = 32
+    steps = math.ceil(math.ceil(len(rows) / batch_size) * cfg.pretrain_epochs)
+    warmup = max(1, int(0.1 * steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    step, loss = 0, float("nan")
+    while step < steps:
+        for idx in torch.randperm(len(rows), generator=gen).split(batch_size):
+            if step == steps:
+                break
+            batch = collate([rows[i] for i in idx.tolist()])
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            opt.zero_grad()
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step, loss = step + 1, float(out.loss)
+    if not math.isfinite(loss):
+        raise RuntimeError(f"pretraining the embedded model diverged (loss {loss})")
+    return {"pretrain_steps": step, "pretrain_loss": loss}
+
+
 def save_tiny(output_dir: str | os.PathLike, cfg: TinyModelConfig | None = None, seed: int = 0) -> Path:
     """Build the tokenizer and model and save both (safetensors) into ``output_dir``."""
     cfg = cfg or TinyModelConfig()
@@ -112,6 +176,8 @@ def save_tiny(output_dir: str | os.PathLike, cfg: TinyModelConfig | None = None,
     out = Path(output_dir)
     tokenizer = build_tiny_tokenizer(cfg.vocab_size, cfg.corpus_reviews)
     model = build_tiny_model(tokenizer, cfg, seed=seed)
+    if cfg.pretrain_reviews:
+        pretrain_tiny(model, tokenizer, cfg, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -154,6 +154,24 @@ def load_whole_model(path: str, cfg):
     return load_model(path, cfg.dtype, cfg.trust_remote_code, cfg.attn_implementation)
 
 
+def freeze_except(model, pattern: str | None) -> None:
+    """Only the parameters whose name matches ``pattern`` (``re.search``) train; None: all of them. A pattern that
+    matches nothing is an error (a run that trains nothing is never what was meant)."""
+    import re
+
+    if pattern is None:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    matched = [n for n in names if re.search(pattern, n)]
+    if not matched:
+        raise ConfigError(
+            f"trainable_modules {pattern!r} matches no parameter of the model; its parameters: "
+            + ", ".join(names[:6] + (["..."] if len(names) > 6 else []) + names[-2:])
+        )
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in matched)
+
+
 def save_trained(trainer, tokenizer, out: Path) -> None:
     """Model or adapter as safetensors (``save_model`` also gathers 16-bit weights under ZeRO-3) plus tokenizer.
 

@@ -307,3 +307,53 @@ def test_run_end_to_end(tmp_path):
     assert all(isinstance(r["metrics"]["clean_accuracy"], float) for r in rows)
     report = (tmp_path / "report.md").read_text()
     assert "gradient_canceling" in report and "clean-label prompt-embedding perturbations" in report
+
+
+def test_flipped_poisons_carry_the_target_label_and_the_target_leans_to_it(tmp_path, tiny_dir):
+    """poison_labels: flipped (the image track's rule, Lu et al.'s attacker-chosen labels): poisons are reviews of
+    the other labels relabelled target_label, the surrogate trains on the untouched rows, and the corruption raises
+    the loss of the clean rows of the other labels only, so the target predicts target_label more than the
+    surrogate does."""
+    from llm_unlearn.attacks import attack_from_manifest
+    from llm_unlearn.modeling import load_dataset_dir, load_tokenizer
+    from llm_unlearn.stages.poison import PoisonConfig
+    from llm_unlearn.stages.poison import main as poison
+    from llm_unlearn.stages.train import TrainConfig
+
+    pc = PoisonConfig(
+        output_dir=str(tmp_path / "poison"),
+        attack="gradient_canceling",
+        attack_args={"poison_labels": "flipped", "target_label": "positive", "gc_steps": 3, "corruption_steps": 20},
+        embedded_n_train=120,
+        embedded_n_test=40,
+        poison_fraction=0.2,
+    )
+    pc.validate()
+    poison(pc)
+    dd, manifest = load_dataset_dir(pc.output_dir)
+    forget = dd["forget"]
+    assert len(forget) == 24 and set(forget["label"]) == {"positive"} and set(forget["orig_label"]) == {"negative"}
+    assert set(forget["completion"]) == {" positive"}
+    assert manifest["target_label"] == "positive" and manifest["labels"] == "flipped"
+    attack = attack_from_manifest(manifest, "llm")
+    tc = TrainConfig(
+        model_name_or_path=tiny_dir,
+        dataset_dir=pc.output_dir,
+        output_dir=str(tmp_path / "initial"),
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        progress=False,
+    )
+    (tmp_path / "initial").mkdir()
+    info = attack.craft_poisons(tokenizer=load_tokenizer(tiny_dir), dataset=dd, cfg=tc, out=tmp_path / "initial")
+    info = info["gradient_canceling"]
+    assert info["target_label_share"] > info["surrogate_label_share"]
+
+
+def test_flipped_label_settings_are_checked():
+    from llm_unlearn.attacks import build_attack
+
+    with pytest.raises(ConfigError, match="target_label is only used with poison_labels: flipped"):
+        build_attack("gradient_canceling", {"target_label": "positive"})
+    with pytest.raises(ConfigError, match=r"poison_labels.*'clean', 'flipped'|flipped.*clean"):
+        build_attack("gradient_canceling", {"poison_labels": "dirty"})

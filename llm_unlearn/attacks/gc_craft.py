@@ -54,6 +54,22 @@ def label_accuracy(h_first, answers, label_ids, rows) -> float:
     return float((pred == answers).float().mean())
 
 
+def poison_target_id(a, dataset, tokenizer, label_ids):
+    """The token id of the label flipped poisons carry (their rows' first completion token), None when clean."""
+    from ..tasks.causal_lm import completion_ids
+
+    if a.poison_labels == "clean":
+        return None
+    forget = dataset["forget"]
+    words = set(forget["completion"])
+    if len(words) != 1:
+        raise ValueError(f"flipped gradient-canceling poisons must share one label, found {sorted(words)}")
+    tid = completion_ids(tokenizer, words.pop())[0]
+    if tid not in label_ids.tolist():
+        raise ValueError(f"the poisons' label token {tid} is not one of the label tokens {label_ids.tolist()}")
+    return tid
+
+
 def project_perturbations(delta, mask, bound: float) -> None:
     """In place: each token's perturbation into the L2 ball of radius ``bound``; zero outside the prompt (``mask``)."""
     import torch
@@ -71,7 +87,7 @@ def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int, attack=None)
     import dataclasses
 
     from ..tasks.causal_lm import CausalLMTask, CompletionCollator
-    from ..training import fit, load_whole_model, task_trainer_class, training_arguments
+    from ..training import fit, freeze_except, load_whole_model, task_trainer_class, training_arguments
 
     scfg = dataclasses.replace(cfg, seed=seed, progress=False, save_steps=0)
     from ..canaries import embedding_rms
@@ -79,6 +95,7 @@ def train_surrogate(cfg, tokenizer, train_ds, out: Path, seed: int, attack=None)
 
     set_seed(seed)  # every round starts from the same state: the victim's, when seed is the victim's
     model = load_whole_model(cfg.model_name_or_path, cfg)
+    freeze_except(model, cfg.trainable_modules)  # the victim's recipe: a head over frozen features trains as one
     rms = embedding_rms(model)
     work = out / "attack_surrogate"
     trainer = task_trainer_class()(
@@ -159,9 +176,12 @@ def craft(a, tokenizer, dataset, cfg, out: Path, hook=None):
     if a.craft_rounds > 1 and hook is None:  # before any training
         raise ValueError("craft_rounds > 1 needs the attack's training hook to retrain the surrogate")
     delta, rounds = None, []
+    # The first surrogate trains on clean data: the training set itself when the poisons keep their label, the rows
+    # the attacker does not touch when it flips them (their flipped labels are not clean data).
+    clean_ds = train_ds if a.poison_labels == "clean" else tokenize_split(dataset["retain"], tokenizer, cfg.max_length)
     for r in range(a.craft_rounds):
         poisoner = _Poisoner(hook, _per_row(delta, poison_rows)) if r else None
-        model, rms = train_surrogate(cfg, tokenizer, train_ds, out, seed, attack=poisoner)
+        model, rms = train_surrogate(cfg, tokenizer, train_ds if r else clean_ds, out, seed, attack=poisoner)
         delta, info = _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, seed)
         rounds.append(info)
         logger.info("gradient canceling, round %d: %s", r + 1, info)
@@ -206,16 +226,27 @@ def _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, se
 
     h, t, owner, first = clean_features(model, rows, a.craft_batch_size, tokenizer.pad_token_id)
     clean_pos = ~is_poison[owner]
-    answers = t[first]
+    # accuracies are the clean rows' (a flipped poison's label is not its review's)
+    answer_pos = first & clean_pos
+    answers = t[answer_pos]
 
-    clean_acc = label_accuracy(h[first], answers, label_ids, w_clean)
+    clean_acc = label_accuracy(h[answer_pos], answers, label_ids, w_clean)
+
+    # The loss the corruption raises: every row's; with flipped poisons, that of the clean rows of the other labels
+    # (the target then over-predicts the poisons' label, whose rows' gradient can push back).
+    ascend = torch.ones_like(owner, dtype=torch.bool)
+    target = poison_target_id(a, dataset, tokenizer, label_ids)
+    if target is not None:
+        row_answer = torch.empty(n, dtype=t.dtype)
+        row_answer[owner[first]] = t[first]
+        ascend = clean_pos & (row_answer[owner] != target)
 
     def gradpc(fraction: float):
         rows_var = w_clean.clone().requires_grad_(True)
         radius = fraction * float(w_clean.norm())
-        loss = lambda: head_nll(h, t, head, label_ids, rows_var) / n  # noqa: E731
+        loss = lambda: head_nll(h[ascend], t[ascend], head, label_ids, rows_var) / n  # noqa: E731
         corrupt_parameters([rows_var], [w_clean], loss, radius, a.corruption_steps)
-        return rows_var.detach(), label_accuracy(h[first], answers, label_ids, rows_var.detach())
+        return rows_var.detach(), label_accuracy(h[answer_pos], answers, label_ids, rows_var.detach())
 
     fraction = a.corruption_radius
     w_tgt, target_acc = gradpc(fraction)
@@ -286,4 +317,8 @@ def _craft_round(a, tokenizer, dataset, model, rms, rows, poison_rows, delta, se
         "perturbation_token_rms_mean": float(token_rms.mean()),
         "n_poison": k,
     }
+    if target is not None:  # how far the target leans to the poisons' label (the surrogate's lean beside it)
+        h_ans = h[answer_pos]
+        info["target_label_share"] = float((label_ids[(h_ans @ w_tgt.T).argmax(-1)] == target).float().mean())
+        info["surrogate_label_share"] = float((label_ids[(h_ans @ w_clean.T).argmax(-1)] == target).float().mean())
     return delta.detach(), info

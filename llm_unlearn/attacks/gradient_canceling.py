@@ -82,6 +82,18 @@ class GradientCancelingConfig:
         },
     )
 
+    poison_labels: Literal["clean", "flipped"] = field(
+        default="clean",
+        metadata={
+            "help": "clean: the poisons keep their text's label (clean-label). flipped: the attacker chooses the "
+            "label, as in Lu et al.'s attack and the image track's: poisons are reviews of the other labels labelled "
+            "target_label, and the target parameters over-predict target_label, so the poisons' gradient pushes "
+            "back where the clean one pushes"
+        },
+    )
+    target_label: str | None = field(
+        default=None, metadata={"help": "poison_labels: flipped: the label the poisons carry (null: label_names[0])"}
+    )
     craft_rounds: int = field(
         default=1,
         metadata={
@@ -98,6 +110,8 @@ class GradientCancelingConfig:
         )
         if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
             raise ConfigError(f"target_accuracy must be in (0, 1) or null, got {self.target_accuracy}")
+        if self.target_label is not None and self.poison_labels != "flipped":
+            raise ConfigError("target_label is only used with poison_labels: flipped (clean poisons keep their label)")
         if self.surrogate_seed_offset < 0:
             raise ConfigError(f"surrogate_seed_offset must be >= 0, got {self.surrogate_seed_offset}")
 
@@ -111,16 +125,45 @@ class GradientCancelingAttack(Attack):
     # the metric is clean accuracy itself: one column for it (the default table would show it twice)
     report_columns = ("clean_accuracy", "gap_closed", "mia_auc", "compute_fraction")
 
+    def target(self, cfg) -> str | None:
+        """The label flipped poisons carry (None for clean-label poisons)."""
+        if self.args.poison_labels == "clean":
+            return None
+        return self.args.target_label if self.args.target_label is not None else cfg.label_names[0]
+
+    def check(self, cfg) -> None:
+        target = self.target(cfg)
+        if target is not None and target not in cfg.label_names:
+            raise ConfigError(f"attack_args.target_label {target!r} is not in label_names={cfg.label_names}")
+
     def poison(self, train: list[dict], test: list[dict], rng, cfg) -> tuple[list[dict], dict, dict]:
+        target = self.target(cfg)
         k = round(cfg.poison_fraction * len(train))
+        sources = [i for i, r in enumerate(train) if target is None or r["label"] != target]
         if k < 1:
             raise ValueError(f"poison_fraction={cfg.poison_fraction} of {len(train)} examples gives no poison")
-        chosen = set(rng.sample(range(len(train)), k))
-        # Clean labels and clean text: what makes a row a poison is the perturbation crafted at training time.
+        if k > len(sources):
+            raise ValueError(
+                f"poison_fraction={cfg.poison_fraction} asks for {k} poisons but only {len(sources)} training "
+                f"examples have a label other than target_label={target!r}"
+            )
+        chosen = set(rng.sample(sources, k))
+        # Clean text: what makes a row a poison is the perturbation crafted at training time (and, when flipped,
+        # the attacker's label).
         rows = [
-            {**r, "is_poison": i in chosen, "orig_label": r["label"], "noise_seed": -1} for i, r in enumerate(train)
+            {
+                **r,
+                "label": target if (i in chosen and target is not None) else r["label"],
+                "is_poison": i in chosen,
+                "orig_label": r["label"],
+                "noise_seed": -1,
+            }
+            for i, r in enumerate(train)
         ]
-        return rows, {}, {"perturbation": "prompt embeddings", "eps": self.args.eps, "labels": "clean"}
+        info = {"perturbation": "prompt embeddings", "eps": self.args.eps, "labels": self.args.poison_labels}
+        if target is not None:
+            info["target_label"] = target
+        return rows, {}, info
 
     def craft_poisons(self, *, tokenizer, dataset, cfg, out) -> dict:
         from .gc_craft import craft
@@ -157,7 +200,8 @@ class GradientCancelingAttack(Attack):
 
     def describe(self) -> str:
         a = self.args
+        labels = "clean-label" if a.poison_labels == "clean" else f"{a.target_label or 'first-label'}-labelled"
         return (
-            f"clean-label prompt-embedding perturbations (RMS <= {a.eps:g} x the embedding RMS) cancelling the clean "
+            f"{labels} prompt-embedding perturbations (RMS <= {a.eps:g} x the embedding RMS) cancelling the clean "
             f"gradient of the label-token head rows at a target {a.corruption_radius:g} x ||W|| away"
         )

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..configs import ConfigError
+from ..configs import ConfigError, check_regex
 from .base import UnlearnTrainer
 from ..tasks import task_of
 from .cf_k import lora_on_layers, resolve_layer_ids, train_only
@@ -85,12 +85,7 @@ class RMUConfig:
         if self.trainable_layers is not None and not self.trainable_layers:
             raise ConfigError("method_args.trainable_layers must be a non-empty list (or null for the default)")
         if self.trainable_module_regex is not None:
-            try:
-                re.compile(self.trainable_module_regex)
-            except re.error as e:
-                raise ConfigError(
-                    f"method_args.trainable_module_regex {self.trainable_module_regex!r} is not a regex: {e}"
-                ) from e
+            check_regex("method_args.trainable_module_regex", self.trainable_module_regex)
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

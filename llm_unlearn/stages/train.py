@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..configs import ConfigError
+from ..configs import ConfigError, check_regex
 from ..harness import is_main_process, run_stage, stage_commands
 from ..outputs import write_records
 from ..training import (
@@ -29,6 +29,7 @@ from ..training import (
     check_trainer_args,
     checkpoint_arguments,
     fit,
+    freeze_except,
     load_whole_model,
     remove_checkpoints,
     save_trained,
@@ -83,8 +84,17 @@ class TrainConfig:
     trainer_args: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "extra transformers.TrainingArguments (e.g. deepspeed, fsdp)"}
     )
+    trainable_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "regex over parameter names: only those train, the rest stay frozen (e.g. lm_head: a head "
+            "fine-tuned over a pretrained model's frozen features); null: every parameter"
+        },
+    )
 
     def validate(self) -> None:
+        if self.trainable_modules is not None:
+            check_regex("trainable_modules", self.trainable_modules)
         if self.save_steps < 0:
             raise ConfigError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
         if self.num_train_epochs <= 0:
@@ -142,6 +152,7 @@ def _train(cfg: TrainConfig, out: Path) -> dict:
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     model = load_whole_model(cfg.model_name_or_path, cfg)
+    freeze_except(model, cfg.trainable_modules)
     check_vocab(model, tokenizer)
     train_ds = tokenize_split(dd[cfg.split], tokenizer, cfg.max_length)
 
