@@ -53,7 +53,9 @@ class TinyModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"tiny.{name} must be >= 1")
         if self.pretrain_reviews < 0 or (self.pretrain_reviews and self.pretrain_reviews < 64):
-            raise ConfigError(f"tiny.pretrain_reviews must be 0 (no pretraining) or >= 64, got {self.pretrain_reviews}")
+            raise ConfigError(
+                f"tiny.pretrain_reviews must be 0 (no pretraining) or >= 64, got {self.pretrain_reviews}"
+            )
         if self.pretrain_epochs <= 0:
             raise ConfigError(f"tiny.pretrain_epochs must be > 0, got {self.pretrain_epochs}")
         if not 1 <= self.pretrain_min_sentences <= self.pretrain_max_sentences:

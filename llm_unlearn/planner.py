@@ -87,7 +87,7 @@ def plan_jobs(cfg, stages: StageBuilders) -> list:
     """The DAG of stage jobs for the whole grid (seeds x methods x budgets x grid points), any track: one unlearn
     job per run (a nested run saves the models of its grid point's smaller budgets), one eval job per variant."""
     from .scheduler import Job
-    from .stages.unlearn import snapshot_config
+    from .stages.snapshots import snapshot_config
 
     root = Path(cfg.output_dir)
     jobs = []

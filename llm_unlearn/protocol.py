@@ -215,7 +215,7 @@ class Variant:
 
     def unlearn_dir(self, seed_dir) -> Path:
         """Where this variant's unlearned model (and its ``unlearn_info.json``) is, under ``seed_<s>``."""
-        from .stages.unlearn import snapshot_name
+        from .stages.snapshots import snapshot_name
 
         if self.nested_in is None:
             return Path(seed_dir) / "unlearn" / self.model_id
@@ -323,7 +323,7 @@ def _nest(cfg, variants: list[Variant], unlearn_cls: type) -> list[Variant]:
 
 def nesting_problem_of(cfg, v: Variant, unlearn_cls: type) -> str | None:
     """Why this variant's budget cannot come from a longer run of its grid point (None if it can)."""
-    from .stages.unlearn import nesting_problem
+    from .stages.snapshots import nesting_problem
 
     section = cfg.unlearn if isinstance(cfg.unlearn, unlearn_cls) else unlearn_cls()
     return nesting_problem(dataclasses.replace(section, **v.overrides, method=v.method))
