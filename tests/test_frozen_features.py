@@ -127,3 +127,69 @@ def test_bad_values_are_config_errors(override, message):
         data.setdefault(section, {}).update(values)
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config(ExperimentConfig, data)
+
+
+def test_a_frozen_head_run_end_to_end_and_its_replay_script(tmp_path):
+    """The third pass's setting through ``run`` (a pretrained embedded base, a head-only victim, flipped poisons),
+    then ``scripts/gc_frozen_head.py`` on its seed dir: the body of every trained model is the base's, the poisons
+    carry the target label, and the replay prints the three accuracies."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from llm_unlearn import run_experiment
+
+    cfg = {
+        "seeds": [0],
+        "tiny": {**TINY_SHAPE, "pretrain_reviews": 64, "pretrain_epochs": 1},
+        "poison": {
+            "attack": "gradient_canceling",
+            "poison_fraction": 0.2,
+            "attack_args": {
+                "poison_labels": "flipped",
+                "perturbation_init": "zero",
+                "corruption_steps": 10,
+                "gc_steps": 2,
+                "craft_batch_size": 16,
+            },
+            "embedded_n_train": 80,
+            "embedded_n_test": 30,
+        },
+        "train": {
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 16,
+            "progress": False,
+            "trainable_modules": "lm_head",
+        },
+        "unlearn": {"per_device_train_batch_size": 8, "progress": False},
+        "eval": {"max_new_tokens": 2},
+        "methods": ["gd"],
+        "budgets": [0.2],
+        "diagnostics": False,
+    }
+    run_experiment(cfg, output_dir=str(tmp_path / "run"))
+    seed = tmp_path / "run" / "seed_0"
+    base = load_file(str(seed / "base" / "model.safetensors"))
+    for model in ("initial", "retrain"):
+        trained = load_file(str(seed / model / "model.safetensors"))
+        assert sorted(k for k in base if not torch.equal(base[k], trained[k])) == ["lm_head.weight"], model
+    manifest = json.loads((seed / "poison" / "manifest.json").read_text())
+    assert manifest["labels"] == "flipped" and manifest["target_label"] == "negative"  # label_names[0]
+    info = json.loads((seed / "initial" / "training_info.json").read_text())["gradient_canceling"]
+    assert info["target_label_share"] >= info["surrogate_label_share"]
+
+    out = subprocess.run(
+        [sys.executable, "scripts/gc_frozen_head.py", str(seed), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("pretrained head", "gold (clean rows)", "initial (clean rows + 16 poisons)"):
+        value = re.search(re.escape(line) + r": ([0-9.]+)", out.stdout)
+        assert value and 0.0 <= float(value.group(1)) <= 1.0, (line, out.stdout)
