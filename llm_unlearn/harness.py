@@ -225,7 +225,7 @@ def mark_started(out: Path, cfg) -> None:
 
 def parse_stage(cls, argv, prog: str):
     """A stage command's config and its ``--overwrite`` flag (``(config, overwrite)``)."""
-    from .configs import parse_config_and_flags
+    from .flags import parse_config_and_flags
 
     cfg, flags = parse_config_and_flags(cls, argv, prog=prog, flags=STAGE_FLAGS, bool_flags=("overwrite",))
     overwrite = flags.get("overwrite")
@@ -238,7 +238,7 @@ def parse_stage(cls, argv, prog: str):
 
 def stage_parser(cls, prog: str):
     """The ``--help`` parser of a stage command: its config keys plus ``--overwrite``."""
-    from .configs import make_parser
+    from .flags import make_parser
 
     return make_parser(cls, prog=prog, flags=STAGE_FLAGS, bool_flags=("overwrite",))
 

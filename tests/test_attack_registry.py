@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_unlearn.configs import ConfigError, build_config, parse_config
+from llm_unlearn.configs import ConfigError, build_config
+from llm_unlearn.flags import parse_config
 from llm_unlearn.files import read_json
 from llm_unlearn.stages.poison import PoisonConfig
 

@@ -10,7 +10,8 @@ import importlib
 import pytest
 
 from llm_unlearn.cli import COMMANDS
-from llm_unlearn.configs import ConfigError, _coerce, _flags, _is_bool, _leaf_type, argv_data, parse_config
+from llm_unlearn.configs import ConfigError, _coerce
+from llm_unlearn.flags import _flags, _is_bool, _leaf_type, argv_data, parse_config
 
 
 def _config_classes() -> dict[str, type]:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_unlearn.configs import ConfigError, build_config, load_config, parse_config
+from llm_unlearn.configs import ConfigError, build_config, load_config
+from llm_unlearn.flags import parse_config
 from llm_unlearn.stages.evaluate import EvalConfig
 from llm_unlearn.stages.poison import PoisonConfig
 from llm_unlearn.stages.run import ExperimentConfig

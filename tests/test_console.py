@@ -200,7 +200,7 @@ def test_help_shows_every_keys_default(command):
     module_name, _, _ = COMMANDS[command][0].partition(":")
     module = importlib.import_module(f"llm_unlearn.stages.{module_name}")
     if command == "suite":
-        from llm_unlearn.configs import make_parser
+        from llm_unlearn.flags import make_parser
         from llm_unlearn.stages.run import SuiteConfig
 
         parser = make_parser(SuiteConfig, prog="llm-unlearn suite")

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_unlearn.configs import ConfigError, build_config, load_config, parse_config
+from llm_unlearn.configs import ConfigError, build_config, load_config
+from llm_unlearn.flags import parse_config
 from llm_unlearn.stages.diagnose import DiagnoseConfig
 from llm_unlearn.stages.evaluate import EvalConfig
 from llm_unlearn.stages.poison import PoisonConfig

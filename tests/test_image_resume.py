@@ -204,7 +204,8 @@ def test_save_epochs_zero_writes_no_checkpoints(tmp_path):
 def test_save_epochs_must_not_be_negative():
     from image_track.task import ImageTrainConfig
     from llm_unlearn.tasks.classification import ClassifierTrainConfig
-    from llm_unlearn.configs import ConfigError, parse_config
+    from llm_unlearn.configs import ConfigError
+    from llm_unlearn.flags import parse_config
 
     ClassifierTrainConfig(save_epochs=0).validate()
     with pytest.raises(ConfigError, match="train.save_epochs"):

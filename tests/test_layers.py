@@ -17,7 +17,14 @@ PACKAGES = ("llm_unlearn", "image_track")
 LAYERS = [
     (
         "foundation",
-        ["llm_unlearn.configs", "llm_unlearn.files", "llm_unlearn.seeding", "llm_unlearn.envinfo", "llm_unlearn.lazy"],
+        [
+            "llm_unlearn.configs",
+            "llm_unlearn.flags",
+            "llm_unlearn.files",
+            "llm_unlearn.seeding",
+            "llm_unlearn.envinfo",
+            "llm_unlearn.lazy",
+        ],
     ),
     (
         "state",

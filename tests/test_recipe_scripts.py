@@ -76,7 +76,8 @@ def _words(cmd: str) -> list[str]:
 
 def _parse_llm_unlearn(argv: list[str]) -> None:
     from llm_unlearn.cli import COMMANDS as CLI
-    from llm_unlearn.configs import argv_data, load_config, validate_config
+    from llm_unlearn.configs import load_config, validate_config
+    from llm_unlearn.flags import argv_data
 
     name, rest = argv[0], argv[1:]
     assert name in CLI, f"unknown command {name!r}"

@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configs import ConfigError, parse_config
+from ..configs import ConfigError
+from ..flags import parse_config
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def main(cfg: PushConfig) -> Path | str:
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
+    from ..flags import make_parser as _mp
 
     return _mp(PushConfig, prog="llm-unlearn push")
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..configs import ConfigError, parse_config
+from ..configs import ConfigError
+from ..flags import parse_config
 from ..outputs import read_record
 from ..files import atomic_write_text, write_json
 from ..envinfo import environment_info
@@ -376,7 +377,7 @@ def with_verdict(text: str, rows: list[dict], seeds: list, no_effect: dict) -> s
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
+    from ..flags import make_parser as _mp
 
     return _mp(ReportConfig, prog="llm-unlearn report")
 

@@ -23,7 +23,8 @@ from typing import Literal
 
 import yaml
 
-from ..configs import ConfigError, parse_config_and_flags, to_dict
+from ..configs import ConfigError, to_dict
+from ..flags import parse_config_and_flags
 from ..planner import StageBuilders, diagnose_config, eval_config, plan_jobs, unlearn_config  # noqa: F401 (API)
 from ..protocol import ProtocolConfig, Variant, check_experiment, model_id, unlearn_variants  # noqa: F401 (API)
 from ..scheduler import Job, execute, run_job  # noqa: F401 (API: tracks build Jobs, tests call execute)
@@ -398,7 +399,7 @@ def _verbose(flags: dict) -> bool:
 
 
 def make_parser():
-    from ..configs import make_parser as _mp
+    from ..flags import make_parser as _mp
 
     return _mp(ExperimentConfig, prog="llm-unlearn run", flags=RUN_FLAGS, bool_flags=("verbose",))
 
