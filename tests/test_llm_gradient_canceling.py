@@ -126,26 +126,29 @@ def test_bad_attack_args_are_config_errors():
 # --- crafting and the training hook on the test's tiny model ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crafted(tmp_path_factory, tiny_dir):
+def _poison_and_craft(out, tiny_dir, attack_args: dict, poison_fraction: float, check_dataset=None):
+    """The poison stage with ``attack_args`` on 120 embedded reviews, then the attack's crafting against a 2-epoch
+    surrogate of the test's tiny model: (attack, crafting info, dataset, manifest, initial dir, train config);
+    ``check_dataset(dd, manifest)`` runs on the poisoned set before the crafting."""
     from llm_unlearn.attacks import attack_from_manifest
     from llm_unlearn.modeling import load_dataset_dir, load_tokenizer
     from llm_unlearn.stages.poison import PoisonConfig
     from llm_unlearn.stages.poison import main as poison
     from llm_unlearn.stages.train import TrainConfig
 
-    out = tmp_path_factory.mktemp("gc")
     pc = PoisonConfig(
         output_dir=str(out / "poison"),
         attack="gradient_canceling",
-        attack_args={"eps": 0.5, "gc_steps": 15, "gc_lr": 0.1, "corruption_steps": 20, "craft_batch_size": 8},
+        attack_args=attack_args,
         embedded_n_train=120,
         embedded_n_test=40,
-        poison_fraction=0.1,
+        poison_fraction=poison_fraction,
     )
     pc.validate()
     poison(pc)
     dd, manifest = load_dataset_dir(pc.output_dir)
+    if check_dataset is not None:
+        check_dataset(dd, manifest)
     attack = attack_from_manifest(manifest, "llm")
     tc = TrainConfig(
         model_name_or_path=tiny_dir,
@@ -158,6 +161,12 @@ def crafted(tmp_path_factory, tiny_dir):
     (out / "initial").mkdir()
     info = attack.craft_poisons(tokenizer=load_tokenizer(tiny_dir), dataset=dd, cfg=tc, out=out / "initial")
     return attack, info["gradient_canceling"], dd, manifest, out / "initial", tc
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory, tiny_dir):
+    args = {"eps": 0.5, "gc_steps": 15, "gc_lr": 0.1, "corruption_steps": 20, "craft_batch_size": 8}
+    return _poison_and_craft(tmp_path_factory.mktemp("gc"), tiny_dir, args, 0.1)
 
 
 def test_crafted_poisons_cancel_within_the_bound_with_clean_labels(crafted, tiny_dir):
@@ -314,39 +323,15 @@ def test_flipped_poisons_carry_the_target_label_and_the_target_leans_to_it(tmp_p
     the other labels relabelled target_label, the surrogate trains on the untouched rows, and the corruption raises
     the loss of the clean rows of the other labels only, so the target predicts target_label more than the
     surrogate does."""
-    from llm_unlearn.attacks import attack_from_manifest
-    from llm_unlearn.modeling import load_dataset_dir, load_tokenizer
-    from llm_unlearn.stages.poison import PoisonConfig
-    from llm_unlearn.stages.poison import main as poison
-    from llm_unlearn.stages.train import TrainConfig
 
-    pc = PoisonConfig(
-        output_dir=str(tmp_path / "poison"),
-        attack="gradient_canceling",
-        attack_args={"poison_labels": "flipped", "target_label": "positive", "gc_steps": 3, "corruption_steps": 20},
-        embedded_n_train=120,
-        embedded_n_test=40,
-        poison_fraction=0.2,
-    )
-    pc.validate()
-    poison(pc)
-    dd, manifest = load_dataset_dir(pc.output_dir)
-    forget = dd["forget"]
-    assert len(forget) == 24 and set(forget["label"]) == {"positive"} and set(forget["orig_label"]) == {"negative"}
-    assert set(forget["completion"]) == {" positive"}
-    assert manifest["target_label"] == "positive" and manifest["labels"] == "flipped"
-    attack = attack_from_manifest(manifest, "llm")
-    tc = TrainConfig(
-        model_name_or_path=tiny_dir,
-        dataset_dir=pc.output_dir,
-        output_dir=str(tmp_path / "initial"),
-        num_train_epochs=2,
-        per_device_train_batch_size=16,
-        progress=False,
-    )
-    (tmp_path / "initial").mkdir()
-    info = attack.craft_poisons(tokenizer=load_tokenizer(tiny_dir), dataset=dd, cfg=tc, out=tmp_path / "initial")
-    info = info["gradient_canceling"]
+    def check_dataset(dd, manifest):
+        forget = dd["forget"]
+        assert len(forget) == 24 and set(forget["label"]) == {"positive"}
+        assert set(forget["orig_label"]) == {"negative"} and set(forget["completion"]) == {" positive"}
+        assert manifest["target_label"] == "positive" and manifest["labels"] == "flipped"
+
+    args = {"poison_labels": "flipped", "target_label": "positive", "gc_steps": 3, "corruption_steps": 20}
+    info = _poison_and_craft(tmp_path, tiny_dir, args, 0.2, check_dataset)[1]
     assert info["target_label_share"] > info["surrogate_label_share"]
 
 
