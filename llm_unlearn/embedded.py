@@ -165,7 +165,7 @@ def pretrain_tiny(model, tokenizer, cfg: TinyModelConfig, seed: int = 0) -> dict
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            step, loss = step + 1, float(out.loss)
+            step, loss = step + 1, float(out.loss.detach())
     if not math.isfinite(loss):
         raise RuntimeError(f"pretraining the embedded model diverged (loss {loss})")
     return {"pretrain_steps": step, "pretrain_loss": loss}
