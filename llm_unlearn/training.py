@@ -166,7 +166,7 @@ def freeze_except(model, pattern: str | None) -> None:
     if not matched:
         raise ConfigError(
             f"trainable_modules {pattern!r} matches no parameter of the model; its parameters: "
-            + ", ".join(names[:6] + (["..."] if len(names) > 6 else []) + names[-2:])
+            + ", ".join(names if len(names) <= 8 else names[:6] + ["..."] + names[-2:])
         )
     for n, p in model.named_parameters():
         p.requires_grad_(n in matched)
